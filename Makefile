@@ -1,0 +1,43 @@
+# order-service. `make run` starts the system, `make test` runs every test; both start
+# PostgreSQL, Redis and RabbitMQ first if they are not up (scripts/services.sh).
+
+DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/orders
+# `#[sqlx::test]` creates a database per test through this server's maintenance database.
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
+# Where `make sqlx-prepare` describes the queries.
+SQLX_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/orders_sqlx
+
+export DATABASE_URL
+
+.PHONY: run test services migrate fmt lint sqlx-prepare
+
+## Start the whole system against the local services.
+run: services migrate
+	LOG_FORMAT=$${LOG_FORMAT:-pretty} cargo run -p api
+
+## Run every test (unit and integration, against the real servers).
+test: services
+	DATABASE_URL=$(TEST_DATABASE_URL) cargo test --workspace --all-targets
+
+services:
+	@scripts/services.sh
+
+## Create the database if missing and apply the migrations.
+migrate: services
+	cargo run -q -p api -- migrate
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+## Regenerate .sqlx/ (the offline query data) after a query or a migration changed.
+sqlx-prepare: services
+	psql "$(TEST_DATABASE_URL)" -qc 'DROP DATABASE IF EXISTS orders_sqlx' -c 'CREATE DATABASE orders_sqlx'
+	for f in migrations/*.sql; do psql "$(SQLX_DATABASE_URL)" -q -v ON_ERROR_STOP=1 -f "$$f"; done
+	rm -rf .sqlx && mkdir .sqlx
+	touch shared/src/lib.rs
+	SQLX_OFFLINE=false SQLX_OFFLINE_DIR=$(CURDIR)/.sqlx DATABASE_URL=$(SQLX_DATABASE_URL) \
+		cargo check --workspace --all-targets

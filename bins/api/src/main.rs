@@ -1,0 +1,31 @@
+//! The `api` process: REST API, OpenAPI spec and Swagger UI, health and metrics.
+//!
+//! `api migrate` applies the migrations and exits (`make migrate`); `api` applies
+//! them too, then serves.
+
+use std::time::Duration;
+
+use order_service::{config::ApiConfig, db, http, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = ApiConfig::from_env()?;
+    telemetry::init_tracing(&config.log)?;
+    if std::env::args().nth(1).as_deref() == Some("migrate") {
+        db::create_database_if_missing(&config.database_url).await?;
+        db::migrate(&db::connect(&config.database_url, 1)?).await?;
+        tracing::info!("migrations applied");
+        return Ok(());
+    }
+    let db = db::connect(&config.database_url, config.db_max_connections)?;
+    db::migrate(&db).await?;
+    let state = http::AppState {
+        db: db.clone(),
+        metrics: telemetry::metrics(),
+        max_body_bytes: config.max_body_bytes,
+    };
+    http::serve(config.api_addr, state, Duration::from_secs(config.shutdown_grace_secs)).await?;
+    db.close().await;
+    tracing::info!("api stopped");
+    Ok(())
+}

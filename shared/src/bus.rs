@@ -1,0 +1,39 @@
+//! The command bus (the Rust shape of the original's Mediator).
+//!
+//! A command is a plain struct that changes state; its one [`Command::execute`] impl
+//! runs inside the transaction [`dispatch`] opens and commits. Static dispatch only:
+//! "go to definition" on `execute` lands on the handler. Queries are plain structs
+//! with a `fetch` method and need no bus: they change nothing.
+
+use std::future::Future;
+
+use sqlx::{PgConnection, PgPool};
+use tracing::Instrument;
+
+use crate::error::AppError;
+
+pub trait Command: Send + 'static {
+    type Output: Send + 'static;
+
+    /// Does the work inside the transaction. Returning an error rolls everything back.
+    fn execute(self, tx: &mut PgConnection) -> impl Future<Output = Result<Self::Output, AppError>> + Send;
+}
+
+/// Runs a command in one transaction.
+///
+/// The transaction lives in its own task: poem drops a handler's future when the
+/// client disconnects, and a `begin()` cancelled mid-flight can hand a connection back
+/// to the pool inside an open transaction (sqlx #4385). A spawned task runs to commit
+/// or rollback whatever the client does.
+pub async fn dispatch<C: Command>(db: &PgPool, command: C) -> Result<C::Output, AppError> {
+    let db = db.clone();
+    let task = async move {
+        let mut tx = db.begin().await?;
+        let output = command.execute(&mut tx).await?;
+        tx.commit().await?;
+        Ok(output)
+    };
+    tokio::spawn(task.in_current_span())
+        .await
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("command task failed: {e}")))?
+}

@@ -1,0 +1,178 @@
+//! Configuration from the environment, read once at start-up with envy.
+//!
+//! Every setting has a default that works against the local services, and a bad value
+//! stops the process with a message naming the variable.
+
+use std::{fmt, net::SocketAddr, str::FromStr};
+
+use serde::{Deserialize, Deserializer, de::Error as _};
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+/// Settings of the `api` binary.
+#[derive(Clone, Deserialize)]
+pub struct ApiConfig {
+    #[serde(default = "default_database_url")]
+    pub database_url: String,
+    #[serde(default = "default_api_addr", deserialize_with = "api_addr")]
+    pub api_addr: SocketAddr,
+    /// Connections in the PostgreSQL pool.
+    #[serde(default = "default_db_max_connections")]
+    pub db_max_connections: u32,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    #[serde(default = "default_shutdown_grace_secs")]
+    pub shutdown_grace_secs: u64,
+    #[serde(flatten)]
+    pub log: LogConfig,
+}
+
+/// Logging settings, the same for every binary.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogConfig {
+    /// `RUST_LOG` wins when set; else `LOG_LEVEL` (a level or a full filter).
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    pub rust_log: Option<String>,
+    #[serde(default, deserialize_with = "log_format")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object a line: what Loki and Vector want.
+    #[default]
+    Json,
+    /// Human-readable, for a terminal.
+    Pretty,
+}
+
+impl ApiConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(std::env::vars())
+    }
+
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        envy::from_iter(vars).map_err(|e| ConfigError(e.to_string()))
+    }
+}
+
+/// The URL is a secret (it may hold a password): show the rest of the config only.
+impl fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("database_url", &"<redacted>")
+            .field("api_addr", &self.api_addr)
+            .field("db_max_connections", &self.db_max_connections)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("shutdown_grace_secs", &self.shutdown_grace_secs)
+            .field("log", &self.log)
+            .finish()
+    }
+}
+
+fn default_database_url() -> String {
+    "postgres://postgres@127.0.0.1:5432/orders".into()
+}
+
+fn default_api_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8000))
+}
+
+fn default_db_max_connections() -> u32 {
+    16
+}
+
+fn default_max_body_bytes() -> usize {
+    64 * 1024
+}
+
+fn default_shutdown_grace_secs() -> u64 {
+    20
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+// envy names the variable only for numbers; these name it for the rest.
+
+fn api_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    parse_var(d, "API_ADDR", "a socket address such as 0.0.0.0:8000")
+}
+
+fn log_format<'de, D: Deserializer<'de>>(d: D) -> Result<LogFormat, D::Error> {
+    match String::deserialize(d)?.to_ascii_lowercase().as_str() {
+        "json" => Ok(LogFormat::Json),
+        "pretty" => Ok(LogFormat::Pretty),
+        other => Err(D::Error::custom(format!(
+            "LOG_FORMAT must be json or pretty, not {other:?}"
+        ))),
+    }
+}
+
+pub(crate) fn parse_var<'de, D, T>(d: D, var: &str, expected: &str) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+{
+    let text = String::deserialize(d)?;
+    text.trim()
+        .parse()
+        .map_err(|_| D::Error::custom(format!("{var} must be {expected}, not {text:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+    }
+
+    #[test]
+    fn defaults_work_against_local_services() {
+        let config = ApiConfig::from_vars(vars(&[])).unwrap();
+        assert_eq!(config.database_url, "postgres://postgres@127.0.0.1:5432/orders");
+        assert_eq!(config.api_addr.to_string(), "0.0.0.0:8000");
+        assert_eq!(config.max_body_bytes, 65536);
+        assert_eq!(config.log.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn reads_every_variable() {
+        let config = ApiConfig::from_vars(vars(&[
+            ("API_ADDR", "127.0.0.1:9000"),
+            ("DB_MAX_CONNECTIONS", "4"),
+            ("LOG_FORMAT", "pretty"),
+            ("LOG_LEVEL", "debug"),
+        ]))
+        .unwrap();
+        assert_eq!(config.api_addr.port(), 9000);
+        assert_eq!(config.db_max_connections, 4);
+        assert_eq!(config.log.log_format, LogFormat::Pretty);
+        assert_eq!(config.log.log_level, "debug");
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        for (var, value) in [
+            ("API_ADDR", "nowhere"),
+            ("DB_MAX_CONNECTIONS", "many"),
+            ("LOG_FORMAT", "xml"),
+        ] {
+            let error = ApiConfig::from_vars(vars(&[(var, value)])).unwrap_err().to_string();
+            assert!(error.contains(var), "{error}");
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_the_database_url() {
+        let config = ApiConfig::from_vars(vars(&[("DATABASE_URL", "postgres://u:hunter2@db/x")])).unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}

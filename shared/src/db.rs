@@ -1,0 +1,60 @@
+//! The PostgreSQL pool and the migrations.
+
+use std::time::Duration;
+
+use sqlx::{
+    PgPool,
+    migrate::Migrator,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+/// The migrations of `migrations/`, embedded at build time. `Migrator` takes an advisory
+/// lock, so several replicas can start together.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+/// A pool that cannot be poisoned for long: a connection left inside a transaction (a
+/// cancelled `begin()`, sqlx #4385) is killed by the server after a few seconds, and
+/// every connection is recycled after half an hour.
+/// Connects lazily: the process starts even while PostgreSQL is still coming up.
+pub fn connect(database_url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = database_url.parse()?;
+    let options = options.application_name("order-service").options([
+        ("idle_in_transaction_session_timeout", "10s"),
+        ("statement_timeout", "30s"),
+    ]);
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(3))
+        .max_lifetime(Duration::from_secs(30 * 60))
+        .idle_timeout(Duration::from_secs(10 * 60))
+        .test_before_acquire(true)
+        .connect_lazy_with(options))
+}
+
+/// Applies pending migrations, waiting (with backoff, up to about a minute) for
+/// PostgreSQL to accept connections, as it may still be starting next to us.
+pub async fn migrate(db: &PgPool) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(250);
+    for attempt in 1.. {
+        match MIGRATOR.run(db).await {
+            Ok(()) => return Ok(()),
+            Err(sqlx::migrate::MigrateError::Execute(e)) if crate::error::is_unavailable(&e) && attempt < 10 => {
+                tracing::warn!(attempt, error.cause = %crate::error::chain(&e), "database not ready, retrying migrations");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("applying migrations")),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+/// Creates the database named in the URL if it does not exist yet (`make migrate`).
+pub async fn create_database_if_missing(database_url: &str) -> anyhow::Result<()> {
+    use sqlx::{Postgres, migrate::MigrateDatabase};
+    if !Postgres::database_exists(database_url).await? {
+        Postgres::create_database(database_url).await?;
+        tracing::info!("database created");
+    }
+    Ok(())
+}

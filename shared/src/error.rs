@@ -1,0 +1,94 @@
+//! The errors a command or query can end in. `http::errors` turns them into responses,
+//! in one place.
+
+use std::fmt::Write;
+
+/// The error of every command and query.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A value broke a rule: 400, naming the field.
+    #[error("{field}: {rule}")]
+    Invalid { field: &'static str, rule: String },
+    /// A referenced id or name does not exist: 404.
+    #[error("{message}")]
+    NotFound { message: &'static str, subject: String },
+    /// A duplicate id or unique name: 409.
+    #[error("{message}")]
+    Conflict { message: &'static str, subject: String },
+    /// PostgreSQL cannot be reached or refuses connections: 503.
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// Anything else: 500, with the cause in the log only.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl AppError {
+    pub fn invalid(field: &'static str, rule: impl ToString) -> Self {
+        AppError::Invalid {
+            field,
+            rule: rule.to_string(),
+        }
+    }
+
+    pub fn not_found(message: &'static str, subject: impl ToString) -> Self {
+        AppError::NotFound {
+            message,
+            subject: subject.to_string(),
+        }
+    }
+
+    pub fn conflict(message: &'static str, subject: impl ToString) -> Self {
+        AppError::Conflict {
+            message,
+            subject: subject.to_string(),
+        }
+    }
+}
+
+impl From<sqlx::Error> for AppError {
+    fn from(error: sqlx::Error) -> Self {
+        if is_unavailable(&error) {
+            AppError::Unavailable(error)
+        } else {
+            AppError::Internal(error.into())
+        }
+    }
+}
+
+/// Whether an error means "the database is not there right now" rather than "this
+/// request is wrong": the former is worth a 503 and a retry.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exceptions; 57P01..03: admin shutdown, crash shutdown,
+            // cannot connect now; 53300: too many connections.
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
+}
+
+/// The name of the constraint a database error violated, if any.
+pub fn violated_constraint(error: &sqlx::Error) -> Option<&str> {
+    match error {
+        sqlx::Error::Database(db) => db.constraint(),
+        _ => None,
+    }
+}
+
+/// `error: cause: cause…`, the whole chain on one line for the log.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let _ = write!(text, ": {cause}");
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,196 @@
+//! Errors as HTTP, in one place: every error is one `{"message", "data"}` object.
+//!
+//! Handlers return [`CommandError`] or [`QueryError`] (their variants document each
+//! status in the OpenAPI spec); failures poem detects before a handler runs (malformed
+//! JSON, wrong content type, unknown route) go through [`framework_error`].
+
+use poem::{IntoResponse, Response, http::StatusCode};
+use poem_openapi::{ApiResponse, Object, error::ParseRequestPayloadError, payload::Json};
+
+use crate::error::{AppError, chain};
+
+/// What every error response carries.
+#[derive(Debug, Clone, Object)]
+pub struct ErrorBody {
+    /// What went wrong, naming the field and the rule for a bad request.
+    pub message: String,
+    /// The subject of the error: the field, id or name concerned; empty if none.
+    pub data: String,
+}
+
+impl ErrorBody {
+    fn new(message: impl Into<String>, data: impl Into<String>) -> Json<ErrorBody> {
+        Json(ErrorBody {
+            message: message.into(),
+            data: data.into(),
+        })
+    }
+}
+
+/// The errors of a command (a request with a body that changes state).
+#[derive(Debug, ApiResponse)]
+pub enum CommandError {
+    /// Malformed JSON, or a value that breaks a rule.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// A referenced id or name does not exist.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The id or unique name is taken.
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+    /// The body is larger than the limit.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
+    /// The body is not `application/json`.
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
+    /// Unexpected failure; the log has the cause.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+    /// PostgreSQL is unavailable; retry later.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+/// The errors of a query.
+#[derive(Debug, ApiResponse)]
+pub enum QueryError {
+    /// A bad parameter (`limit`, `offset`, `order`, or an id that is not a UUID).
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// The id or name does not exist.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// Unexpected failure; the log has the cause.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+    /// PostgreSQL is unavailable; retry later.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+/// Status and body of an error, logging it once: a server fault with its whole cause
+/// chain, a client mistake briefly.
+fn respond(error: AppError) -> (StatusCode, Json<ErrorBody>) {
+    match error {
+        AppError::Invalid { field, rule } => {
+            tracing::info!(error.field = field, "rejected: {rule}");
+            (
+                StatusCode::BAD_REQUEST,
+                ErrorBody::new(format!("{field}: {rule}"), field),
+            )
+        }
+        AppError::NotFound { message, subject } => {
+            tracing::info!(error.subject = %subject, "not found: {message}");
+            (StatusCode::NOT_FOUND, ErrorBody::new(message, subject))
+        }
+        AppError::Conflict { message, subject } => {
+            tracing::info!(error.subject = %subject, "conflict: {message}");
+            (StatusCode::CONFLICT, ErrorBody::new(message, subject))
+        }
+        AppError::Unavailable(ref cause) => {
+            tracing::error!(error.cause = %chain(cause), "database unavailable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorBody::new("Service temporarily unavailable", ""),
+            )
+        }
+        AppError::Internal(ref cause) => {
+            tracing::error!(error.cause = %chain(cause.as_ref()), "internal error");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorBody::new("Internal server error", ""),
+            )
+        }
+    }
+}
+
+impl From<AppError> for CommandError {
+    fn from(error: AppError) -> Self {
+        let (status, body) = respond(error);
+        match status {
+            StatusCode::BAD_REQUEST => CommandError::BadRequest(body),
+            StatusCode::NOT_FOUND => CommandError::NotFound(body),
+            StatusCode::CONFLICT => CommandError::Conflict(body),
+            StatusCode::SERVICE_UNAVAILABLE => CommandError::Unavailable(body),
+            _ => CommandError::Internal(body),
+        }
+    }
+}
+
+impl From<AppError> for QueryError {
+    fn from(error: AppError) -> Self {
+        let (status, body) = respond(error);
+        match status {
+            StatusCode::BAD_REQUEST => QueryError::BadRequest(body),
+            StatusCode::NOT_FOUND => QueryError::NotFound(body),
+            StatusCode::SERVICE_UNAVAILABLE => QueryError::Unavailable(body),
+            // A query cannot conflict; anything else is a fault.
+            _ => QueryError::Internal(body),
+        }
+    }
+}
+
+/// Turns an error raised by poem before or around a handler into the same JSON shape.
+pub fn framework_error(error: poem::Error) -> Response {
+    // An error a handler returned as a `CommandError`/`QueryError` is a finished JSON
+    // response (poem-openapi wraps it with no source): pass it through.
+    if !error.has_source() {
+        return error.into_response();
+    }
+    let status = error.status();
+    let (message, data) = if let Some(payload) = error.downcast_ref::<ParseRequestPayloadError>() {
+        (
+            format!("Invalid request body: {}", clean_parse_message(&payload.reason)),
+            String::new(),
+        )
+    } else if status == StatusCode::NOT_FOUND {
+        ("Route not found".to_owned(), String::new())
+    } else if status == StatusCode::METHOD_NOT_ALLOWED {
+        ("Method not allowed".to_owned(), String::new())
+    } else if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ("Request body too large".to_owned(), String::new())
+    } else if status.is_server_error() {
+        tracing::error!(error.cause = %error, "request failed");
+        ("Internal server error".to_owned(), String::new())
+    } else {
+        (error.to_string(), String::new())
+    };
+    ErrorBody::new(message, data).with_status(status).into_response()
+}
+
+/// poem-openapi wraps messages as `failed to parse "Type": … (occurred while parsing
+/// "Type")`; the type names are ours, not the client's, so drop them.
+fn clean_parse_message(reason: &str) -> &str {
+    let mut text = reason;
+    while let Some(rest) = text
+        .strip_prefix("failed to parse \"")
+        .and_then(|r| r.split_once("\": "))
+    {
+        text = rest.1;
+    }
+    match text.find(" (occurred while parsing") {
+        Some(end) => &text[..end],
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_messages_lose_internal_type_names() {
+        assert_eq!(
+            clean_parse_message(
+                r#"failed to parse "CreateProduct": field `price` is required (occurred while parsing "CreateProduct")"#
+            ),
+            "field `price` is required"
+        );
+        assert_eq!(
+            clean_parse_message("expected value at line 1 column 1"),
+            "expected value at line 1 column 1"
+        );
+    }
+}

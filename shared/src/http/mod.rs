@@ -1,0 +1,103 @@
+//! The HTTP side of the `api` process: routes, OpenAPI spec, Swagger UI, middleware.
+
+pub mod errors;
+pub mod health;
+pub mod json;
+pub mod observe;
+pub mod pagination;
+
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use poem::{
+    Endpoint, EndpointExt, Route, Server,
+    listener::TcpListener,
+    middleware::{NormalizePath, TrailingSlash},
+};
+use poem_openapi::{ApiResponse, OpenApiService, Tags};
+use sqlx::PgPool;
+
+use crate::{addresses, orders, products, users};
+
+#[derive(Tags)]
+pub enum ApiTags {
+    /// Liveness, readiness and metrics.
+    Health,
+    /// The catalogue.
+    Products,
+    /// Delivery addresses.
+    Addresses,
+    /// Clients.
+    Users,
+    /// Orders and their saga.
+    Orders,
+}
+
+/// The answer of a successful command.
+#[derive(Debug, ApiResponse)]
+pub enum NoContent {
+    /// Done.
+    #[oai(status = 204)]
+    Done,
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub metrics: PrometheusHandle,
+    pub max_body_bytes: usize,
+}
+
+pub type Apis = (
+    health::HealthApi,
+    products::api::ProductsApi,
+    addresses::api::AddressesApi,
+    users::api::UsersApi,
+    orders::api::OrdersApi,
+);
+
+/// The OpenAPI service: every route, documented.
+pub fn openapi(state: &AppState) -> OpenApiService<Apis, ()> {
+    let apis = (
+        health::HealthApi {
+            db: state.db.clone(),
+            metrics: state.metrics.clone(),
+        },
+        products::api::ProductsApi { db: state.db.clone() },
+        addresses::api::AddressesApi { db: state.db.clone() },
+        users::api::UsersApi { db: state.db.clone() },
+        orders::api::OrdersApi { db: state.db.clone() },
+    );
+    OpenApiService::new(apis, "order-service", env!("CARGO_PKG_VERSION"))
+        .description(
+            "Orders with a transactional outbox and a choreography saga. Every error is \
+             `{\"message\", \"data\"}`; request keys match case-insensitively; a trailing \
+             slash is accepted on every route.",
+        )
+        .server("http://localhost:8000")
+}
+
+/// The whole application as one endpoint.
+pub fn app(state: AppState) -> impl Endpoint {
+    let api = openapi(&state);
+    let spec = api.spec_endpoint();
+    let docs = api.swagger_ui();
+    Route::new()
+        .nest("/", api)
+        .at("/openapi.json", spec)
+        .nest("/docs", docs)
+        .with(observe::BodyLimit(state.max_body_bytes))
+        .with(observe::Observe)
+        .catch_all_error(|e| async move { errors::framework_error(e) })
+        // Trims a trailing slash in place (no redirect): `/api/v1/products/` is `/api/v1/products`.
+        .with(NormalizePath::new(TrailingSlash::Trim))
+}
+
+/// Serves until SIGINT or SIGTERM, then lets in-flight requests finish (up to `grace`).
+pub async fn serve(addr: std::net::SocketAddr, state: AppState, grace: Duration) -> std::io::Result<()> {
+    tracing::info!(%addr, "api listening");
+    Server::new(TcpListener::bind(addr))
+        .run_with_graceful_shutdown(app(state), crate::shutdown_signal(), Some(grace))
+        .await
+}

@@ -1,0 +1,116 @@
+//! Per-request plumbing: trace context, one log line, Prometheus metrics, and the
+//! body-size limit.
+
+use std::time::Instant;
+
+use poem::{Body, Endpoint, IntoResponse, Middleware, PathPattern, Request, Response, Result, http::StatusCode};
+use tracing::Instrument;
+
+use crate::trace_context::TraceContext;
+
+/// Reads or starts the W3C trace, runs the request in a span carrying its trace id, and
+/// records `http_requests_total` and `http_request_duration_seconds` by route template
+/// (never the raw path: ids would make the series unbounded) and status.
+pub struct Observe;
+
+impl<E: Endpoint> Middleware<E> for Observe {
+    type Output = ObserveEndpoint<E>;
+
+    fn transform(&self, inner: E) -> Self::Output {
+        ObserveEndpoint { inner }
+    }
+}
+
+pub struct ObserveEndpoint<E> {
+    inner: E,
+}
+
+impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, mut req: Request) -> Result<Self::Output> {
+        let started = Instant::now();
+        let trace = TraceContext::from_header(req.headers().get("traceparent").and_then(|v| v.to_str().ok()));
+        req.set_data(trace);
+        let method = req.method().clone();
+        let span = tracing::info_span!(
+            "http.request",
+            http.method = %method,
+            http.path = %req.uri().path(),
+            trace_id = %trace.trace_id(),
+        );
+        let result = self
+            .inner
+            .call(req)
+            .instrument(span.clone())
+            .await
+            .map(IntoResponse::into_response);
+        let (status, route) = match &result {
+            Ok(resp) => (resp.status(), resp.data::<PathPattern>().map(|p| p.0.clone())),
+            Err(err) => (err.status(), err.data::<PathPattern>().map(|p| p.0.clone())),
+        };
+        let route = route.as_deref().unwrap_or("unmatched").to_owned();
+        let elapsed = started.elapsed();
+        let labels = [
+            ("method", method.to_string()),
+            ("route", route),
+            ("status", status.as_u16().to_string()),
+        ];
+        metrics::counter!("http_requests_total", &labels).increment(1);
+        metrics::histogram!("http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
+        span.in_scope(|| {
+            tracing::info!(
+                http.status = status.as_u16(),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                "request finished"
+            );
+        });
+        result
+    }
+}
+
+/// Answers 413 to a body larger than the limit, whether or not it declares its length
+/// (a chunked body is read up to the limit, not trusted).
+pub struct BodyLimit(pub usize);
+
+impl<E: Endpoint> Middleware<E> for BodyLimit {
+    type Output = BodyLimitEndpoint<E>;
+
+    fn transform(&self, inner: E) -> Self::Output {
+        BodyLimitEndpoint { inner, limit: self.0 }
+    }
+}
+
+pub struct BodyLimitEndpoint<E> {
+    inner: E,
+    limit: usize,
+}
+
+impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
+    type Output = E::Output;
+
+    async fn call(&self, mut req: Request) -> Result<Self::Output> {
+        let declared = req
+            .headers()
+            .get(poem::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.limit as u64) {
+            return Err(poem::Error::from_status(StatusCode::PAYLOAD_TOO_LARGE));
+        }
+        if declared != Some(0) && req.method() != poem::http::Method::GET {
+            let body = req
+                .take_body()
+                .into_bytes_limit(self.limit)
+                .await
+                .map_err(|e| match e {
+                    poem::error::ReadBodyError::PayloadTooLarge => {
+                        poem::Error::from_status(StatusCode::PAYLOAD_TOO_LARGE)
+                    }
+                    other => other.into(),
+                })?;
+            req.set_body(Body::from_bytes(body));
+        }
+        self.inner.call(req).await
+    }
+}

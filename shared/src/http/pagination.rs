@@ -1,0 +1,42 @@
+//! `limit`, `offset` and `order` of the list endpoints.
+
+use poem_openapi::{Enum, Object};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum SortOrder {
+    #[default]
+    Asc,
+    Desc,
+}
+
+pub const DEFAULT_LIMIT: i64 = 1000;
+
+/// A validated page request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub limit: i64,
+    pub offset: i64,
+    pub order: SortOrder,
+}
+
+impl Page {
+    /// Values already checked by the parameters' validators; only defaults remain.
+    pub fn new(limit: Option<i64>, offset: Option<i64>, order: Option<SortOrder>) -> Self {
+        Page {
+            limit: limit.unwrap_or(DEFAULT_LIMIT),
+            offset: offset.unwrap_or(0),
+            order: order.unwrap_or_default(),
+        }
+    }
+}
+
+/// Echo of the page in a list response.
+#[derive(Debug, Clone, Object)]
+pub struct PageInfo {
+    /// Number of items in this page.
+    pub count: i64,
+    pub limit: i64,
+    pub offset: i64,
+    pub order: SortOrder,
+}

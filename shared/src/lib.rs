@@ -1,0 +1,50 @@
+//! order-service: orders with a transactional outbox and a choreography saga.
+//!
+//! Read top-down:
+//! - [`http`]: the REST API (poem-openapi) of the `api` process.
+//! - Features, each with its domain rules, its commands and queries (SQL inline), and
+//!   its HTTP operations in `api.rs`: [`products`], [`addresses`], [`users`], [`orders`].
+//! - [`pricing`]: money and discounts, exact decimals.
+//! - [`bus`]: the command bus: one transaction per command.
+//! - [`outbox`]: events written in the same transaction as the change they announce.
+//! - [`error`]: the error every command and query ends in; `http::errors` maps it.
+//! - [`config`], [`telemetry`], [`db`]: start-up plumbing shared by the binaries.
+
+pub mod addresses;
+pub mod bus;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod orders;
+pub mod outbox;
+pub mod pricing;
+pub mod products;
+pub mod telemetry;
+pub mod trace_context;
+pub mod users;
+pub mod validate;
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (`docker stop`).
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT received, shutting down"),
+        () = terminate => tracing::info!("SIGTERM received, shutting down"),
+    }
+}

@@ -1,0 +1,291 @@
+//! HTTP operations of orders.
+
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::{
+    ApiResponse, Object, OpenApi,
+    param::{Path, Query},
+    payload::Json,
+    types::Example,
+};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{
+    CreateOrder, DeleteOrder, ListOrders, OrderById, OrderView, UserOrders,
+    domain::{OrderStatus, PaymentMethod, SagaStatus},
+};
+use crate::{
+    bus,
+    error::AppError,
+    http::{
+        ApiTags, NoContent,
+        errors::{CommandError, QueryError},
+        json::{CaseInsensitive, JsonDecimal},
+        pagination::{Page, PageInfo, SortOrder},
+    },
+    pricing::{MAX_ORDER_LINES, Money},
+    trace_context::TraceContext,
+    validate,
+};
+
+pub struct OrdersApi {
+    pub db: PgPool,
+}
+
+/// A new order.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct CreateOrderRequest {
+    #[oai(rename = "orderID")]
+    pub order_id: Uuid,
+    #[oai(rename = "paymentMethod")]
+    pub payment_method: PaymentMethod,
+    /// Existing products, each at most once; 1 to 1000 of them.
+    #[oai(rename = "productsIds", validator(min_items = 1, max_items = 1000, unique_items))]
+    pub products_ids: Vec<Uuid>,
+    /// An existing user (404 otherwise).
+    #[oai(rename = "userID")]
+    pub user_id: Uuid,
+    /// An existing address to deliver to (404 otherwise).
+    #[oai(rename = "deliveryAddress")]
+    pub delivery_address: Uuid,
+}
+
+const _: () = assert!(MAX_ORDER_LINES == 1000, "keep the productsIds validator in step");
+
+impl Example for CreateOrderRequest {
+    fn example() -> Self {
+        CreateOrderRequest {
+            order_id: Uuid::from_u128(0x1b2b434e_44e8_424c_bb1b_1fe609fc1f7d),
+            payment_method: PaymentMethod::Online,
+            products_ids: vec![Uuid::from_u128(0xec14f9be_44e3_4ec0_97d3_47fdac6c55c9)],
+            user_id: Uuid::from_u128(0x4b2b575e_65e7_427c_bb1b_1fe609fc1f6b),
+            delivery_address: Uuid::from_u128(0x7b2b575e_65e7_427c_bb1b_1fe609fc1f6b),
+        }
+    }
+}
+
+/// Which order to delete.
+#[derive(Debug, Object)]
+pub struct DeleteOrderRequest {
+    #[oai(rename = "orderID")]
+    pub order_id: Uuid,
+}
+
+/// The client who placed an order.
+#[derive(Debug, Object)]
+pub struct Client {
+    #[oai(rename = "ClientID")]
+    pub client_id: Uuid,
+    #[oai(rename = "ClientName")]
+    pub client_name: String,
+}
+
+/// A line of an order, at the price paid.
+#[derive(Debug, Object)]
+pub struct OrderProduct {
+    #[oai(rename = "productID")]
+    pub product_id: Uuid,
+    pub name: String,
+    /// Price after discount, when the order was placed.
+    #[oai(rename = "actualPrice")]
+    pub actual_price: JsonDecimal,
+}
+
+/// An order. The mixed casing of the keys is the public contract.
+#[derive(Debug, Object)]
+pub struct Order {
+    #[oai(rename = "orderStatus")]
+    pub order_status: OrderStatus,
+    #[oai(rename = "paymentMethod")]
+    pub payment_method: PaymentMethod,
+    pub client: Client,
+    /// Delivery address: `country, city, streetName, buildingNumber`.
+    pub address: String,
+    #[oai(rename = "OrderID")]
+    pub order_id: Uuid,
+    /// 1 to 100, then 1 again.
+    #[oai(rename = "serialNumber")]
+    pub serial_number: i32,
+    pub products: Vec<OrderProduct>,
+    #[oai(rename = "createdAt")]
+    pub created_at: DateTime<Utc>,
+    /// Sum of the products' actual prices.
+    #[oai(rename = "totalPrice")]
+    pub total_price: JsonDecimal,
+    #[oai(rename = "sagaStatus")]
+    pub saga_status: SagaStatus,
+}
+
+impl TryFrom<OrderView> for Order {
+    type Error = AppError;
+
+    fn try_from(view: OrderView) -> Result<Self, AppError> {
+        let corrupt = |e| AppError::Internal(anyhow::Error::new(e));
+        Ok(Order {
+            order_status: view.order_status.parse().map_err(corrupt)?,
+            payment_method: view.payment_method.parse().map_err(corrupt)?,
+            client: Client {
+                client_id: view.user_id,
+                client_name: view.client_name,
+            },
+            address: view.address,
+            order_id: view.id,
+            serial_number: view.serial_number,
+            products: view
+                .products
+                .0
+                .into_iter()
+                .map(|line| OrderProduct {
+                    product_id: line.product_id,
+                    name: line.name,
+                    actual_price: Money::from_db(line.actual_price).into(),
+                })
+                .collect(),
+            created_at: view.created_at,
+            total_price: Money::from_db(view.total_price).into(),
+            saga_status: view.saga_status.parse().map_err(corrupt)?,
+        })
+    }
+}
+
+#[derive(Debug, Object)]
+pub struct OrderList {
+    pub orders: Vec<Order>,
+    #[oai(flatten)]
+    pub page: PageInfo,
+}
+
+impl OrderList {
+    fn new(views: Vec<OrderView>, page: Page) -> Result<Self, AppError> {
+        let orders = views.into_iter().map(Order::try_from).collect::<Result<Vec<_>, _>>()?;
+        let page = PageInfo {
+            count: orders.len() as i64,
+            limit: page.limit,
+            offset: page.offset,
+            order: page.order,
+        };
+        Ok(OrderList { orders, page })
+    }
+}
+
+#[derive(Debug, ApiResponse)]
+pub enum OrderResponse {
+    #[oai(status = 200)]
+    Ok(Json<Order>),
+}
+
+#[derive(Debug, ApiResponse)]
+pub enum OrderListResponse {
+    #[oai(status = 200)]
+    Ok(Json<OrderList>),
+}
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Orders")]
+impl OrdersApi {
+    /// Create an order
+    ///
+    /// Writes the order, its lines and the `Order.Saga.Create` event in one transaction.
+    /// The order starts `New`/`Pending`; poll `GET /api/v1/orders/{orderID}` for the saga's answer.
+    #[oai(path = "/orders", method = "post")]
+    async fn create(
+        &self,
+        body: Json<CaseInsensitive<CreateOrderRequest>>,
+        trace: Data<&TraceContext>,
+    ) -> Result<NoContent, CommandError> {
+        let req = body.0.0;
+        let command = CreateOrder::new(
+            req.order_id,
+            req.user_id,
+            req.delivery_address,
+            req.payment_method,
+            req.products_ids,
+            *trace.0,
+        )?;
+        bus::dispatch(&self.db, command).await?;
+        Ok(NoContent::Done)
+    }
+
+    /// List approved orders
+    ///
+    /// Approved, not deleted orders from PostgreSQL, by `createdAt` then `OrderID`.
+    #[oai(path = "/orders", method = "get")]
+    async fn list(
+        &self,
+        /// Page size, 1 to 1000 (default 1000).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<i64>>,
+        /// Items to skip, ≥ 0 (default 0).
+        #[oai(validator(minimum(value = "0")))]
+        offset: Query<Option<i64>>,
+        /// `asc` (default) or `desc`.
+        order: Query<Option<SortOrder>>,
+    ) -> Result<OrderListResponse, QueryError> {
+        let page = Page::new(limit.0, offset.0, order.0);
+        let orders = ListOrders(page).fetch(&self.db).await?;
+        Ok(OrderListResponse::Ok(Json(OrderList::new(orders, page)?)))
+    }
+
+    /// Get an order
+    ///
+    /// In any saga state (`Pending`, `Approved`, `Rejected`); 404 once deleted.
+    #[oai(path = "/orders/:orderID", method = "get")]
+    async fn by_id(
+        &self,
+        /// The order's id, a UUID.
+        #[oai(name = "orderID")]
+        order_id: Path<String>,
+    ) -> Result<OrderResponse, QueryError> {
+        let order = OrderById(validate::id("orderID", &order_id.0)?).fetch(&self.db).await?;
+        Ok(OrderResponse::Ok(Json(order.try_into()?)))
+    }
+
+    /// List a user's approved orders
+    ///
+    /// Approved, not deleted orders of one user, by `createdAt` then `OrderID`. 404 for an unknown user.
+    #[oai(path = "/orders/user/:userID", method = "get")]
+    async fn by_user(
+        &self,
+        /// The user's id, a UUID.
+        #[oai(name = "userID")]
+        user_id: Path<String>,
+        /// Page size, 1 to 1000 (default 1000).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<i64>>,
+        /// Items to skip, ≥ 0 (default 0).
+        #[oai(validator(minimum(value = "0")))]
+        offset: Query<Option<i64>>,
+        /// `asc` (default) or `desc`.
+        order: Query<Option<SortOrder>>,
+    ) -> Result<OrderListResponse, QueryError> {
+        let page = Page::new(limit.0, offset.0, order.0);
+        let orders = UserOrders {
+            user_id: validate::id("userID", &user_id.0)?,
+            page,
+        }
+        .fetch(&self.db)
+        .await?;
+        Ok(OrderListResponse::Ok(Json(OrderList::new(orders, page)?)))
+    }
+
+    /// Delete an order
+    ///
+    /// Soft-deletes an approved, not yet deleted order (404 otherwise) and emits `Order.Delete`.
+    #[oai(path = "/orders", method = "delete")]
+    async fn delete(
+        &self,
+        body: Json<CaseInsensitive<DeleteOrderRequest>>,
+        trace: Data<&TraceContext>,
+    ) -> Result<NoContent, CommandError> {
+        bus::dispatch(
+            &self.db,
+            DeleteOrder {
+                id: body.0.0.order_id,
+                trace: *trace.0,
+            },
+        )
+        .await?;
+        Ok(NoContent::Done)
+    }
+}

@@ -1,0 +1,388 @@
+//! Orders: placing one starts the saga; the customer service's answer approves or
+//! rejects it.
+//!
+//! Write side: [`CreateOrder`] and [`DeleteOrder`] (commands, one transaction each, their
+//! events going to the outbox in it). Read side: [`OrderById`], [`ListOrders`] and
+//! [`UserOrders`] select from the `order_views` view straight into the response shape.
+
+pub mod api;
+pub mod domain;
+pub mod events;
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use sqlx::{PgConnection, PgPool, types::Json};
+use uuid::Uuid;
+
+use self::{
+    domain::{Order, PaymentMethod},
+    events::{OrderCreateSaga, OrderDeleted},
+};
+use crate::{
+    addresses,
+    bus::Command,
+    error::{AppError, violated_constraint},
+    http::pagination::{Page, SortOrder},
+    outbox,
+    pricing::{Discount, MAX_ORDER_LINES, Money},
+    products,
+    trace_context::TraceContext,
+    users,
+};
+
+pub const NOT_FOUND: &str = "Order with this id not exist;";
+
+/// Places an order and starts its saga.
+#[derive(Debug, Clone)]
+pub struct CreateOrder {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub delivery_address_id: Uuid,
+    pub payment_method: PaymentMethod,
+    /// Not empty, no duplicates, at most [`MAX_ORDER_LINES`]: see [`CreateOrder::new`].
+    products_ids: Vec<Uuid>,
+    pub trace: TraceContext,
+}
+
+impl CreateOrder {
+    pub fn new(
+        id: Uuid,
+        user_id: Uuid,
+        delivery_address_id: Uuid,
+        payment_method: PaymentMethod,
+        products_ids: Vec<Uuid>,
+        trace: TraceContext,
+    ) -> Result<Self, AppError> {
+        if products_ids.is_empty() {
+            return Err(AppError::invalid("productsIds", "must name at least one product"));
+        }
+        if products_ids.len() > MAX_ORDER_LINES {
+            return Err(AppError::invalid(
+                "productsIds",
+                format!("must name at most {MAX_ORDER_LINES} products"),
+            ));
+        }
+        let mut seen = HashSet::with_capacity(products_ids.len());
+        if let Some(duplicate) = products_ids.iter().find(|id| !seen.insert(**id)) {
+            return Err(AppError::invalid(
+                "productsIds",
+                format!("product {duplicate} is listed twice"),
+            ));
+        }
+        Ok(CreateOrder {
+            id,
+            user_id,
+            delivery_address_id,
+            payment_method,
+            products_ids,
+            trace,
+        })
+    }
+}
+
+impl Command for CreateOrder {
+    type Output = ();
+
+    async fn execute(self, tx: &mut PgConnection) -> Result<(), AppError> {
+        let prices: HashMap<Uuid, Money> = sqlx::query!(
+            "SELECT id, price, discount FROM products WHERE id = ANY($1)",
+            &self.products_ids
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|p| {
+            let discount = Discount::try_from(i64::from(p.discount)).unwrap_or_default();
+            (p.id, Money::from_db(p.price).discounted(discount))
+        })
+        .collect();
+        let actual_prices = self
+            .products_ids
+            .iter()
+            .map(|id| {
+                prices
+                    .get(id)
+                    .copied()
+                    .ok_or_else(|| AppError::not_found(products::NOT_FOUND_BY_ID, id))
+            })
+            .collect::<Result<Vec<Money>, AppError>>()?;
+        let total_price = Money::sum(actual_prices.iter().copied());
+
+        sqlx::query!(
+            "INSERT INTO orders (id, user_id, delivery_address_id, payment_method, total_price)
+             VALUES ($1, $2, $3, $4, $5)",
+            self.id,
+            self.user_id,
+            self.delivery_address_id,
+            self.payment_method.as_str(),
+            total_price.amount(),
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match violated_constraint(&e) {
+            Some("orders_pkey") => AppError::conflict("Order with this id already exists;", self.id),
+            Some("orders_user_id_fkey") => AppError::not_found(users::NOT_FOUND, self.user_id),
+            Some("orders_delivery_address_id_fkey") => {
+                AppError::not_found(addresses::NOT_FOUND, self.delivery_address_id)
+            }
+            _ => e.into(),
+        })?;
+
+        let amounts: Vec<Decimal> = actual_prices.iter().map(|m| m.amount()).collect();
+        sqlx::query!(
+            "INSERT INTO order_products (order_id, position, product_id, actual_price)
+             SELECT $1, line.position, line.product_id, line.actual_price
+               FROM UNNEST($2::uuid[], $3::numeric[]) WITH ORDINALITY AS line(product_id, actual_price, position)",
+            self.id,
+            &self.products_ids,
+            &amounts,
+        )
+        .execute(&mut *tx)
+        .await?;
+
+        let event = OrderCreateSaga {
+            order_id: self.id,
+            user_id: self.user_id,
+            products_ids: self.products_ids,
+            total_price,
+        };
+        outbox::append(tx, &event, self.trace).await?;
+        tracing::info!(order.id = %self.id, order.total = %total_price, "order created, saga started");
+        Ok(())
+    }
+}
+
+/// Soft-deletes an approved order. Returns the user whose orders changed.
+#[derive(Debug, Clone)]
+pub struct DeleteOrder {
+    pub id: Uuid,
+    pub trace: TraceContext,
+}
+
+impl Command for DeleteOrder {
+    type Output = Uuid;
+
+    async fn execute(self, tx: &mut PgConnection) -> Result<Uuid, AppError> {
+        let row = sqlx::query!(
+            "SELECT id, user_id, order_status, saga_status, deleted_at FROM orders WHERE id = $1 FOR UPDATE",
+            self.id
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| AppError::not_found(NOT_FOUND, self.id))?;
+        let mut order = Order {
+            id: row.id,
+            user_id: row.user_id,
+            order_status: row
+                .order_status
+                .parse()
+                .map_err(|e| AppError::Internal(anyhow::Error::new(e)))?,
+            saga_status: row
+                .saga_status
+                .parse()
+                .map_err(|e| AppError::Internal(anyhow::Error::new(e)))?,
+            deleted_at: row.deleted_at,
+        };
+        // Only approved, live orders can be deleted; to the client, any other is not there.
+        order
+            .delete(Utc::now())
+            .map_err(|_| AppError::not_found(NOT_FOUND, self.id))?;
+
+        sqlx::query!(
+            "UPDATE orders SET deleted = true, deleted_at = $2 WHERE id = $1",
+            order.id,
+            order.deleted_at
+        )
+        .execute(&mut *tx)
+        .await?;
+        outbox::append(
+            tx,
+            &OrderDeleted {
+                order_id: order.id,
+                user_id: order.user_id,
+            },
+            self.trace,
+        )
+        .await?;
+        tracing::info!(order.id = %order.id, "order deleted");
+        Ok(order.user_id)
+    }
+}
+
+/// An order as the API shows it, read from `order_views`.
+#[derive(Debug, Clone)]
+pub struct OrderView {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub order_status: String,
+    pub saga_status: String,
+    pub payment_method: String,
+    pub serial_number: i32,
+    pub total_price: Decimal,
+    pub created_at: DateTime<Utc>,
+    pub client_name: String,
+    pub address: String,
+    pub products: Json<Vec<OrderLineView>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OrderLineView {
+    #[serde(rename = "productID")]
+    pub product_id: Uuid,
+    pub name: String,
+    #[serde(rename = "actualPrice")]
+    pub actual_price: Decimal,
+}
+
+/// One order in any saga state, unless deleted.
+pub struct OrderById(pub Uuid);
+
+impl OrderById {
+    pub async fn fetch(self, db: &PgPool) -> Result<OrderView, AppError> {
+        sqlx::query_as!(
+            OrderView,
+            r#"SELECT id AS "id!", user_id AS "user_id!", order_status AS "order_status!",
+                      saga_status AS "saga_status!", payment_method AS "payment_method!",
+                      serial_number AS "serial_number!", total_price AS "total_price!",
+                      created_at AS "created_at!", client_name AS "client_name!", address AS "address!",
+                      products AS "products!: Json<Vec<OrderLineView>>"
+                 FROM order_views WHERE id = $1 AND NOT deleted"#,
+            self.0
+        )
+        .fetch_optional(db)
+        .await?
+        .ok_or_else(|| AppError::not_found(NOT_FOUND, self.0))
+    }
+}
+
+/// A page of approved, live orders, by creation time then id.
+pub struct ListOrders(pub Page);
+
+impl ListOrders {
+    pub async fn fetch(self, db: &PgPool) -> Result<Vec<OrderView>, AppError> {
+        let Page { limit, offset, order } = self.0;
+        // One statement per direction, so each walks the partial index in its order.
+        let orders = match order {
+            SortOrder::Asc => {
+                sqlx::query_as!(
+                    OrderView,
+                    r#"SELECT id AS "id!", user_id AS "user_id!", order_status AS "order_status!",
+                          saga_status AS "saga_status!", payment_method AS "payment_method!",
+                          serial_number AS "serial_number!", total_price AS "total_price!",
+                          created_at AS "created_at!", client_name AS "client_name!", address AS "address!",
+                          products AS "products!: Json<Vec<OrderLineView>>"
+                     FROM order_views WHERE saga_status = 'Approved' AND NOT deleted
+                    ORDER BY created_at, id LIMIT $1 OFFSET $2"#,
+                    limit,
+                    offset
+                )
+                .fetch_all(db)
+                .await?
+            }
+            SortOrder::Desc => {
+                sqlx::query_as!(
+                    OrderView,
+                    r#"SELECT id AS "id!", user_id AS "user_id!", order_status AS "order_status!",
+                          saga_status AS "saga_status!", payment_method AS "payment_method!",
+                          serial_number AS "serial_number!", total_price AS "total_price!",
+                          created_at AS "created_at!", client_name AS "client_name!", address AS "address!",
+                          products AS "products!: Json<Vec<OrderLineView>>"
+                     FROM order_views WHERE saga_status = 'Approved' AND NOT deleted
+                    ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2"#,
+                    limit,
+                    offset
+                )
+                .fetch_all(db)
+                .await?
+            }
+        };
+        Ok(orders)
+    }
+}
+
+/// A page of one user's approved, live orders. An unknown user is a 404, not an empty page.
+pub struct UserOrders {
+    pub user_id: Uuid,
+    pub page: Page,
+}
+
+impl UserOrders {
+    pub async fn fetch(self, db: &PgPool) -> Result<Vec<OrderView>, AppError> {
+        let Page { limit, offset, order } = self.page;
+        let user_id = self.user_id;
+        let orders = match order {
+            SortOrder::Asc => {
+                sqlx::query_as!(
+                    OrderView,
+                    r#"SELECT id AS "id!", user_id AS "user_id!", order_status AS "order_status!",
+                          saga_status AS "saga_status!", payment_method AS "payment_method!",
+                          serial_number AS "serial_number!", total_price AS "total_price!",
+                          created_at AS "created_at!", client_name AS "client_name!", address AS "address!",
+                          products AS "products!: Json<Vec<OrderLineView>>"
+                     FROM order_views WHERE user_id = $1 AND saga_status = 'Approved' AND NOT deleted
+                    ORDER BY created_at, id LIMIT $2 OFFSET $3"#,
+                    user_id,
+                    limit,
+                    offset
+                )
+                .fetch_all(db)
+                .await?
+            }
+            SortOrder::Desc => {
+                sqlx::query_as!(
+                    OrderView,
+                    r#"SELECT id AS "id!", user_id AS "user_id!", order_status AS "order_status!",
+                          saga_status AS "saga_status!", payment_method AS "payment_method!",
+                          serial_number AS "serial_number!", total_price AS "total_price!",
+                          created_at AS "created_at!", client_name AS "client_name!", address AS "address!",
+                          products AS "products!: Json<Vec<OrderLineView>>"
+                     FROM order_views WHERE user_id = $1 AND saga_status = 'Approved' AND NOT deleted
+                    ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"#,
+                    user_id,
+                    limit,
+                    offset
+                )
+                .fetch_all(db)
+                .await?
+            }
+        };
+        if orders.is_empty() {
+            let known = sqlx::query_scalar!("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", user_id)
+                .fetch_one(db)
+                .await?;
+            if known != Some(true) {
+                return Err(AppError::not_found(users::NOT_FOUND, user_id));
+            }
+        }
+        Ok(orders)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(products: Vec<Uuid>) -> Result<CreateOrder, AppError> {
+        CreateOrder::new(
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            PaymentMethod::Card,
+            products,
+            TraceContext::new_root(),
+        )
+    }
+
+    #[test]
+    fn an_order_names_products_once_each() {
+        let id = Uuid::new_v4();
+        assert!(order(vec![]).is_err());
+        let duplicate = order(vec![id, Uuid::new_v4(), id]).unwrap_err();
+        assert!(duplicate.to_string().starts_with("productsIds: "), "{duplicate}");
+        assert!(order(vec![id]).is_ok());
+        assert!(order((0..=MAX_ORDER_LINES).map(|_| Uuid::new_v4()).collect()).is_err());
+    }
+}

@@ -1,0 +1,98 @@
+//! Transactional outbox, write side: an event is a row inserted with the same
+//! `&mut PgConnection` (the same transaction) as the change it announces, so it is
+//! published if and only if the change commits. The relay publishes the rows.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::trace_context::TraceContext;
+
+/// The topic exchange every event goes to.
+pub const EXCHANGE: &str = "Orders";
+
+/// An event of the wire contract: its routing key and `eventType` are fixed by its type.
+pub trait Event: Serialize {
+    const ROUTING_KEY: &'static str;
+    const EVENT_TYPE: &'static str;
+
+    /// The order (or other aggregate) the event is about; events of one aggregate are
+    /// published in the order they were written.
+    fn aggregate_id(&self) -> Uuid;
+}
+
+/// The published body: `eventID`, `eventType`, `eventTimeStamp`, then the event's fields.
+#[derive(Serialize)]
+struct Envelope<'a, E> {
+    #[serde(rename = "eventID")]
+    event_id: Uuid,
+    #[serde(rename = "eventType")]
+    event_type: &'static str,
+    #[serde(rename = "eventTimeStamp")]
+    event_time_stamp: DateTime<Utc>,
+    #[serde(flatten)]
+    event: &'a E,
+}
+
+/// Serializes an event into its envelope.
+pub fn envelope<E: Event>(event: &E, event_id: Uuid, at: DateTime<Utc>) -> serde_json::Result<String> {
+    serde_json::to_string(&Envelope {
+        event_id,
+        event_type: E::EVENT_TYPE,
+        event_time_stamp: at,
+        event,
+    })
+}
+
+/// Writes `event` to the outbox inside the caller's transaction; returns its `eventID`.
+pub async fn append<E: Event>(tx: &mut PgConnection, event: &E, trace: TraceContext) -> Result<Uuid, sqlx::Error> {
+    let event_id = Uuid::now_v7();
+    let payload = envelope(event, event_id, Utc::now()).map_err(|e| sqlx::Error::Encode(e.into()))?;
+    let headers = serde_json::json!({ "traceparent": trace.child().to_string() });
+    sqlx::query!(
+        r#"INSERT INTO outbox (event_id, aggregate_id, exchange, routing_key, event_type, payload, headers)
+           VALUES ($1, $2, $3, $4, $5, ($6::text)::json, $7)"#,
+        event_id,
+        event.aggregate_id(),
+        EXCHANGE,
+        E::ROUTING_KEY,
+        E::EVENT_TYPE,
+        payload,
+        headers,
+    )
+    .execute(tx)
+    .await?;
+    Ok(event_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct Pinged {
+        #[serde(rename = "orderID")]
+        order_id: Uuid,
+    }
+
+    impl Event for Pinged {
+        const ROUTING_KEY: &'static str = "Order.Ping";
+        const EVENT_TYPE: &'static str = "OrderPinged";
+        fn aggregate_id(&self) -> Uuid {
+            self.order_id
+        }
+    }
+
+    #[test]
+    fn the_envelope_starts_with_the_event_id_then_the_fields() {
+        let at = DateTime::parse_from_rfc3339("2026-11-25T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let body = envelope(&Pinged { order_id: Uuid::nil() }, Uuid::max(), at).unwrap();
+        assert_eq!(
+            body,
+            r#"{"eventID":"ffffffff-ffff-ffff-ffff-ffffffffffff","eventType":"OrderPinged","eventTimeStamp":"2026-11-25T10:00:00Z","orderID":"00000000-0000-0000-0000-000000000000"}"#
+        );
+    }
+}

@@ -1,0 +1,167 @@
+//! `TestApp`: the whole app in-process, with helpers to seed data through the API.
+
+use poem::{EndpointExt, Response, endpoint::BoxEndpoint, http::StatusCode, test::TestClient};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use order_service::{
+    http::{AppState, app},
+    telemetry,
+};
+
+pub struct TestApp {
+    pub client: TestClient<BoxEndpoint<'static, Response>>,
+    pub db: PgPool,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+    pub content_type: Option<String>,
+}
+
+impl Reply {
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, needle: &str) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        let message = self.body["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no message in {}", self.body));
+        assert!(self.body["data"].is_string(), "no data in {}", self.body);
+        assert_eq!(
+            self.body.as_object().map(|o| o.len()),
+            Some(2),
+            "extra keys in {}",
+            self.body
+        );
+        assert!(message.contains(needle), "{message:?} does not contain {needle:?}");
+    }
+}
+
+impl TestApp {
+    pub fn new(db: PgPool) -> Self {
+        let state = AppState {
+            db: db.clone(),
+            metrics: telemetry::metrics(),
+            max_body_bytes: 64 * 1024,
+        };
+        TestApp {
+            client: TestClient::new(app(state).map_to_response().boxed()),
+            db,
+        }
+    }
+
+    async fn reply(response: poem::test::TestResponse) -> Reply {
+        let response = response.0;
+        let status = response.status();
+        let content_type = response.content_type().map(str::to_owned);
+        let text = response.into_body().into_string().await.expect("a body");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Reply {
+            status,
+            body,
+            content_type,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        Self::reply(self.client.get(path).send().await).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        Self::reply(self.client.post(path).body_json(body).send().await).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Reply {
+        Self::reply(self.client.put(path).body_json(body).send().await).await
+    }
+
+    pub async fn delete(&self, path: &str, body: &Value) -> Reply {
+        Self::reply(self.client.delete(path).body_json(body).send().await).await
+    }
+
+    pub async fn raw(&self, method: &str, path: &str, content_type: &str, body: impl Into<poem::Body>) -> Reply {
+        let request = match method {
+            "POST" => self.client.post(path),
+            "PUT" => self.client.put(path),
+            "DELETE" => self.client.delete(path),
+            _ => self.client.get(path),
+        };
+        Self::reply(request.content_type(content_type).body(body).send().await).await
+    }
+
+    pub async fn create_product(&self, name: &str, price: f64, discount: i64) -> Uuid {
+        let id = Uuid::new_v4();
+        let reply = self
+            .post(
+                "/api/v1/products/",
+                &json!({"productID": id, "price": price, "discount": discount, "description": "d", "name": name}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.body);
+        id
+    }
+
+    pub async fn create_address(&self) -> Uuid {
+        let id = Uuid::new_v4();
+        let reply = self
+            .post(
+                "/api/v1/address/",
+                &json!({"addressID": id, "buildingNumber": 44, "streetName": "Pushkina", "city": "Moscow", "country": "Russia"}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.body);
+        id
+    }
+
+    pub async fn create_user(&self, username: &str, address: Uuid) -> Uuid {
+        let id = Uuid::new_v4();
+        let reply = self
+            .post(
+                "/api/v1/users/",
+                &json!({"userID": id, "username": username, "addressID": address}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.body);
+        id
+    }
+
+    /// A user with an address and an order of the given products; returns (user, address, order).
+    pub async fn place_order(&self, products: &[Uuid]) -> (Uuid, Uuid, Uuid) {
+        let address = self.create_address().await;
+        let user = self.create_user("test", address).await;
+        let order = Uuid::new_v4();
+        let reply = self
+            .post(
+                "/api/v1/orders/",
+                &json!({"orderID": order, "paymentMethod": "Online", "productsIds": products, "userID": user, "deliveryAddress": address}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.body);
+        (user, address, order)
+    }
+
+    /// Stands in for the saga worker (a later issue): approves an order in SQL.
+    pub async fn approve(&self, order: Uuid) {
+        sqlx::query("UPDATE orders SET saga_status = 'Approved' WHERE id = $1")
+            .bind(order)
+            .execute(&self.db)
+            .await
+            .unwrap();
+    }
+
+    /// Row counts of the tables an order writes.
+    pub async fn order_tables(&self) -> (i64, i64, i64) {
+        sqlx::query_as(
+            "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM order_products), (SELECT count(*) FROM outbox)",
+        )
+        .fetch_one(&self.db)
+        .await
+        .unwrap()
+    }
+}

@@ -1,0 +1,339 @@
+use std::{collections::HashSet, sync::Arc};
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::helpers::TestApp;
+
+fn order_body(order: Uuid, products: &[Uuid], user: Uuid, address: Uuid) -> Value {
+    json!({"orderID": order, "paymentMethod": "Card", "productsIds": products, "userID": user, "deliveryAddress": address})
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn an_order_reads_back_exactly_as_the_contract_says(db: PgPool) {
+    let app = TestApp::new(db);
+    let phone = app.create_product("he3444443h1", 100.0, 10).await;
+    let case = app.create_product("Case", 0.25, 50).await;
+    let (user, _, order) = app.place_order(&[phone, case]).await;
+
+    let reply = app.get(&format!("/api/v1/orders/{order}/")).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let created_at = reply.body["createdAt"].as_str().unwrap().to_owned();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(&created_at).is_ok(),
+        "{created_at}"
+    );
+    assert_eq!(
+        reply.body,
+        json!({
+            "orderStatus": "New", "paymentMethod": "Online",
+            "client": {"ClientID": user, "ClientName": "test"},
+            "address": "Russia, Moscow, Pushkina, 44",
+            "OrderID": order, "serialNumber": 1,
+            "products": [
+                {"productID": phone, "name": "he3444443h1", "actualPrice": 90},
+                // 0.25 × 50% = 0.125 → 0.12, half to even.
+                {"productID": case, "name": "Case", "actualPrice": 0.12}
+            ],
+            "createdAt": created_at, "totalPrice": 90.12, "sagaStatus": "Pending"
+        })
+    );
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_order_and_its_saga_event_are_written_together(db: PgPool) {
+    let app = TestApp::new(db);
+    let phone = app.create_product("Phone", 100.0, 10).await;
+    let (user, _, order) = app.place_order(&[phone]).await;
+
+    let (exchange, routing_key, event_type, aggregate, payload, headers): (
+        String,
+        String,
+        String,
+        Uuid,
+        String,
+        Value,
+    ) = sqlx::query_as("SELECT exchange, routing_key, event_type, aggregate_id, payload::text, headers FROM outbox")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(
+        (exchange.as_str(), routing_key.as_str(), event_type.as_str()),
+        ("Orders", "Order.Saga.Create", "OrderCreateSaga")
+    );
+    assert_eq!(aggregate, order);
+    assert!(payload.starts_with(r#"{"eventID":""#), "{payload}");
+    let body: Value = serde_json::from_str(&payload).unwrap();
+    assert!(Uuid::parse_str(body["eventID"].as_str().unwrap()).is_ok());
+    assert!(chrono::DateTime::parse_from_rfc3339(body["eventTimeStamp"].as_str().unwrap()).is_ok());
+    assert_eq!(body["eventType"], "OrderCreateSaga");
+    assert_eq!(body["orderID"], json!(order));
+    assert_eq!(body["userID"], json!(user));
+    assert_eq!(body["productsIDs"], json!([phone]));
+    assert_eq!(body["totalPrice"], json!(90));
+    let traceparent = headers["traceparent"].as_str().unwrap();
+    assert!(
+        order_service::trace_context::TraceContext::parse(traceparent).is_some(),
+        "{traceparent}"
+    );
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_event_carries_the_trace_of_the_request(db: PgPool) {
+    let app = TestApp::new(db);
+    let phone = app.create_product("Phone", 1.0, 0).await;
+    let address = app.create_address().await;
+    let user = app.create_user("u", address).await;
+    let response = app
+        .client
+        .post("/api/v1/orders")
+        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .body_json(&order_body(Uuid::new_v4(), &[phone], user, address))
+        .send()
+        .await;
+    response.assert_status(poem::http::StatusCode::NO_CONTENT);
+    let traceparent: String = sqlx::query_scalar("SELECT headers->>'traceparent' FROM outbox")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert!(
+        traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{traceparent}"
+    );
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn order_rules_are_400_naming_the_field(db: PgPool) {
+    let app = TestApp::new(db);
+    let phone = app.create_product("Phone", 1.0, 0).await;
+    let address = app.create_address().await;
+    let user = app.create_user("u", address).await;
+    let valid = order_body(Uuid::new_v4(), &[phone], user, address);
+    for (field, value, message) in [
+        (
+            "paymentMethod",
+            json!("Bitcoin"),
+            "field `paymentMethod` must be one of",
+        ),
+        ("paymentMethod", json!("string"), "field `paymentMethod` must be one of"),
+        ("productsIds", json!([]), "field `productsIds` verification failed"),
+        (
+            "productsIds",
+            json!([phone, phone]),
+            "field `productsIds` verification failed",
+        ),
+        ("productsIds", json!(["x"]), "field `productsIds[0]` must be a UUID"),
+        ("productsIds", json!(phone), "field `productsIds` must be an array"),
+        ("userID", json!(1), "field `userID` must be a string"),
+    ] {
+        let mut body = valid.clone();
+        body[field] = value;
+        app.post("/api/v1/orders/", &body).await.assert_error(400, message);
+    }
+    let too_many: Vec<Uuid> = (0..1001).map(|_| Uuid::new_v4()).collect();
+    let mut body = valid.clone();
+    body["productsIds"] = json!(too_many);
+    app.post("/api/v1/orders/", &body)
+        .await
+        .assert_error(400, "productsIds");
+    assert_eq!(app.order_tables().await, (0, 0, 0));
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn unknown_references_are_404_and_write_nothing(db: PgPool) {
+    let app = TestApp::new(db);
+    let phone = app.create_product("Phone", 1.0, 0).await;
+    let address = app.create_address().await;
+    let user = app.create_user("u", address).await;
+    let unknown = Uuid::new_v4();
+    for (body, message) in [
+        (
+            order_body(Uuid::new_v4(), &[phone, unknown], user, address),
+            "Product with this id not exist;",
+        ),
+        (
+            order_body(Uuid::new_v4(), &[phone], unknown, address),
+            "User with this id not exist;",
+        ),
+        (
+            order_body(Uuid::new_v4(), &[phone], user, unknown),
+            "Address with this id not exist;",
+        ),
+    ] {
+        let reply = app.post("/api/v1/orders/", &body).await;
+        reply.assert_error(404, message);
+        assert_eq!(reply.body["data"], json!(unknown));
+    }
+    assert_eq!(app.order_tables().await, (0, 0, 0));
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_duplicate_order_id_is_409_and_leaves_the_tables_as_they_were(db: PgPool) {
+    let app = TestApp::new(db);
+    let phone = app.create_product("Phone", 1.0, 0).await;
+    let other = app.create_product("Other", 2.0, 0).await;
+    let (user, address, order) = app.place_order(&[phone]).await;
+    let before = app.order_tables().await;
+    assert_eq!(before, (1, 1, 1));
+    app.post("/api/v1/orders/", &order_body(order, &[phone, other], user, address))
+        .await
+        .assert_error(409, "Order with this id already exists;");
+    assert_eq!(app.order_tables().await, before);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn lists_show_approved_live_orders_only(db: PgPool) {
+    let app = TestApp::new(db);
+    let phone = app.create_product("Phone", 10.0, 0).await;
+    let (user, address, first) = app.place_order(&[phone]).await;
+    let second = Uuid::new_v4();
+    assert_eq!(
+        app.post("/api/v1/orders/", &order_body(second, &[phone], user, address))
+            .await
+            .status,
+        204
+    );
+    let (_, _, pending) = app.place_order(&[phone]).await;
+    app.approve(first).await;
+    app.approve(second).await;
+
+    let reply = app.get("/api/v1/orders/?limit=10&order=asc").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let ids: Vec<Value> = reply.body["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["OrderID"].clone())
+        .collect();
+    assert_eq!(ids, [json!(first), json!(second)]);
+    assert_eq!(
+        (&reply.body["count"], &reply.body["limit"], &reply.body["order"]),
+        (&json!(2), &json!(10), &json!("asc"))
+    );
+    assert_eq!(reply.body["orders"][0]["sagaStatus"], "Approved");
+
+    let reply = app.get(&format!("/api/v1/orders/user/{user}?limit=1&order=desc")).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["orders"][0]["OrderID"], json!(second));
+    assert_eq!((&reply.body["count"], &reply.body["offset"]), (&json!(1), &json!(0)));
+
+    // A pending order is readable by id, but in no list.
+    assert_eq!(
+        app.get(&format!("/api/v1/orders/{pending}")).await.body["sagaStatus"],
+        "Pending"
+    );
+    let reply = app.get("/api/v1/orders?offset=2").await;
+    assert_eq!(reply.body["orders"], json!([]));
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_users_orders_need_a_known_user(db: PgPool) {
+    let app = TestApp::new(db);
+    let address = app.create_address().await;
+    let user = app.create_user("u", address).await;
+    let reply = app.get(&format!("/api/v1/orders/user/{user}/")).await;
+    assert_eq!((reply.status.as_u16(), &reply.body["orders"]), (200, &json!([])));
+    app.get(&format!("/api/v1/orders/user/{}", Uuid::new_v4()))
+        .await
+        .assert_error(404, "User with this id not exist;");
+    app.get("/api/v1/orders/user/not-a-uuid")
+        .await
+        .assert_error(400, "userID");
+    app.get(&format!("/api/v1/orders/{}", Uuid::new_v4()))
+        .await
+        .assert_error(404, "Order with this id not exist;");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn only_an_approved_live_order_can_be_deleted(db: PgPool) {
+    let app = TestApp::new(db);
+    let phone = app.create_product("Phone", 10.0, 0).await;
+    let (user, _, order) = app.place_order(&[phone]).await;
+
+    app.delete("/api/v1/orders/", &json!({"orderID": order}))
+        .await
+        .assert_error(404, "Order with this id not exist;");
+    app.approve(order).await;
+    let reply = app.delete("/api/v1/orders/", &json!({"OrderID": order})).await;
+    assert_eq!(reply.status, 204, "{}", reply.body);
+    app.delete("/api/v1/orders/", &json!({"orderID": order}))
+        .await
+        .assert_error(404, "Order with this id not exist;");
+    app.delete("/api/v1/orders/", &json!({"orderID": Uuid::new_v4()}))
+        .await
+        .assert_error(404, "not exist");
+
+    let (deleted, deleted_at_set): (bool, bool) =
+        sqlx::query_as("SELECT deleted, deleted_at IS NOT NULL FROM orders WHERE id = $1")
+            .bind(order)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert!(deleted && deleted_at_set, "the row stays, marked deleted");
+    let events: Vec<(String, Value)> = sqlx::query_as("SELECT routing_key, payload::jsonb FROM outbox ORDER BY id")
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1].0, "Order.Delete");
+    assert_eq!(events[1].1["eventType"], "OrderDeleted");
+    assert_eq!(events[1].1["userID"], json!(user));
+    assert_eq!(
+        app.get(&format!("/api/v1/orders/user/{user}")).await.body["orders"],
+        json!([])
+    );
+    app.get(&format!("/api/v1/orders/{order}"))
+        .await
+        .assert_error(404, "not exist");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn concurrent_orders_each_get_a_row_an_event_and_a_distinct_serial(db: PgPool) {
+    let app = Arc::new(TestApp::new(db));
+    let phone = app.create_product("Phone", 10.0, 0).await;
+    let address = app.create_address().await;
+    let user = app.create_user("u", address).await;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let app = app.clone();
+        tasks.spawn(async move {
+            let reply = app
+                .post("/api/v1/orders/", &order_body(Uuid::new_v4(), &[phone], user, address))
+                .await;
+            assert_eq!(reply.status, 204, "{}", reply.body);
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    assert_eq!(app.order_tables().await, (50, 50, 50));
+    let serials: Vec<i32> = sqlx::query_scalar("SELECT serial_number FROM orders")
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+    let distinct: HashSet<i32> = serials.iter().copied().collect();
+    assert_eq!(distinct.len(), 50, "{serials:?}");
+    assert!(serials.iter().all(|s| (1..=100).contains(s)));
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn serial_numbers_cycle_after_100(db: PgPool) {
+    let app = TestApp::new(db);
+    sqlx::query("SELECT setval('order_serial_number', 99)")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let phone = app.create_product("Phone", 1.0, 0).await;
+    let (user, address, a) = app.place_order(&[phone]).await;
+    let b = Uuid::new_v4();
+    assert_eq!(
+        app.post("/api/v1/orders/", &order_body(b, &[phone], user, address))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(app.get(&format!("/api/v1/orders/{a}")).await.body["serialNumber"], 100);
+    assert_eq!(app.get(&format!("/api/v1/orders/{b}")).await.body["serialNumber"], 1);
+}
