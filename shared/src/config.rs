@@ -96,7 +96,8 @@ fn default_shutdown_grace_secs() -> u64 {
 }
 
 fn default_log_level() -> String {
-    "info".into()
+    // sqlx logs PostgreSQL's NOTICEs ("relation … already exists, skipping") at info.
+    "info,sqlx::postgres::notice=warn".into()
 }
 
 // envy names the variable only for numbers; these name it for the rest.

@@ -81,6 +81,13 @@ pub fn openapi(state: &AppState) -> OpenApiService<Apis, ()> {
 /// The whole application as one endpoint.
 pub fn app(state: AppState) -> impl Endpoint {
     let api = openapi(&state);
+    let spec: serde_json::Value = serde_json::from_str(&api.spec()).unwrap_or_default();
+    let routes = observe::RouteNames::from_spec_paths(
+        spec["paths"]
+            .as_object()
+            .into_iter()
+            .flat_map(|paths| paths.keys().map(String::as_str)),
+    );
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
     Route::new()
@@ -88,7 +95,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         .at("/openapi.json", spec)
         .nest("/docs", docs)
         .with(observe::BodyLimit(state.max_body_bytes))
-        .with(observe::Observe)
+        .with(observe::Observe::new(routes))
         .catch_all_error(|e| async move { errors::framework_error(e) })
         // Trims a trailing slash in place (no redirect): `/api/v1/products/` is `/api/v1/products`.
         .with(NormalizePath::new(TrailingSlash::Trim))

@@ -1,7 +1,7 @@
 //! Per-request plumbing: trace context, one log line, Prometheus metrics, and the
 //! body-size limit.
 
-use std::time::Instant;
+use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use poem::{Body, Endpoint, IntoResponse, Middleware, PathPattern, Request, Response, Result, http::StatusCode};
 use tracing::Instrument;
@@ -11,18 +11,68 @@ use crate::trace_context::TraceContext;
 /// Reads or starts the W3C trace, runs the request in a span carrying its trace id, and
 /// records `http_requests_total` and `http_request_duration_seconds` by route template
 /// (never the raw path: ids would make the series unbounded) and status.
-pub struct Observe;
+pub struct Observe {
+    routes: Arc<RouteNames>,
+}
+
+impl Observe {
+    pub fn new(routes: RouteNames) -> Self {
+        Observe {
+            routes: Arc::new(routes),
+        }
+    }
+}
+
+/// poem-openapi routes `/products/{productName}` as `/products/:param0`; metrics and
+/// logs use the spec's spelling, which is what a reader of the dashboard knows.
+#[derive(Debug, Default)]
+pub struct RouteNames(HashMap<String, String>);
+
+impl RouteNames {
+    /// From the OpenAPI paths (`/orders/{orderID}`), in the order poem-openapi numbers them.
+    pub fn from_spec_paths<'a>(paths: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut names = HashMap::new();
+        for path in paths {
+            let mut index = 0;
+            let internal: Vec<String> = path
+                .split('/')
+                .map(|segment| {
+                    if segment.starts_with('{') && segment.ends_with('}') {
+                        index += 1;
+                        format!(":param{}", index - 1)
+                    } else {
+                        segment.to_owned()
+                    }
+                })
+                .collect();
+            names.insert(internal.join("/"), path.to_owned());
+        }
+        RouteNames(names)
+    }
+
+    fn name(&self, pattern: Option<&str>) -> String {
+        match pattern {
+            Some(pattern) => self.0.get(pattern).cloned().unwrap_or_else(|| pattern.to_owned()),
+            // No route matched: one label, however many paths are probed.
+            None => "unmatched".to_owned(),
+        }
+    }
+}
 
 impl<E: Endpoint> Middleware<E> for Observe {
     type Output = ObserveEndpoint<E>;
 
     fn transform(&self, inner: E) -> Self::Output {
-        ObserveEndpoint { inner }
+        ObserveEndpoint {
+            inner,
+            routes: self.routes.clone(),
+        }
     }
 }
 
 pub struct ObserveEndpoint<E> {
     inner: E,
+    routes: Arc<RouteNames>,
 }
 
 impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
@@ -49,7 +99,7 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
             Ok(resp) => (resp.status(), resp.data::<PathPattern>().map(|p| p.0.clone())),
             Err(err) => (err.status(), err.data::<PathPattern>().map(|p| p.0.clone())),
         };
-        let route = route.as_deref().unwrap_or("unmatched").to_owned();
+        let route = self.routes.name(route.as_deref());
         let elapsed = started.elapsed();
         let labels = [
             ("method", method.to_string()),
@@ -61,6 +111,7 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
         span.in_scope(|| {
             tracing::info!(
                 http.status = status.as_u16(),
+                http.route = %labels[1].1,
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 "request finished"
             );
@@ -112,5 +163,30 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
             req.set_body(Body::from_bytes(body));
         }
         self.inner.call(req).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_patterns_get_the_spec_names() {
+        let names = RouteNames::from_spec_paths([
+            "/api/v1/orders/user/{userID}",
+            "/api/v1/products/{productID}/productName",
+            "/healthcheck",
+        ]);
+        assert_eq!(
+            names.name(Some("/api/v1/orders/user/:param0")),
+            "/api/v1/orders/user/{userID}"
+        );
+        assert_eq!(
+            names.name(Some("/api/v1/products/:param0/productName")),
+            "/api/v1/products/{productID}/productName"
+        );
+        assert_eq!(names.name(Some("/healthcheck")), "/healthcheck");
+        assert_eq!(names.name(Some("/docs/*path")), "/docs/*path");
+        assert_eq!(names.name(None), "unmatched");
     }
 }

@@ -101,6 +101,7 @@ async fn swagger_ui_health_and_metrics_are_served(db: PgPool) {
     );
 
     app.get("/api/v1/products/").await;
+    app.get(&format!("/api/v1/orders/{}", uuid::Uuid::new_v4())).await;
     let reply = app.get("/metrics").await;
     let Value::String(text) = reply.body else {
         panic!("metrics are text")
