@@ -4,12 +4,10 @@
 DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/orders
 # `#[sqlx::test]` creates a database per test through this server's maintenance database.
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
-# Where `make sqlx-prepare` describes the queries.
-SQLX_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/orders_sqlx
 
 export DATABASE_URL
 
-.PHONY: run test services migrate fmt lint sqlx-prepare
+.PHONY: run test services migrate fmt lint sqlx-prepare sqlx-check
 
 ## Start the whole system against the local services.
 run: services migrate
@@ -35,9 +33,8 @@ lint:
 
 ## Regenerate .sqlx/ (the offline query data) after a query or a migration changed.
 sqlx-prepare: services
-	psql "$(TEST_DATABASE_URL)" -qc 'DROP DATABASE IF EXISTS orders_sqlx' -c 'CREATE DATABASE orders_sqlx'
-	for f in migrations/*.sql; do psql "$(SQLX_DATABASE_URL)" -q -v ON_ERROR_STOP=1 -f "$$f"; done
-	rm -rf .sqlx && mkdir .sqlx
-	touch shared/src/lib.rs
-	SQLX_OFFLINE=false SQLX_OFFLINE_DIR=$(CURDIR)/.sqlx DATABASE_URL=$(SQLX_DATABASE_URL) \
-		cargo check --workspace --all-targets
+	scripts/sqlx-prepare.sh
+
+## Fail if .sqlx/ does not match the queries and migrations.
+sqlx-check: services
+	scripts/sqlx-prepare.sh --check

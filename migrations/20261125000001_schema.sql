@@ -75,12 +75,13 @@ CREATE INDEX orders_visible_created_idx ON orders (created_at, id)
 CREATE INDEX orders_visible_user_created_idx ON orders (user_id, created_at, id)
     WHERE saga_status = 'Approved' AND NOT deleted;
 
--- One line per product of an order. actual_price is the price paid, fixed when the
--- order was placed: a later change of the product's price does not rewrite history.
+-- One line per product of an order. Name and price are those the order was placed
+-- with: renaming a product later does not rewrite an order's history.
 CREATE TABLE order_products (
     order_id     uuid          NOT NULL,
     position     integer       NOT NULL,
     product_id   uuid          NOT NULL,
+    name         text          NOT NULL,
     actual_price numeric(10,2) NOT NULL,
     CONSTRAINT order_products_pkey PRIMARY KEY (order_id, position),
     CONSTRAINT order_products_order_id_fkey FOREIGN KEY (order_id) REFERENCES orders (id) ON DELETE CASCADE,
@@ -130,10 +131,9 @@ SELECT o.id,
        concat_ws(', ', a.country, a.city, a.street_name, a.building_number) AS address,
        (SELECT coalesce(json_agg(json_build_object(
                     'productID', op.product_id,
-                    'name', p.name,
+                    'name', op.name,
                     'actualPrice', op.actual_price::text) ORDER BY op.position), '[]'::json)
           FROM order_products op
-          JOIN products p ON p.id = op.product_id
          WHERE op.order_id = o.id) AS products
   FROM orders o
   JOIN users u ON u.id = o.user_id

@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 
 port_open() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 
-postgres_up() { port_open 5432; }
+# pg_isready also waits out a server that listens but is still recovering.
+postgres_up() { if command -v pg_isready >/dev/null; then pg_isready -q -h 127.0.0.1 -p 5432; else port_open 5432; fi; }
 redis_up() { port_open 6379; }
 rabbitmq_up() { port_open 5672; }
 
@@ -52,8 +53,13 @@ fi
 if installed; then
     start_installed
 elif command -v docker >/dev/null && docker info >/dev/null 2>&1; then
-    echo "services.sh: starting postgres, redis and rabbitmq from compose.yaml"
-    docker compose up -d postgres redis rabbitmq
+    # Only those that are down: a local server already on its port would block the container's.
+    down=()
+    postgres_up || down+=(postgres)
+    redis_up || down+=(redis)
+    rabbitmq_up || down+=(rabbitmq)
+    echo "services.sh: starting ${down[*]} from compose.yaml"
+    docker compose up -d "${down[@]}"
 elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "services.sh: installing PostgreSQL, Redis and RabbitMQ from Debian's packages"
     apt-get update -q
@@ -65,6 +71,8 @@ elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
             sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
     done
     start_installed
+    # The package may have started the cluster before pg_hba.conf changed.
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main reload || true
 else
     echo "services.sh: PostgreSQL, Redis or RabbitMQ is down, and there is no way here to start them." >&2
     echo "Start them yourself (see README.md), or install Docker." >&2

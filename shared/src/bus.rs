@@ -7,16 +7,20 @@
 
 use std::future::Future;
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgPool, Postgres, Transaction};
 use tracing::Instrument;
 
 use crate::error::AppError;
+
+/// The transaction a command runs in. Commands take it, not a bare connection, so
+/// every write of a command (its outbox events included) provably commits together.
+pub type Tx = Transaction<'static, Postgres>;
 
 pub trait Command: Send + 'static {
     type Output: Send + 'static;
 
     /// Does the work inside the transaction. Returning an error rolls everything back.
-    fn execute(self, tx: &mut PgConnection) -> impl Future<Output = Result<Self::Output, AppError>> + Send;
+    fn execute(self, tx: &mut Tx) -> impl Future<Output = Result<Self::Output, AppError>> + Send;
 }
 
 /// Runs a command in one transaction.

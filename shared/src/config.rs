@@ -57,7 +57,41 @@ impl ApiConfig {
     }
 
     pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
-        envy::from_iter(vars).map_err(|e| ConfigError(e.to_string()))
+        let config: Self = envy::from_iter(vars).map_err(|e| ConfigError(e.to_string()))?;
+        at_least_one("DB_MAX_CONNECTIONS", config.db_max_connections.into())?;
+        at_least_one("MAX_BODY_BYTES", config.max_body_bytes as u64)?;
+        config.log.filter()?;
+        Ok(config)
+    }
+}
+
+fn at_least_one(var: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError(format!("{var} must be at least 1")));
+    }
+    Ok(())
+}
+
+impl LogConfig {
+    /// The tracing filter: `RUST_LOG` when set, else `LOG_LEVEL`. A bare word in
+    /// `LOG_LEVEL` must be a level: tracing would take `verbose` for a target name and
+    /// silently log nothing.
+    pub fn filter(&self) -> Result<String, ConfigError> {
+        if let Some(filter) = &self.rust_log {
+            return Ok(filter.clone());
+        }
+        const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+        for directive in self.log_level.split(',').map(str::trim) {
+            let level = directive.rsplit_once('=').map_or(directive, |(_, level)| level);
+            if !LEVELS.iter().any(|known| known.eq_ignore_ascii_case(level)) {
+                return Err(ConfigError(format!(
+                    "LOG_LEVEL must be a level (error, warn, info, debug, trace, off) or target=level \
+                     directives, not {:?}",
+                    self.log_level
+                )));
+            }
+        }
+        Ok(self.log_level.clone())
     }
 }
 
@@ -164,11 +198,30 @@ mod tests {
         for (var, value) in [
             ("API_ADDR", "nowhere"),
             ("DB_MAX_CONNECTIONS", "many"),
+            ("DB_MAX_CONNECTIONS", "0"),
+            ("MAX_BODY_BYTES", "0"),
             ("LOG_FORMAT", "xml"),
+            ("LOG_LEVEL", "verbose"),
+            ("LOG_LEVEL", "info,sqlx=loud"),
         ] {
             let error = ApiConfig::from_vars(vars(&[(var, value)])).unwrap_err().to_string();
             assert!(error.contains(var), "{error}");
         }
+    }
+
+    #[test]
+    fn log_level_takes_levels_and_directives() {
+        for ok in [
+            "debug",
+            "WARN",
+            "info,sqlx::postgres::notice=warn",
+            "order_service=trace",
+        ] {
+            assert!(ApiConfig::from_vars(vars(&[("LOG_LEVEL", ok)])).is_ok(), "{ok}");
+        }
+        // RUST_LOG is tracing's own syntax, taken as it is.
+        let config = ApiConfig::from_vars(vars(&[("RUST_LOG", "sqlx"), ("LOG_LEVEL", "debug")])).unwrap();
+        assert_eq!(config.log.filter().unwrap(), "sqlx");
     }
 
     #[test]

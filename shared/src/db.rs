@@ -49,12 +49,28 @@ pub async fn migrate(db: &PgPool) -> anyhow::Result<()> {
     unreachable!("the loop returns")
 }
 
-/// Creates the database named in the URL if it does not exist yet (`make migrate`).
+/// Creates the database named in the URL if it does not exist yet (`make migrate`),
+/// waiting like [`migrate`] for a server that is still starting.
 pub async fn create_database_if_missing(database_url: &str) -> anyhow::Result<()> {
     use sqlx::{Postgres, migrate::MigrateDatabase};
-    if !Postgres::database_exists(database_url).await? {
-        Postgres::create_database(database_url).await?;
-        tracing::info!("database created");
+    let mut delay = Duration::from_millis(250);
+    for attempt in 1.. {
+        let created = async {
+            if !Postgres::database_exists(database_url).await? {
+                Postgres::create_database(database_url).await?;
+                tracing::info!("database created");
+            }
+            Ok::<(), sqlx::Error>(())
+        };
+        match created.await {
+            Ok(()) => return Ok(()),
+            Err(e) if crate::error::is_unavailable(&e) && attempt < 10 => {
+                tracing::warn!(attempt, error.cause = %crate::error::chain(&e), "database server not ready, retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("creating the database")),
+        }
     }
-    Ok(())
+    unreachable!("the loop returns")
 }

@@ -1,13 +1,12 @@
 //! Transactional outbox, write side: an event is a row inserted with the same
-//! `&mut PgConnection` (the same transaction) as the change it announces, so it is
+//! `&mut Tx` (the same transaction) as the change it announces, so it is
 //! published if and only if the change commits. The relay publishes the rows.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::trace_context::TraceContext;
+use crate::{bus::Tx, trace_context::TraceContext};
 
 /// The topic exchange every event goes to.
 pub const EXCHANGE: &str = "Orders";
@@ -46,7 +45,7 @@ pub fn envelope<E: Event>(event: &E, event_id: Uuid, at: DateTime<Utc>) -> serde
 }
 
 /// Writes `event` to the outbox inside the caller's transaction; returns its `eventID`.
-pub async fn append<E: Event>(tx: &mut PgConnection, event: &E, trace: TraceContext) -> Result<Uuid, sqlx::Error> {
+pub async fn append<E: Event>(tx: &mut Tx, event: &E, trace: TraceContext) -> Result<Uuid, sqlx::Error> {
     let event_id = Uuid::now_v7();
     let payload = envelope(event, event_id, Utc::now()).map_err(|e| sqlx::Error::Encode(e.into()))?;
     let headers = serde_json::json!({ "traceparent": trace.child().to_string() });
@@ -61,7 +60,7 @@ pub async fn append<E: Event>(tx: &mut PgConnection, event: &E, trace: TraceCont
         payload,
         headers,
     )
-    .execute(tx)
+    .execute(&mut **tx)
     .await?;
     Ok(event_id)
 }

@@ -9,13 +9,7 @@ use crate::config::{LogConfig, LogFormat};
 
 /// Installs the global tracing subscriber: JSON lines on stdout, or pretty text.
 pub fn init_tracing(config: &LogConfig) -> anyhow::Result<()> {
-    let filter = match &config.rust_log {
-        Some(filter) => {
-            EnvFilter::try_new(filter).map_err(|e| anyhow::anyhow!("invalid configuration: RUST_LOG: {e}"))?
-        }
-        None => EnvFilter::try_new(&config.log_level)
-            .map_err(|e| anyhow::anyhow!("invalid configuration: LOG_LEVEL: {e}"))?,
-    };
+    let filter = EnvFilter::try_new(config.filter()?).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     let registry = tracing_subscriber::registry().with(filter);
     match config.log_format {
         LogFormat::Json => registry

@@ -2,11 +2,10 @@
 
 pub mod api;
 
-use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::{
-    bus::Command,
+    bus::{Command, Tx},
     error::{AppError, violated_constraint},
 };
 
@@ -26,7 +25,7 @@ pub struct CreateAddress {
 impl Command for CreateAddress {
     type Output = ();
 
-    async fn execute(self, tx: &mut PgConnection) -> Result<(), AppError> {
+    async fn execute(self, tx: &mut Tx) -> Result<(), AppError> {
         sqlx::query!(
             "INSERT INTO addresses (id, building_number, street_name, city, country) VALUES ($1, $2, $3, $4, $5)",
             self.id,
@@ -35,7 +34,7 @@ impl Command for CreateAddress {
             self.city,
             self.country,
         )
-        .execute(tx)
+        .execute(&mut **tx)
         .await
         .map_err(|e| match violated_constraint(&e) {
             Some("addresses_pkey") => AppError::conflict("Address with this id already exists;", self.id),

@@ -145,7 +145,16 @@ fn check_type(field: &str, value: &Value, schema: &MetaSchemaRef, registry: &Reg
             None => false,
         },
         "integer" => value.is_i64() || value.is_u64(),
-        "number" => value.is_number(),
+        "number" => match value.as_number() {
+            Some(number) if schema.format == Some("decimal") => {
+                if pricing::decimal_from_json(number).is_none() {
+                    return Err(format!("field `{field}` is out of range: {value}"));
+                }
+                true
+            }
+            Some(_) => true,
+            None => false,
+        },
         "boolean" => value.is_boolean(),
         "array" => match (value.as_array(), &schema.items) {
             (Some(items), Some(item_schema)) => {

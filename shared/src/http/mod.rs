@@ -69,13 +69,11 @@ pub fn openapi(state: &AppState) -> OpenApiService<Apis, ()> {
         users::api::UsersApi { db: state.db.clone() },
         orders::api::OrdersApi { db: state.db.clone() },
     );
-    OpenApiService::new(apis, "order-service", env!("CARGO_PKG_VERSION"))
-        .description(
-            "Orders with a transactional outbox and a choreography saga. Every error is \
+    OpenApiService::new(apis, "order-service", env!("CARGO_PKG_VERSION")).description(
+        "Orders with a transactional outbox and a choreography saga. Every error is \
              `{\"message\", \"data\"}`; request keys match case-insensitively; a trailing \
              slash is accepted on every route.",
-        )
-        .server("http://localhost:8000")
+    )
 }
 
 /// The whole application as one endpoint.

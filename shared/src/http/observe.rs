@@ -50,10 +50,13 @@ impl RouteNames {
         RouteNames(names)
     }
 
-    fn name(&self, pattern: Option<&str>) -> String {
+    fn name(&self, pattern: Option<&str>, status: StatusCode) -> String {
         match pattern {
-            Some(pattern) => self.0.get(pattern).cloned().unwrap_or_else(|| pattern.to_owned()),
-            // No route matched: one label, however many paths are probed.
+            Some(pattern) if let Some(name) = self.0.get(pattern) => name.clone(),
+            // No operation matched (the catch-all "/" nest answered 404): one label,
+            // however many paths are probed.
+            _ if status == StatusCode::NOT_FOUND => "unmatched".to_owned(),
+            Some(pattern) => pattern.to_owned(),
             None => "unmatched".to_owned(),
         }
     }
@@ -99,10 +102,10 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
             Ok(resp) => (resp.status(), resp.data::<PathPattern>().map(|p| p.0.clone())),
             Err(err) => (err.status(), err.data::<PathPattern>().map(|p| p.0.clone())),
         };
-        let route = self.routes.name(route.as_deref());
+        let route = self.routes.name(route.as_deref(), status);
         let elapsed = started.elapsed();
         let labels = [
-            ("method", method.to_string()),
+            ("method", method_label(&method).to_owned()),
             ("route", route),
             ("status", status.as_u16().to_string()),
         ];
@@ -117,6 +120,22 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
             );
         });
         result
+    }
+}
+
+/// Standard methods by name, anything else as one label, so made-up methods cannot
+/// grow the number of series.
+fn method_label(method: &poem::http::Method) -> &'static str {
+    use poem::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
     }
 }
 
@@ -177,16 +196,18 @@ mod tests {
             "/api/v1/products/{productID}/productName",
             "/healthcheck",
         ]);
+        let ok = StatusCode::OK;
         assert_eq!(
-            names.name(Some("/api/v1/orders/user/:param0")),
+            names.name(Some("/api/v1/orders/user/:param0"), ok),
             "/api/v1/orders/user/{userID}"
         );
         assert_eq!(
-            names.name(Some("/api/v1/products/:param0/productName")),
+            names.name(Some("/api/v1/products/:param0/productName"), ok),
             "/api/v1/products/{productID}/productName"
         );
-        assert_eq!(names.name(Some("/healthcheck")), "/healthcheck");
-        assert_eq!(names.name(Some("/docs/*path")), "/docs/*path");
-        assert_eq!(names.name(None), "unmatched");
+        assert_eq!(names.name(Some("/healthcheck"), ok), "/healthcheck");
+        assert_eq!(names.name(Some("/openapi.json"), ok), "/openapi.json");
+        assert_eq!(names.name(Some("/"), StatusCode::NOT_FOUND), "unmatched");
+        assert_eq!(names.name(None, StatusCode::METHOD_NOT_ALLOWED), "unmatched");
     }
 }

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Deserialize;
-use sqlx::{PgConnection, PgPool, types::Json};
+use sqlx::{PgPool, types::Json};
 use uuid::Uuid;
 
 use self::{
@@ -23,7 +23,7 @@ use self::{
 };
 use crate::{
     addresses,
-    bus::Command,
+    bus::{Command, Tx},
     error::{AppError, violated_constraint},
     http::pagination::{Page, SortOrder},
     outbox,
@@ -86,29 +86,30 @@ impl CreateOrder {
 impl Command for CreateOrder {
     type Output = ();
 
-    async fn execute(self, tx: &mut PgConnection) -> Result<(), AppError> {
-        let prices: HashMap<Uuid, Money> = sqlx::query!(
-            "SELECT id, price, discount FROM products WHERE id = ANY($1)",
+    async fn execute(self, tx: &mut Tx) -> Result<(), AppError> {
+        // KEY SHARE: the products cannot be deleted under the order, while renaming or
+        // repricing them (which leaves the key alone) is not blocked.
+        let mut catalogue: HashMap<Uuid, (String, Money)> = sqlx::query!(
+            "SELECT id, name, price, discount FROM products WHERE id = ANY($1) FOR KEY SHARE",
             &self.products_ids
         )
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **tx)
         .await?
         .into_iter()
         .map(|p| {
             let discount = Discount::try_from(i64::from(p.discount)).unwrap_or_default();
-            (p.id, Money::from_db(p.price).discounted(discount))
+            (p.id, (p.name, Money::from_db(p.price).discounted(discount)))
         })
         .collect();
-        let actual_prices = self
-            .products_ids
-            .iter()
-            .map(|id| {
-                prices
-                    .get(id)
-                    .copied()
-                    .ok_or_else(|| AppError::not_found(products::NOT_FOUND_BY_ID, id))
-            })
-            .collect::<Result<Vec<Money>, AppError>>()?;
+        let mut names = Vec::with_capacity(self.products_ids.len());
+        let mut actual_prices = Vec::with_capacity(self.products_ids.len());
+        for id in &self.products_ids {
+            let (name, price) = catalogue
+                .remove(id)
+                .ok_or_else(|| AppError::not_found(products::NOT_FOUND_BY_ID, id))?;
+            names.push(name);
+            actual_prices.push(price);
+        }
         let total_price = Money::sum(actual_prices.iter().copied());
 
         sqlx::query!(
@@ -120,7 +121,7 @@ impl Command for CreateOrder {
             self.payment_method.as_str(),
             total_price.amount(),
         )
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(|e| match violated_constraint(&e) {
             Some("orders_pkey") => AppError::conflict("Order with this id already exists;", self.id),
@@ -133,15 +134,24 @@ impl Command for CreateOrder {
 
         let amounts: Vec<Decimal> = actual_prices.iter().map(|m| m.amount()).collect();
         sqlx::query!(
-            "INSERT INTO order_products (order_id, position, product_id, actual_price)
-             SELECT $1, line.position, line.product_id, line.actual_price
-               FROM UNNEST($2::uuid[], $3::numeric[]) WITH ORDINALITY AS line(product_id, actual_price, position)",
+            "INSERT INTO order_products (order_id, position, product_id, name, actual_price)
+             SELECT $1, line.position, line.product_id, line.name, line.actual_price
+               FROM UNNEST($2::uuid[], $3::text[], $4::numeric[])
+                    WITH ORDINALITY AS line(product_id, name, actual_price, position)",
             self.id,
             &self.products_ids,
+            &names,
             &amounts,
         )
-        .execute(&mut *tx)
-        .await?;
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| match violated_constraint(&e) {
+            // Only if a product vanished despite the KEY SHARE lock above.
+            Some("order_products_product_id_fkey") => {
+                AppError::not_found(products::NOT_FOUND_BY_ID, "one of productsIds")
+            }
+            _ => e.into(),
+        })?;
 
         let event = OrderCreateSaga {
             order_id: self.id,
@@ -165,12 +175,12 @@ pub struct DeleteOrder {
 impl Command for DeleteOrder {
     type Output = Uuid;
 
-    async fn execute(self, tx: &mut PgConnection) -> Result<Uuid, AppError> {
+    async fn execute(self, tx: &mut Tx) -> Result<Uuid, AppError> {
         let row = sqlx::query!(
             "SELECT id, user_id, order_status, saga_status, deleted_at FROM orders WHERE id = $1 FOR UPDATE",
             self.id
         )
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?
         .ok_or_else(|| AppError::not_found(NOT_FOUND, self.id))?;
         let mut order = Order {
@@ -196,7 +206,7 @@ impl Command for DeleteOrder {
             order.id,
             order.deleted_at
         )
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         outbox::append(
             tx,

@@ -4,11 +4,11 @@ pub mod api;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
-    bus::Command,
+    bus::{Command, Tx},
     error::{AppError, violated_constraint},
     http::pagination::{Page, SortOrder},
     pricing::{Discount, Money},
@@ -62,7 +62,7 @@ pub struct CreateProduct {
 impl Command for CreateProduct {
     type Output = ();
 
-    async fn execute(self, tx: &mut PgConnection) -> Result<(), AppError> {
+    async fn execute(self, tx: &mut Tx) -> Result<(), AppError> {
         sqlx::query!(
             "INSERT INTO products (id, name, description, price, discount) VALUES ($1, $2, $3, $4, $5)",
             self.id,
@@ -71,7 +71,7 @@ impl Command for CreateProduct {
             self.price.amount(),
             i32::from(self.discount.percent()),
         )
-        .execute(tx)
+        .execute(&mut **tx)
         .await
         .map_err(|e| match violated_constraint(&e) {
             Some("products_pkey") => AppError::conflict(ID_TAKEN, self.id),
@@ -92,13 +92,13 @@ pub struct RenameProduct {
 impl Command for RenameProduct {
     type Output = ();
 
-    async fn execute(self, tx: &mut PgConnection) -> Result<(), AppError> {
+    async fn execute(self, tx: &mut Tx) -> Result<(), AppError> {
         let renamed = sqlx::query!(
             "UPDATE products SET name = $2 WHERE id = $1",
             self.id,
             self.name.as_str()
         )
-        .execute(tx)
+        .execute(&mut **tx)
         .await
         .map_err(|e| match violated_constraint(&e) {
             Some("products_name_key") => AppError::conflict(NAME_TAKEN, self.name.as_str()),

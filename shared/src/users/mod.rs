@@ -2,12 +2,11 @@
 
 pub mod api;
 
-use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::{
     addresses,
-    bus::Command,
+    bus::{Command, Tx},
     error::{AppError, violated_constraint},
 };
 
@@ -25,14 +24,14 @@ pub struct CreateUser {
 impl Command for CreateUser {
     type Output = ();
 
-    async fn execute(self, tx: &mut PgConnection) -> Result<(), AppError> {
+    async fn execute(self, tx: &mut Tx) -> Result<(), AppError> {
         sqlx::query!(
             "INSERT INTO users (id, username, address_id) VALUES ($1, $2, $3)",
             self.id,
             self.username,
             self.address_id,
         )
-        .execute(tx)
+        .execute(&mut **tx)
         .await
         .map_err(|e| match violated_constraint(&e) {
             Some("users_pkey") => AppError::conflict("User with this id already exists;", self.id),

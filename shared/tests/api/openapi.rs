@@ -114,6 +114,18 @@ async fn swagger_ui_health_and_metrics_are_served(db: PgPool) {
         text.contains("http_request_duration_seconds_bucket{"),
         "histograms have buckets"
     );
+    // Routes are labelled by their template, spelled as in the spec.
+    assert!(
+        text.contains(r#"route="/api/v1/orders/{orderID}",status="404"}"#),
+        "{text}"
+    );
+    // Unknown paths share one label.
+    app.get("/no/such/route").await;
+    let Value::String(text) = app.get("/metrics").await.body else {
+        panic!("metrics are text")
+    };
+    assert!(text.contains(r#"route="unmatched",status="404"}"#), "{text}");
+    assert!(!text.contains("/no/such/route"), "{text}");
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -128,6 +140,13 @@ async fn readiness_names_postgres_when_it_is_down(db: PgPool) {
     // A command against a closed pool is a 503 that says nothing internal.
     let reply = app.post("/api/v1/address/", &json!({"addressID": uuid::Uuid::new_v4(), "buildingNumber": 1, "streetName": "s", "city": "c", "country": "k"})).await;
     reply.assert_error(503, "Service temporarily unavailable");
+    // So is a query.
+    app.get("/api/v1/orders/")
+        .await
+        .assert_error(503, "Service temporarily unavailable");
+    app.get("/api/v1/products/Phone")
+        .await
+        .assert_error(503, "Service temporarily unavailable");
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -153,6 +172,7 @@ async fn framework_errors_are_json_too(db: PgPool) {
         .await
         .assert_error(413, "too large");
     app.get("/api/v1/nothing").await.assert_error(404, "Route not found");
+    app.get("/nothing/at/all").await.assert_error(404, "Route not found");
     app.raw("PUT", "/api/v1/orders/", "application/json", "{}")
         .await
         .assert_error(405, "Method not allowed");

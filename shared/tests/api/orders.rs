@@ -295,6 +295,11 @@ async fn concurrent_orders_each_get_a_row_an_event_and_a_distinct_serial(db: PgP
     let address = app.create_address().await;
     let user = app.create_user("u", address).await;
 
+    // Start near the end of the cycle, so the 50 orders wrap from 100 to 1.
+    sqlx::query("SELECT setval('order_serial_number', 80)")
+        .execute(&app.db)
+        .await
+        .unwrap();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..50 {
         let app = app.clone();
@@ -314,8 +319,9 @@ async fn concurrent_orders_each_get_a_row_an_event_and_a_distinct_serial(db: PgP
         .await
         .unwrap();
     let distinct: HashSet<i32> = serials.iter().copied().collect();
-    assert_eq!(distinct.len(), 50, "{serials:?}");
-    assert!(serials.iter().all(|s| (1..=100).contains(s)));
+    assert_eq!(distinct.len(), 50, "a serial number repeated: {serials:?}");
+    let expected: HashSet<i32> = (81..=100).chain(1..=30).collect();
+    assert_eq!(distinct, expected);
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -336,4 +342,130 @@ async fn serial_numbers_cycle_after_100(db: PgPool) {
     );
     assert_eq!(app.get(&format!("/api/v1/orders/{a}")).await.body["serialNumber"], 100);
     assert_eq!(app.get(&format!("/api/v1/orders/{b}")).await.body["serialNumber"], 1);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn an_order_failing_at_its_last_write_leaves_no_row_behind(db: PgPool) {
+    let app = TestApp::new(db);
+    let phone = app.create_product("Phone", 1.0, 0).await;
+    let address = app.create_address().await;
+    let user = app.create_user("u", address).await;
+    // The outbox insert, the last write of the command, fails.
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'outbox down'; END $$;
+         CREATE TRIGGER refuse BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let reply = app
+        .post("/api/v1/orders/", &order_body(Uuid::new_v4(), &[phone], user, address))
+        .await;
+    reply.assert_error(500, "Internal server error");
+    assert!(
+        !reply.body.to_string().contains("outbox down"),
+        "a 5xx body leaked the cause: {}",
+        reply.body
+    );
+    assert_eq!(app.order_tables().await, (0, 0, 0));
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn every_id_must_be_a_uuid(db: PgPool) {
+    let app = TestApp::new(db);
+    let id = Uuid::new_v4();
+    let valid = order_body(id, &[id], id, id);
+    for field in ["orderID", "userID", "deliveryAddress"] {
+        let mut body = valid.clone();
+        body[field] = json!("nope");
+        app.post("/api/v1/orders/", &body)
+            .await
+            .assert_error(400, &format!("field `{field}` must be a UUID"));
+    }
+    app.delete("/api/v1/orders/", &json!({"orderID": "nope"}))
+        .await
+        .assert_error(400, "field `orderID` must be a UUID");
+    app.delete("/api/v1/orders/", &json!({}))
+        .await
+        .assert_error(400, "field `orderID` is required");
+    app.get("/api/v1/orders/nope")
+        .await
+        .assert_error(400, "orderID: must be a UUID");
+    app.post(
+        "/api/v1/users/",
+        &json!({"userID": "nope", "username": "u", "addressID": id}),
+    )
+    .await
+    .assert_error(400, "field `userID` must be a UUID");
+    app.post(
+        "/api/v1/users/",
+        &json!({"userID": id, "username": "u", "addressID": "nope"}),
+    )
+    .await
+    .assert_error(400, "field `addressID` must be a UUID");
+    let address = json!({"addressID": "nope", "buildingNumber": 1, "streetName": "s", "city": "c", "country": "k"});
+    app.post("/api/v1/address/", &address)
+        .await
+        .assert_error(400, "field `addressID` must be a UUID");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_users_list_validates_its_paging_too(db: PgPool) {
+    let app = TestApp::new(db);
+    let address = app.create_address().await;
+    let user = app.create_user("u", address).await;
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("offset=-1", "offset"),
+        ("order=up", "order"),
+    ] {
+        app.get(&format!("/api/v1/orders/user/{user}?{query}"))
+            .await
+            .assert_error(400, field);
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_list_reads_back_exactly(db: PgPool) {
+    let app = TestApp::new(db);
+    let phone = app.create_product("Phone", 19.99, 15).await;
+    let (user, _, order) = app.place_order(&[phone]).await;
+    app.approve(order).await;
+    for path in [
+        "/api/v1/orders/?limit=5&offset=0&order=desc".to_owned(),
+        format!("/api/v1/orders/user/{user}?limit=5&order=desc"),
+    ] {
+        let reply = app.get(&path).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let created_at = reply.body["orders"][0]["createdAt"].clone();
+        assert_eq!(
+            reply.body,
+            json!({"orders": [{
+                "orderStatus": "New", "paymentMethod": "Online",
+                "client": {"ClientID": user, "ClientName": "test"},
+                "address": "Russia, Moscow, Pushkina, 44",
+                "OrderID": order, "serialNumber": 1,
+                // 19.99 × 0.85 = 16.9915 → 16.99
+                "products": [{"productID": phone, "name": "Phone", "actualPrice": 16.99}],
+                "createdAt": created_at, "totalPrice": 16.99, "sagaStatus": "Approved"
+            }], "count": 1, "limit": 5, "offset": 0, "order": "desc"})
+        );
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn an_order_keeps_the_name_and_price_it_was_placed_with(db: PgPool) {
+    let app = TestApp::new(db);
+    let phone = app.create_product("Phone", 10.0, 0).await;
+    let (_, _, order) = app.place_order(&[phone]).await;
+    let reply = app
+        .put(
+            &format!("/api/v1/products/{phone}/productName"),
+            &json!({"productName": "Phone X"}),
+        )
+        .await;
+    assert_eq!(reply.status, 204);
+    let line = app.get(&format!("/api/v1/orders/{order}")).await.body["products"][0].clone();
+    assert_eq!(line, json!({"productID": phone, "name": "Phone", "actualPrice": 10}));
 }

@@ -59,6 +59,7 @@ async fn every_product_rule_is_a_400_naming_the_field(db: PgPool) {
         ),
         ("price", json!(100000000), "price: Price must be at most"),
         ("price", json!("10"), "field `price` must be a number"),
+        ("price", json!(1e30), "field `price` is out of range"),
         ("discount", json!(100), "field `discount` verification failed"),
         ("discount", json!(-1), "field `discount` verification failed"),
         ("discount", json!(1.5), "field `discount` must be an integer"),
