@@ -1,7 +1,7 @@
 //! The `api` process: REST API, OpenAPI spec and Swagger UI, health and metrics.
 //!
-//! `api migrate` applies the migrations and exits (`make migrate`); `api` applies
-//! them too, then serves.
+//! `api migrate` creates the database if missing, applies the migrations and exits
+//! (`make migrate`); `api` does the same, then serves.
 
 use std::time::Duration;
 
@@ -11,14 +11,13 @@ use order_service::{config::ApiConfig, db, http, telemetry};
 async fn main() -> anyhow::Result<()> {
     let config = ApiConfig::from_env()?;
     telemetry::init_tracing(&config.log)?;
+    db::create_database_if_missing(&config.database_url).await?;
+    let db = db::connect(&config.database_url, config.db_max_connections)?;
+    db::migrate(&db).await?;
     if std::env::args().nth(1).as_deref() == Some("migrate") {
-        db::create_database_if_missing(&config.database_url).await?;
-        db::migrate(&db::connect(&config.database_url, 1)?).await?;
         tracing::info!("migrations applied");
         return Ok(());
     }
-    let db = db::connect(&config.database_url, config.db_max_connections)?;
-    db::migrate(&db).await?;
     let state = http::AppState {
         db: db.clone(),
         metrics: telemetry::metrics(),
