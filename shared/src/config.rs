@@ -3,9 +3,11 @@
 //! Every setting has a default that works against the local services, and a bad value
 //! stops the process with a message naming the variable.
 
-use std::{fmt, net::SocketAddr, str::FromStr};
+use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
 
 use serde::{Deserialize, Deserializer, de::Error as _};
+
+use crate::amqp::QueueType;
 
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
@@ -106,6 +108,120 @@ impl fmt::Debug for ApiConfig {
             .field("shutdown_grace_secs", &self.shutdown_grace_secs)
             .field("log", &self.log)
             .finish()
+    }
+}
+
+/// Settings of the `outbox-relay` binary.
+#[derive(Clone, Deserialize)]
+pub struct RelayConfig {
+    #[serde(default = "default_database_url")]
+    pub database_url: String,
+    #[serde(default = "default_amqp_url")]
+    pub amqp_url: String,
+    #[serde(default = "default_relay_metrics_addr", deserialize_with = "metrics_addr")]
+    pub metrics_addr: SocketAddr,
+    /// Cron expression with a seconds field, e.g. `*/1 * * * * *` (every second).
+    #[serde(default = "default_relay_schedule", deserialize_with = "relay_schedule")]
+    pub relay_schedule: cron::Schedule,
+    /// Rows claimed per batch.
+    #[serde(default = "default_relay_batch_size")]
+    pub relay_batch_size: u32,
+    /// How long published rows are kept, e.g. `7d`, `12h`.
+    #[serde(default = "default_outbox_retention", deserialize_with = "outbox_retention")]
+    pub outbox_retention: Duration,
+    #[serde(default, deserialize_with = "amqp_queue_type")]
+    pub amqp_queue_type: QueueType,
+    #[serde(default = "default_relay_db_max_connections")]
+    pub db_max_connections: u32,
+    #[serde(flatten)]
+    pub log: LogConfig,
+}
+
+impl RelayConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(std::env::vars())
+    }
+
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let config: Self = envy::from_iter(vars).map_err(|e| ConfigError(e.to_string()))?;
+        at_least_one("DB_MAX_CONNECTIONS", config.db_max_connections.into())?;
+        at_least_one("RELAY_BATCH_SIZE", config.relay_batch_size.into())?;
+        crate::amqp::connection_args(&config.amqp_url, "check")
+            .map_err(|e| ConfigError(format!("AMQP_URL is not a valid amqp:// URL: {e}")))?;
+        config.log.filter()?;
+        Ok(config)
+    }
+}
+
+/// URLs hold passwords: never print them.
+impl fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RelayConfig")
+            .field("database_url", &"<redacted>")
+            .field("amqp_url", &"<redacted>")
+            .field("metrics_addr", &self.metrics_addr)
+            .field("relay_schedule", &self.relay_schedule.to_string())
+            .field("relay_batch_size", &self.relay_batch_size)
+            .field("outbox_retention", &self.outbox_retention)
+            .field("amqp_queue_type", &self.amqp_queue_type)
+            .field("log", &self.log)
+            .finish()
+    }
+}
+
+fn default_amqp_url() -> String {
+    "amqp://guest:guest@127.0.0.1:5672/%2f".into()
+}
+
+fn default_relay_metrics_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9101))
+}
+
+fn default_relay_schedule() -> cron::Schedule {
+    "*/1 * * * * *".parse().expect("the default schedule parses")
+}
+
+fn default_relay_batch_size() -> u32 {
+    500
+}
+
+fn default_outbox_retention() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+fn default_relay_db_max_connections() -> u32 {
+    4
+}
+
+fn metrics_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    parse_var(d, "METRICS_ADDR", "a socket address such as 0.0.0.0:9101")
+}
+
+fn relay_schedule<'de, D: Deserializer<'de>>(d: D) -> Result<cron::Schedule, D::Error> {
+    let text = String::deserialize(d)?;
+    text.trim().parse().map_err(|e| {
+        D::Error::custom(format!(
+            "RELAY_SCHEDULE must be a cron expression with seconds, such as \"*/1 * * * * *\", not {text:?}: {e}"
+        ))
+    })
+}
+
+fn outbox_retention<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        D::Error::custom(format!(
+            "OUTBOX_RETENTION must be a duration such as 7d or 12h, not {text:?}: {e}"
+        ))
+    })
+}
+
+fn amqp_queue_type<'de, D: Deserializer<'de>>(d: D) -> Result<QueueType, D::Error> {
+    match String::deserialize(d)?.to_ascii_lowercase().as_str() {
+        "quorum" => Ok(QueueType::Quorum),
+        "classic" => Ok(QueueType::Classic),
+        other => Err(D::Error::custom(format!(
+            "AMQP_QUEUE_TYPE must be quorum or classic, not {other:?}"
+        ))),
     }
 }
 
@@ -222,6 +338,37 @@ mod tests {
         // RUST_LOG is tracing's own syntax, taken as it is.
         let config = ApiConfig::from_vars(vars(&[("RUST_LOG", "sqlx"), ("LOG_LEVEL", "debug")])).unwrap();
         assert_eq!(config.log.filter().unwrap(), "sqlx");
+    }
+
+    #[test]
+    fn relay_defaults_and_bad_values() {
+        let config = RelayConfig::from_vars(vars(&[])).unwrap();
+        assert_eq!(config.metrics_addr.port(), 9101);
+        assert_eq!(config.relay_batch_size, 500);
+        assert_eq!(config.outbox_retention, Duration::from_secs(7 * 86400));
+        assert_eq!(config.amqp_queue_type, QueueType::Quorum);
+        let config = RelayConfig::from_vars(vars(&[
+            ("RELAY_SCHEDULE", "*/5 * * * * *"),
+            ("OUTBOX_RETENTION", "12h"),
+            ("AMQP_QUEUE_TYPE", "classic"),
+        ]))
+        .unwrap();
+        assert_eq!(config.outbox_retention, Duration::from_secs(12 * 3600));
+        assert_eq!(config.amqp_queue_type, QueueType::Classic);
+        for (var, value) in [
+            // A five-field Unix line has no seconds.
+            ("RELAY_SCHEDULE", "* * * * *"),
+            ("OUTBOX_RETENTION", "a week"),
+            ("AMQP_QUEUE_TYPE", "stream"),
+            ("AMQP_URL", "http://rabbit"),
+            ("RELAY_BATCH_SIZE", "0"),
+            ("METRICS_ADDR", ":x"),
+        ] {
+            let error = RelayConfig::from_vars(vars(&[(var, value)])).unwrap_err().to_string();
+            assert!(error.contains(var), "{error}");
+        }
+        let config = RelayConfig::from_vars(vars(&[("AMQP_URL", "amqp://u:hunter2@rabbit/%2f")])).unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
     }
 
     #[test]

@@ -6,11 +6,14 @@
 //!   its HTTP operations in `api.rs`: [`products`], [`addresses`], [`users`], [`orders`].
 //! - [`pricing`]: money and discounts, exact decimals.
 //! - [`bus`]: the command bus: one transaction per command.
-//! - [`outbox`]: events written in the same transaction as the change they announce.
+//! - [`outbox`]: events written in the same transaction as the change they announce;
+//!   `outbox::relay` publishes them (the `outbox-relay` process).
+//! - [`amqp`]: RabbitMQ plumbing: topology, connections, confirmed publishing.
 //! - [`error`]: the error every command and query ends in; `http::errors` maps it.
 //! - [`config`], [`telemetry`], [`db`]: start-up plumbing shared by the binaries.
 
 pub mod addresses;
+pub mod amqp;
 pub mod bus;
 pub mod config;
 pub mod db;

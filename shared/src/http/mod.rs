@@ -4,6 +4,7 @@ pub mod errors;
 pub mod health;
 pub mod json;
 pub mod observe;
+pub mod ops;
 pub mod pagination;
 
 use std::time::Duration;

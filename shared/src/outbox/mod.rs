@@ -2,6 +2,8 @@
 //! `&mut Tx` (the same transaction) as the change it announces, so it is
 //! published if and only if the change commits. The relay publishes the rows.
 
+pub mod relay;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;

@@ -1,0 +1,59 @@
+//! The `outbox-relay` process: publishes the outbox to RabbitMQ with confirms. Any
+//! number may run at once.
+
+use std::sync::{Arc, atomic::AtomicBool};
+
+use order_service::{
+    amqp::{self, Topology},
+    config::RelayConfig,
+    db, http,
+    outbox::relay::{Relay, RelaySettings},
+    telemetry,
+};
+use tokio::sync::watch;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = RelayConfig::from_env()?;
+    telemetry::init_tracing(&config.log)?;
+    let metrics = telemetry::metrics();
+    let db = db::connect(&config.database_url, config.db_max_connections)?;
+    // The api owns the migrations; wait for them (and PostgreSQL) rather than race it.
+    db::migrate(&db).await?;
+    let connection_name = format!("outbox-relay@{}", std::process::id());
+    let amqp = amqp::connection_args(&config.amqp_url, &connection_name).map_err(anyhow::Error::msg)?;
+
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        order_service::shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let broker_up = Arc::new(AtomicBool::new(false));
+    let mut ops_stopped = stopped.clone();
+    let ops = tokio::spawn(http::ops::serve(
+        config.metrics_addr,
+        db.clone(),
+        broker_up.clone(),
+        metrics,
+        async move {
+            let _ = ops_stopped.wait_for(|stop| *stop).await;
+        },
+    ));
+
+    let relay = Relay {
+        db: db.clone(),
+        amqp,
+        topology: Topology::contract(config.amqp_queue_type),
+        settings: RelaySettings {
+            batch_size: config.relay_batch_size.into(),
+            retention: config.outbox_retention,
+            ..RelaySettings::default()
+        },
+        schedule: config.relay_schedule,
+        broker_up,
+    };
+    relay.run(stopped).await;
+    ops.await??;
+    db.close().await;
+    Ok(())
+}

@@ -1,0 +1,462 @@
+//! RabbitMQ plumbing, in one place: connecting, the topology of the wire contract, and
+//! a publisher that only calls a message sent once the broker confirmed it.
+//!
+//! amqprs has no reconnection of its own and `basic_publish` returns `Ok` even on a dead
+//! connection, so the callers own a [`Publisher`] per connection and build a new one
+//! (connection, channel, topology) whenever [`Publisher::closed`] fires or a confirm
+//! does not come.
+
+use std::{collections::HashMap, time::Duration};
+
+use amqprs::{
+    Ack, BasicProperties, Cancel, CloseChannel, FieldTable, FieldValue, Nack, Return,
+    callbacks::{ChannelCallback, ConnectionCallback},
+    channel::{
+        BasicPublishArguments, Channel, ConfirmSelectArguments, ExchangeDeclareArguments, ExchangeType,
+        QueueBindArguments, QueueDeclareArguments,
+    },
+    connection::{Connection, OpenConnectionArguments},
+};
+use async_trait::async_trait;
+use percent_encoding::percent_decode_str;
+use tokio::sync::mpsc;
+
+/// Parses `amqp://user:pass@host:port/vhost?heartbeat=N`. The vhost is percent-decoded
+/// (`%2f` is `/`), which amqprs's own URI parsing does not do.
+pub fn connection_args(amqp_url: &str, connection_name: &str) -> Result<OpenConnectionArguments, String> {
+    let url = url::Url::parse(amqp_url).map_err(|e| e.to_string())?;
+    if url.scheme() != "amqp" {
+        return Err(format!("scheme must be amqp, not {}", url.scheme()));
+    }
+    let decode = |s: &str| {
+        percent_decode_str(s)
+            .decode_utf8()
+            .map(|s| s.into_owned())
+            .map_err(|e| e.to_string())
+    };
+    let host = url.host_str().filter(|h| !h.is_empty()).ok_or("no host")?;
+    let user = match url.username() {
+        "" => "guest".to_owned(),
+        user => decode(user)?,
+    };
+    let password = decode(url.password().unwrap_or("guest"))?;
+    let vhost = match url.path() {
+        "" | "/" => "/".to_owned(),
+        path => decode(&path[1..])?,
+    };
+    let heartbeat = url
+        .query_pairs()
+        .find(|(key, _)| key == "heartbeat")
+        .map(|(_, value)| {
+            value
+                .parse::<u16>()
+                .map_err(|_| format!("heartbeat must be seconds, not {value:?}"))
+        })
+        .transpose()?
+        // A lost broker is noticed within two heartbeats.
+        .unwrap_or(5);
+    let mut args = OpenConnectionArguments::new(host, url.port().unwrap_or(5672), &user, &password);
+    args.virtual_host(&vhost)
+        .heartbeat(heartbeat)
+        .connection_name(connection_name);
+    Ok(args)
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum QueueType {
+    /// Replicated, with a delivery count that survives consumer crashes.
+    #[default]
+    Quorum,
+    Classic,
+}
+
+/// Exchange, queues and bindings of the wire contract (SPEC "Messaging"). The names are
+/// fields so that tests can give each run its own.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub exchange: String,
+    /// `Order.*` events (created, canceled, deleted).
+    pub orders_queue: String,
+    /// `Order.Saga.*`: what the customer service consumes.
+    pub order_saga_queue: String,
+    /// `Customer.Saga.*`: the customer service's replies.
+    pub customer_saga_queue: String,
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+    pub queue_type: QueueType,
+}
+
+/// Deliveries of one reply before the broker dead-letters it (quorum queues count them
+/// even across consumer crashes).
+pub const DELIVERY_LIMIT: i64 = 10;
+
+impl Topology {
+    /// The names of the contract.
+    pub fn contract(queue_type: QueueType) -> Self {
+        Self::named("", queue_type)
+    }
+
+    /// The contract's names behind a prefix, for tests that share a broker.
+    pub fn named(prefix: &str, queue_type: QueueType) -> Self {
+        Topology {
+            exchange: format!("{prefix}Orders"),
+            orders_queue: format!("{prefix}Orders"),
+            order_saga_queue: format!("{prefix}OrderSaga"),
+            customer_saga_queue: format!("{prefix}CustomerSaga"),
+            dead_letter_exchange: format!("{prefix}CustomerSaga.dlx"),
+            dead_letter_queue: format!("{prefix}CustomerSaga.dlq"),
+            queue_type,
+        }
+    }
+
+    /// Declares everything, idempotently, one after the other on one channel
+    /// (concurrent declares can panic amqprs, issue #145).
+    pub async fn declare(&self, channel: &Channel) -> Result<(), amqprs::error::Error> {
+        let durable_exchange = |name: &str, kind: ExchangeType| {
+            let mut args = ExchangeDeclareArguments::of_type(name, kind);
+            args.durable(true);
+            args
+        };
+        channel
+            .exchange_declare(durable_exchange(&self.exchange, ExchangeType::Topic))
+            .await?;
+        channel
+            .exchange_declare(durable_exchange(&self.dead_letter_exchange, ExchangeType::Fanout))
+            .await?;
+
+        let queue_type = match self.queue_type {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        };
+        let queue = |name: &str, extra: &[(&str, FieldValue)]| {
+            let mut arguments = FieldTable::new();
+            arguments.insert(field_name("x-queue-type"), queue_type.into());
+            for (key, value) in extra {
+                arguments.insert(field_name(key), value.clone());
+            }
+            QueueDeclareArguments::durable_client_named(name)
+                .arguments(arguments)
+                .finish()
+        };
+        channel.queue_declare(queue(&self.dead_letter_queue, &[])).await?;
+        channel
+            .queue_bind(QueueBindArguments::new(
+                &self.dead_letter_queue,
+                &self.dead_letter_exchange,
+                "",
+            ))
+            .await?;
+
+        let mut customer_saga: Vec<(&str, FieldValue)> =
+            vec![("x-dead-letter-exchange", self.dead_letter_exchange.as_str().into())];
+        if self.queue_type == QueueType::Quorum {
+            customer_saga.push(("x-delivery-limit", FieldValue::l(DELIVERY_LIMIT)));
+        }
+        for (name, key, extra) in [
+            (&self.orders_queue, "Order.*", &[][..]),
+            (&self.order_saga_queue, "Order.Saga.*", &[][..]),
+            (&self.customer_saga_queue, "Customer.Saga.*", &customer_saga[..]),
+        ] {
+            channel.queue_declare(queue(name, extra)).await?;
+            channel
+                .queue_bind(QueueBindArguments::new(name, &self.exchange, key))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn field_name(name: &str) -> amqprs::FieldName {
+    name.try_into().expect("field names here are short ASCII literals")
+}
+
+/// A message to publish: where, what, and its AMQP properties.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub exchange: String,
+    pub routing_key: String,
+    pub message_id: String,
+    pub message_type: String,
+    pub timestamp: u64,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Why a message was not confirmed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The broker could not route it (`mandatory`, no queue bound): it went nowhere.
+    #[error("unroutable: {0}")]
+    Returned(String),
+    /// The broker refused it.
+    #[error("nacked by the broker")]
+    Nacked,
+    /// No confirm before the deadline; the connection is suspect.
+    #[error("no confirm within {0:?}")]
+    Timeout(Duration),
+    /// The frame could not be sent.
+    #[error("send failed: {0}")]
+    Send(String),
+}
+
+impl PublishError {
+    /// A short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PublishError::Returned(_) => "returned",
+            PublishError::Nacked => "nacked",
+            PublishError::Timeout(_) => "timeout",
+            PublishError::Send(_) => "send",
+        }
+    }
+}
+
+/// What the broker tells a confirm-mode channel about the messages published on it.
+#[derive(Debug)]
+enum Confirm {
+    Ack { tag: u64, multiple: bool },
+    Nack { tag: u64, multiple: bool },
+    Return { message_id: Option<String>, reason: String },
+    Closed,
+}
+
+struct ConfirmCallback {
+    confirms: mpsc::UnboundedSender<Confirm>,
+}
+
+// The confirms of one batch at most: the channel is bounded by what we publish.
+#[async_trait]
+impl ChannelCallback for ConfirmCallback {
+    async fn close(&mut self, _channel: &Channel, close: CloseChannel) -> Result<(), amqprs::error::Error> {
+        tracing::warn!(reason = %close, "broker closed the channel");
+        let _ = self.confirms.send(Confirm::Closed);
+        Ok(())
+    }
+
+    async fn cancel(&mut self, _channel: &Channel, _cancel: Cancel) -> Result<(), amqprs::error::Error> {
+        Ok(())
+    }
+
+    async fn flow(&mut self, _channel: &Channel, active: bool) -> Result<bool, amqprs::error::Error> {
+        tracing::warn!(active, "broker asked for flow control");
+        Ok(true)
+    }
+
+    async fn publish_ack(&mut self, _channel: &Channel, ack: Ack) {
+        let _ = self.confirms.send(Confirm::Ack {
+            tag: ack.delivery_tag(),
+            multiple: ack.mutiple(),
+        });
+    }
+
+    async fn publish_nack(&mut self, _channel: &Channel, nack: Nack) {
+        let _ = self.confirms.send(Confirm::Nack {
+            tag: nack.delivery_tag(),
+            multiple: nack.multiple(),
+        });
+    }
+
+    async fn publish_return(
+        &mut self,
+        _channel: &Channel,
+        ret: Return,
+        properties: BasicProperties,
+        _content: Vec<u8>,
+    ) {
+        let _ = self.confirms.send(Confirm::Return {
+            message_id: properties.message_id().cloned(),
+            reason: format!("{} {}", ret.reply_code(), ret.reply_text()),
+        });
+    }
+}
+
+struct ConnectionLog;
+
+#[async_trait]
+impl ConnectionCallback for ConnectionLog {
+    async fn close(&mut self, _connection: &Connection, close: amqprs::Close) -> Result<(), amqprs::error::Error> {
+        tracing::warn!(reason = %close, "broker closed the connection");
+        Ok(())
+    }
+
+    async fn blocked(&mut self, _connection: &Connection, reason: String) {
+        tracing::warn!(%reason, "broker blocked the connection");
+    }
+
+    async fn unblocked(&mut self, _connection: &Connection) {
+        tracing::info!("broker unblocked the connection");
+    }
+
+    async fn secret_updated(&mut self, _connection: &Connection) {}
+}
+
+/// Opens a connection that logs what the broker says about it.
+pub async fn connect(args: &OpenConnectionArguments) -> Result<Connection, amqprs::error::Error> {
+    let connection = Connection::open(args).await?;
+    connection.register_callback(ConnectionLog).await?;
+    Ok(connection)
+}
+
+/// A confirm-mode channel on its own connection. Dropping it closes both.
+pub struct Publisher {
+    connection: Connection,
+    channel: Channel,
+    confirms: mpsc::UnboundedReceiver<Confirm>,
+    /// Delivery tag of the last message published on the channel (they count from 1).
+    last_tag: u64,
+}
+
+impl Publisher {
+    /// Connects, declares the topology and switches the channel to confirm mode.
+    pub async fn connect(args: &OpenConnectionArguments, topology: &Topology) -> Result<Self, amqprs::error::Error> {
+        let connection = connect(args).await?;
+        let channel = connection.open_channel(None).await?;
+        topology.declare(&channel).await?;
+        let (sender, confirms) = mpsc::unbounded_channel();
+        channel.register_callback(ConfirmCallback { confirms: sender }).await?;
+        channel.confirm_select(ConfirmSelectArguments::default()).await?;
+        Ok(Publisher {
+            connection,
+            channel,
+            confirms,
+            last_tag: 0,
+        })
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.connection.is_open() && self.channel.is_open()
+    }
+
+    /// Resolves when the connection fails (heartbeats missed, socket closed).
+    pub async fn closed(&self) {
+        self.connection.listen_network_io_failure().await;
+    }
+
+    /// Publishes every message (persistent, `mandatory`), without waiting between them,
+    /// then waits up to `deadline` for the broker's confirms. Each result says whether
+    /// that message is safe: acked and not returned.
+    pub async fn publish_all(&mut self, messages: &[Outgoing], deadline: Duration) -> Vec<Result<(), PublishError>> {
+        let mut results: Vec<Option<Result<(), PublishError>>> = vec![None; messages.len()];
+        let first_tag = self.last_tag + 1;
+        let mut by_message_id: HashMap<&str, usize> = HashMap::with_capacity(messages.len());
+        let mut returned: HashMap<usize, String> = HashMap::new();
+        let mut sent = 0;
+        for (index, message) in messages.iter().enumerate() {
+            let mut headers = FieldTable::new();
+            for (key, value) in &message.headers {
+                if let Ok(key) = key.as_str().try_into() {
+                    headers.insert(key, value.as_str().into());
+                }
+            }
+            let properties = BasicProperties::default()
+                .with_content_type("application/json")
+                .with_persistence(true)
+                .with_message_id(&message.message_id)
+                .with_message_type(&message.message_type)
+                .with_timestamp(message.timestamp)
+                .with_headers(headers)
+                .finish();
+            let mut args = BasicPublishArguments::new(&message.exchange, &message.routing_key);
+            args.mandatory(true);
+            if let Err(e) = self.channel.basic_publish(properties, message.body.clone(), args).await {
+                // Nothing after this message can be trusted to be on the wire either.
+                for result in &mut results[index..] {
+                    *result = Some(Err(PublishError::Send(e.to_string())));
+                }
+                break;
+            }
+            self.last_tag += 1;
+            by_message_id.insert(&message.message_id, index);
+            sent += 1;
+        }
+
+        let mut pending = sent;
+        let timer = tokio::time::sleep(deadline);
+        tokio::pin!(timer);
+        while pending > 0 {
+            let confirm = tokio::select! {
+                confirm = self.confirms.recv() => confirm,
+                () = &mut timer => break,
+            };
+            let (tag, multiple, acked) = match confirm {
+                Some(Confirm::Ack { tag, multiple }) => (tag, multiple, true),
+                Some(Confirm::Nack { tag, multiple }) => (tag, multiple, false),
+                Some(Confirm::Return { message_id, reason }) => {
+                    // A return comes before the ack of the same message.
+                    if let Some(&index) = message_id.as_deref().and_then(|id| by_message_id.get(id)) {
+                        returned.insert(index, reason);
+                    }
+                    continue;
+                }
+                Some(Confirm::Closed) | None => break,
+            };
+            let range = if multiple { first_tag..=tag } else { tag..=tag };
+            for confirmed in range {
+                let Some(index) = confirmed.checked_sub(first_tag).map(|i| i as usize) else {
+                    continue;
+                };
+                let Some(slot) = results.get_mut(index).filter(|slot| slot.is_none()) else {
+                    continue;
+                };
+                *slot = Some(match (acked, returned.remove(&index)) {
+                    (true, None) => Ok(()),
+                    (true, Some(reason)) => Err(PublishError::Returned(reason)),
+                    (false, _) => Err(PublishError::Nacked),
+                });
+                pending -= 1;
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(PublishError::Timeout(deadline))))
+            .collect()
+    }
+
+    /// Closes the channel and the connection politely.
+    pub async fn close(self) {
+        let _ = self.channel.close().await;
+        let _ = self.connection.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_url_means_the_root_vhost() {
+        let args = connection_args("amqp://guest:guest@127.0.0.1:5672/%2f", "t").unwrap();
+        assert_eq!(args.get_virtual_host(), "/");
+        assert_eq!(args.get_host(), "127.0.0.1");
+        assert_eq!(args.get_port(), 5672);
+        assert_eq!(args.get_heartbeat(), 5);
+    }
+
+    #[test]
+    fn urls_are_percent_decoded() {
+        let args = connection_args("amqp://us%40r:p%3Ass@rabbit/orders%2Fprod?heartbeat=10", "t").unwrap();
+        assert_eq!(args.get_virtual_host(), "orders/prod");
+        assert_eq!(args.get_port(), 5672);
+        assert_eq!(args.get_heartbeat(), 10);
+    }
+
+    #[test]
+    fn bad_urls_are_refused() {
+        assert!(connection_args("http://x", "t").is_err());
+        assert!(connection_args("amqp://", "t").is_err());
+        assert!(connection_args("amqp://h/?heartbeat=often", "t").is_err());
+    }
+
+    #[test]
+    fn prefixed_topology_keeps_the_contract_names() {
+        let t = Topology::named("t1.", QueueType::Classic);
+        assert_eq!(
+            (t.exchange.as_str(), t.dead_letter_queue.as_str()),
+            ("t1.Orders", "t1.CustomerSaga.dlq")
+        );
+        assert_eq!(
+            Topology::contract(QueueType::Quorum).customer_saga_queue,
+            "CustomerSaga"
+        );
+    }
+}

@@ -1,0 +1,79 @@
+//! The small HTTP server of the background processes (relay, worker): liveness,
+//! readiness and Prometheus metrics on `METRICS_ADDR`.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use poem::{
+    EndpointExt, IntoResponse, Route, Server, get, handler,
+    http::StatusCode,
+    listener::TcpListener,
+    middleware::{NormalizePath, TrailingSlash},
+    web::{Data, Json},
+};
+use serde_json::json;
+use sqlx::PgPool;
+
+#[derive(Clone)]
+struct Probe {
+    db: PgPool,
+    broker_up: Arc<AtomicBool>,
+    metrics: PrometheusHandle,
+}
+
+#[handler]
+fn healthcheck() -> Json<serde_json::Value> {
+    Json(json!({"status": "OK"}))
+}
+
+/// Ready when PostgreSQL answers and the broker connection is up; names what is not.
+#[handler]
+async fn readyz(probe: Data<&Probe>) -> impl IntoResponse {
+    let postgres = matches!(
+        tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&probe.db)).await,
+        Ok(Ok(_))
+    );
+    let status = match (postgres, probe.broker_up.load(Ordering::Relaxed)) {
+        (true, true) => return Json(json!({"status": "OK"})).with_status(StatusCode::OK),
+        (false, true) => "postgres unavailable",
+        (true, false) => "rabbitmq unavailable",
+        (false, false) => "postgres and rabbitmq unavailable",
+    };
+    Json(json!({ "status": status })).with_status(StatusCode::SERVICE_UNAVAILABLE)
+}
+
+#[handler]
+fn metrics(probe: Data<&Probe>) -> String {
+    probe.metrics.render()
+}
+
+/// Serves `/healthcheck/`, `/readyz` and `/metrics` until `shutdown` resolves.
+pub async fn serve(
+    addr: SocketAddr,
+    db: PgPool,
+    broker_up: Arc<AtomicBool>,
+    metrics_handle: PrometheusHandle,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let app = Route::new()
+        .at("/healthcheck", get(healthcheck))
+        .at("/readyz", get(readyz))
+        .at("/metrics", get(metrics))
+        .data(Probe {
+            db,
+            broker_up,
+            metrics: metrics_handle,
+        })
+        .with(NormalizePath::new(TrailingSlash::Trim));
+    tracing::info!(%addr, "health and metrics listening");
+    Server::new(TcpListener::bind(addr))
+        .run_with_graceful_shutdown(app, shutdown, Some(Duration::from_secs(2)))
+        .await
+}

@@ -1,0 +1,351 @@
+//! The outbox relay: claim a batch of unpublished rows, publish them with confirms,
+//! mark what the broker confirmed — one step, [`relay_batch`] — and the loop around it,
+//! [`Relay::run`], driven by a cron schedule and woken early by `LISTEN outbox`.
+//!
+//! Several relays may run at once. A row is claimed with `FOR UPDATE SKIP LOCKED`, so no
+//! two relays hold it; and only the oldest unpublished row of each aggregate is
+//! claimable, so the events of one order reach the broker in the order they were
+//! written even when relays race. A row is found whenever its transaction commits
+//! (there is no high-water mark to skip past it). Delivery is at least once: a relay
+//! that dies after publishing and before marking publishes the row again, and the
+//! consumers deduplicate by `message_id`.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use amqprs::connection::OpenConnectionArguments;
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, postgres::PgListener};
+use tokio::sync::{Notify, watch};
+use uuid::Uuid;
+
+use crate::{
+    amqp::{Outgoing, PublishError, Publisher, Topology},
+    error::chain,
+};
+
+/// The channel `NOTIFY`-ed after every outbox insert (a trigger, see migrations/).
+pub const CHANNEL: &str = "outbox";
+
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Rows claimed per step.
+    pub batch_size: i64,
+    /// How long to wait for the broker's confirms of a batch. Shorter than the server's
+    /// `idle_in_transaction_session_timeout`, as the claim's transaction waits with it.
+    pub confirm_timeout: Duration,
+    /// Published rows older than this are deleted.
+    pub retention: Duration,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        RelaySettings {
+            batch_size: 500,
+            confirm_timeout: Duration::from_secs(5),
+            retention: Duration::from_secs(7 * 86400),
+        }
+    }
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Rows claimed.
+    pub claimed: usize,
+    /// Rows the broker confirmed, now marked published.
+    pub published: usize,
+    /// Rows not confirmed, left unpublished for a retry with backoff.
+    pub failed: usize,
+    /// A confirm did not come or a frame could not be sent: reconnect before going on.
+    pub reconnect: bool,
+}
+
+struct Claimed {
+    id: i64,
+    event_id: Uuid,
+    exchange: String,
+    routing_key: String,
+    event_type: String,
+    payload: String,
+    headers: serde_json::Value,
+    created_at: DateTime<Utc>,
+}
+
+/// One step of the relay. The claim's transaction stays open while the batch is
+/// published, so the rows stay locked against other relays until they are marked.
+pub async fn relay_batch(
+    db: &PgPool,
+    publisher: &mut Publisher,
+    topology: &Topology,
+    settings: &RelaySettings,
+) -> Result<Outcome, sqlx::Error> {
+    let started = Instant::now();
+    let mut tx = db.begin().await?;
+    let rows = sqlx::query_as!(
+        Claimed,
+        r#"SELECT id, event_id, exchange, routing_key, event_type, payload::text AS "payload!", headers, created_at
+             FROM outbox AS o
+            WHERE published_at IS NULL
+              AND next_attempt_at <= now()
+              AND NOT EXISTS (SELECT 1 FROM outbox AS earlier
+                               WHERE earlier.aggregate_id = o.aggregate_id
+                                 AND earlier.published_at IS NULL
+                                 AND earlier.id < o.id)
+            ORDER BY id
+            LIMIT $1
+              FOR UPDATE OF o SKIP LOCKED"#,
+        settings.batch_size
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        tx.commit().await?;
+        return Ok(Outcome::default());
+    }
+
+    let messages: Vec<Outgoing> = rows.iter().map(|row| outgoing(row, topology)).collect();
+    let results = publisher.publish_all(&messages, settings.confirm_timeout).await;
+
+    let mut published = Vec::with_capacity(rows.len());
+    let (mut failed, mut errors) = (Vec::new(), Vec::new());
+    let mut reconnect = false;
+    for (row, result) in rows.iter().zip(&results) {
+        match result {
+            Ok(()) => published.push(row.id),
+            Err(error) => {
+                metrics::counter!("outbox_publish_failures_total", "reason" => error.reason()).increment(1);
+                reconnect |= matches!(error, PublishError::Timeout(_) | PublishError::Send(_));
+                tracing::warn!(outbox.id = row.id, event.id = %row.event_id, %error, "event not published, will retry");
+                failed.push(row.id);
+                errors.push(error.to_string());
+            }
+        }
+    }
+    sqlx::query!(
+        "UPDATE outbox SET published_at = now(), attempts = attempts + 1, last_error = NULL WHERE id = ANY($1)",
+        &published
+    )
+    .execute(&mut *tx)
+    .await?;
+    // Backoff doubles per attempt, up to five minutes.
+    sqlx::query!(
+        "UPDATE outbox AS o
+            SET attempts = o.attempts + 1,
+                last_error = f.error,
+                next_attempt_at = now() + make_interval(secs => least(power(2, o.attempts), 300))
+           FROM UNNEST($1::bigint[], $2::text[]) AS f(id, error)
+          WHERE o.id = f.id",
+        &failed,
+        &errors
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+
+    metrics::counter!("outbox_published_total").increment(published.len() as u64);
+    metrics::histogram!("outbox_batch_duration_seconds").record(started.elapsed().as_secs_f64());
+    if let Some(oldest) = rows.iter().map(|r| r.created_at).min() {
+        metrics::histogram!("outbox_publish_lag_seconds")
+            .record((Utc::now() - oldest).to_std().unwrap_or_default().as_secs_f64());
+    }
+    tracing::debug!(
+        claimed = rows.len(),
+        published = published.len(),
+        failed = failed.len(),
+        "outbox batch"
+    );
+    Ok(Outcome {
+        claimed: rows.len(),
+        published: published.len(),
+        failed: failed.len(),
+        reconnect,
+    })
+}
+
+fn outgoing(row: &Claimed, topology: &Topology) -> Outgoing {
+    // Rows name the contract's exchange; a deployment (or a test) may call it otherwise.
+    let exchange = if row.exchange == super::EXCHANGE {
+        topology.exchange.clone()
+    } else {
+        row.exchange.clone()
+    };
+    let headers = row
+        .headers
+        .as_object()
+        .map(|h| {
+            h.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    Outgoing {
+        exchange,
+        routing_key: row.routing_key.clone(),
+        message_id: row.event_id.to_string(),
+        message_type: row.event_type.clone(),
+        timestamp: row.created_at.timestamp().max(0) as u64,
+        headers,
+        body: row.payload.clone().into_bytes(),
+    }
+}
+
+/// Refreshes `outbox_pending` and `outbox_oldest_unpublished_age_seconds`.
+pub async fn record_backlog(db: &PgPool) -> Result<(), sqlx::Error> {
+    let backlog = sqlx::query!(
+        r#"SELECT count(*) AS "pending!",
+                  COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 AS "oldest_age!"
+             FROM outbox WHERE published_at IS NULL"#
+    )
+    .fetch_one(db)
+    .await?;
+    metrics::gauge!("outbox_pending").set(backlog.pending as f64);
+    metrics::gauge!("outbox_oldest_unpublished_age_seconds").set(backlog.oldest_age);
+    Ok(())
+}
+
+/// Deletes published rows older than the retention, a thousand at a time so no
+/// statement holds many locks or runs long. Returns how many went.
+pub async fn delete_published(db: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
+    let mut deleted = 0;
+    loop {
+        let batch = sqlx::query!(
+            "DELETE FROM outbox WHERE id IN (
+                 SELECT id FROM outbox
+                  WHERE published_at < now() - make_interval(secs => $1)
+                  ORDER BY published_at
+                  LIMIT 1000)",
+            retention.as_secs_f64()
+        )
+        .execute(db)
+        .await?
+        .rows_affected();
+        deleted += batch;
+        if batch < 1000 {
+            return Ok(deleted);
+        }
+    }
+}
+
+/// The relay process: connection supervision, schedule, wake-ups, shutdown.
+pub struct Relay {
+    pub db: PgPool,
+    pub amqp: OpenConnectionArguments,
+    pub topology: Topology,
+    pub settings: RelaySettings,
+    pub schedule: cron::Schedule,
+    /// Set while a broker connection is up: the readiness probe reads it.
+    pub broker_up: Arc<AtomicBool>,
+}
+
+impl Relay {
+    /// Runs until `shutdown` turns true; the batch in hand is finished first.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let wake = Arc::new(Notify::new());
+        let listener = tokio::spawn(listen(self.db.clone(), wake.clone()));
+        let mut backoff = Duration::from_millis(500);
+        let mut last_housekeeping = Instant::now() - Duration::from_secs(3600);
+        'connect: while !*shutdown.borrow() {
+            let mut publisher = match Publisher::connect(&self.amqp, &self.topology).await {
+                Ok(publisher) => publisher,
+                Err(e) => {
+                    tracing::warn!(error.cause = %e, retry_in_ms = backoff.as_millis() as u64, "cannot reach RabbitMQ");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            };
+            tracing::info!("connected to RabbitMQ");
+            self.broker_up.store(true, Ordering::Relaxed);
+            backoff = Duration::from_millis(500);
+            loop {
+                // Drain: full batches mean more is waiting.
+                loop {
+                    match relay_batch(&self.db, &mut publisher, &self.topology, &self.settings).await {
+                        Ok(outcome) if outcome.reconnect => {
+                            tracing::warn!("confirms missing, reconnecting to RabbitMQ");
+                            self.broker_up.store(false, Ordering::Relaxed);
+                            continue 'connect;
+                        }
+                        Ok(outcome) if outcome.claimed as i64 == self.settings.batch_size => {}
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::warn!(error.cause = %chain(&e), "outbox step failed, retrying on the next tick");
+                            break;
+                        }
+                    }
+                    if *shutdown.borrow() {
+                        break;
+                    }
+                }
+                if last_housekeeping.elapsed() >= Duration::from_secs(30) {
+                    last_housekeeping = Instant::now();
+                    self.housekeeping().await;
+                }
+                let next_tick = self
+                    .schedule
+                    .upcoming(Utc)
+                    .next()
+                    .and_then(|at| (at - Utc::now()).to_std().ok())
+                    .unwrap_or(Duration::from_secs(1));
+                tokio::select! {
+                    () = tokio::time::sleep(next_tick) => {}
+                    () = wake.notified() => {}
+                    () = publisher.closed() => {
+                        tracing::warn!("lost the connection to RabbitMQ, reconnecting");
+                        self.broker_up.store(false, Ordering::Relaxed);
+                        continue 'connect;
+                    }
+                    _ = shutdown.changed() => {}
+                }
+                if *shutdown.borrow() {
+                    publisher.close().await;
+                    break 'connect;
+                }
+            }
+        }
+        self.broker_up.store(false, Ordering::Relaxed);
+        listener.abort();
+        tracing::info!("relay stopped");
+    }
+
+    async fn housekeeping(&self) {
+        if let Err(e) = record_backlog(&self.db).await {
+            tracing::warn!(error.cause = %chain(&e), "cannot measure the outbox backlog");
+        }
+        match delete_published(&self.db, self.settings.retention).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "old published outbox rows deleted"),
+            Err(e) => tracing::warn!(error.cause = %chain(&e), "outbox retention failed"),
+        }
+    }
+}
+
+/// Forwards `NOTIFY outbox` to `wake`, reconnecting as needed. A notification lost while
+/// disconnected costs at most one tick of the schedule.
+async fn listen(db: PgPool, wake: Arc<Notify>) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let listener = async {
+            let mut listener = PgListener::connect_with(&db).await?;
+            listener.listen(CHANNEL).await?;
+            loop {
+                listener.recv().await?;
+                wake.notify_one();
+            }
+        };
+        let result: Result<(), sqlx::Error> = listener.await;
+        let Err(e) = result else { continue };
+        tracing::warn!(error.cause = %chain(&e), "LISTEN outbox failed, relying on the schedule meanwhile");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,14 @@
+//! Integration tests against the real PostgreSQL and RabbitMQ: every test gets its own
+//! migrated database from `#[sqlx::test]` and, where it publishes, its own exchange and
+//! queues (a name prefix).
+
+// Test code: a panic is how a failed expectation reports itself.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod broker;
+mod helpers;
+mod openapi;
+mod orders;
+mod products;
+mod relay;
+mod users;
