@@ -9,9 +9,9 @@ export DATABASE_URL
 
 .PHONY: run test services migrate fmt lint sqlx-prepare sqlx-check
 
-## Start the whole system against the local services.
+## Start the whole system (api, outbox-relay) against the local services.
 run: services migrate
-	LOG_FORMAT=$${LOG_FORMAT:-pretty} cargo run -p api
+	scripts/run.sh
 
 ## Run every test (unit and integration, against the real servers).
 test: services

@@ -18,7 +18,9 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init_tracing(&config.log)?;
     let metrics = telemetry::metrics();
     let db = db::connect(&config.database_url, config.db_max_connections)?;
-    // The api owns the migrations; wait for them (and PostgreSQL) rather than race it.
+    // Every process applies pending migrations (under the migrator's advisory lock), so
+    // any of them may start first; this also waits for PostgreSQL to come up.
+    db::create_database_if_missing(&config.database_url).await?;
     db::migrate(&db).await?;
     let connection_name = format!("outbox-relay@{}", std::process::id());
     let amqp = amqp::connection_args(&config.amqp_url, &connection_name).map_err(anyhow::Error::msg)?;

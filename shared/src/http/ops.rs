@@ -12,7 +12,7 @@ use std::{
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use poem::{
-    EndpointExt, IntoResponse, Route, Server, get, handler,
+    Endpoint, EndpointExt, IntoResponse, Route, Server, get, handler,
     http::StatusCode,
     listener::TcpListener,
     middleware::{NormalizePath, TrailingSlash},
@@ -54,15 +54,9 @@ fn metrics(probe: Data<&Probe>) -> String {
     probe.metrics.render()
 }
 
-/// Serves `/healthcheck/`, `/readyz` and `/metrics` until `shutdown` resolves.
-pub async fn serve(
-    addr: SocketAddr,
-    db: PgPool,
-    broker_up: Arc<AtomicBool>,
-    metrics_handle: PrometheusHandle,
-    shutdown: impl std::future::Future<Output = ()> + Send,
-) -> std::io::Result<()> {
-    let app = Route::new()
+/// `/healthcheck/`, `/readyz` and `/metrics`.
+pub fn app(db: PgPool, broker_up: Arc<AtomicBool>, metrics_handle: PrometheusHandle) -> impl Endpoint {
+    Route::new()
         .at("/healthcheck", get(healthcheck))
         .at("/readyz", get(readyz))
         .at("/metrics", get(metrics))
@@ -71,7 +65,18 @@ pub async fn serve(
             broker_up,
             metrics: metrics_handle,
         })
-        .with(NormalizePath::new(TrailingSlash::Trim));
+        .with(NormalizePath::new(TrailingSlash::Trim))
+}
+
+/// Serves [`app`] until `shutdown` resolves.
+pub async fn serve(
+    addr: SocketAddr,
+    db: PgPool,
+    broker_up: Arc<AtomicBool>,
+    metrics_handle: PrometheusHandle,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let app = app(db, broker_up, metrics_handle);
     tracing::info!(%addr, "health and metrics listening");
     Server::new(TcpListener::bind(addr))
         .run_with_graceful_shutdown(app, shutdown, Some(Duration::from_secs(2)))

@@ -323,3 +323,87 @@ async fn retention_deletes_old_published_rows_only(db: PgPool) {
         .unwrap();
     assert_eq!(left, [(false,), (true,)]);
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_relay_carries_on_when_its_database_connections_are_killed(db: PgPool) {
+    let broker = TestBroker::new().await;
+    let (stop, stopped) = watch::channel(false);
+    let relay = Relay {
+        db: db.clone(),
+        amqp: broker.args("relay"),
+        topology: broker.topology.clone(),
+        settings: RelaySettings {
+            batch_size: 50,
+            ..settings()
+        },
+        schedule: "*/1 * * * * *".parse().unwrap(),
+        broker_up: Arc::new(AtomicBool::new(false)),
+    };
+    let running = tokio::spawn(relay.run(stopped));
+    let mut written = HashSet::new();
+    for _ in 0..4 {
+        for ids in seed_events(&db, 100, 1).await.into_values() {
+            written.extend(ids);
+        }
+        // Every other session on the test's database: the relay's pool and its LISTEN.
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            .execute(&db)
+            .await
+            .unwrap();
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || async { unpublished(&db).await == 0 }).await,
+        "the relay did not carry on: {} rows left",
+        unpublished(&db).await
+    );
+    stop.send(true).unwrap();
+    running.await.unwrap();
+    let received: HashSet<Uuid> = broker
+        .drain(&broker.topology.order_saga_queue)
+        .await
+        .iter()
+        .map(|m| Uuid::parse_str(&m.message_id()).unwrap())
+        .collect();
+    assert_eq!(received, written);
+    broker.cleanup().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_relay_reports_health_and_metrics(db: PgPool) {
+    use order_service::{http::ops, telemetry};
+    use poem::test::TestClient;
+
+    let broker_up = Arc::new(AtomicBool::new(false));
+    let client = TestClient::new(ops::app(db.clone(), broker_up.clone(), telemetry::metrics()));
+    client
+        .get("/healthcheck/")
+        .send()
+        .await
+        .assert_json(json!({"status": "OK"}))
+        .await;
+    let response = client.get("/readyz").send().await;
+    response.assert_status(poem::http::StatusCode::SERVICE_UNAVAILABLE);
+    response.assert_json(json!({"status": "rabbitmq unavailable"})).await;
+    broker_up.store(true, std::sync::atomic::Ordering::Relaxed);
+    client
+        .get("/readyz")
+        .send()
+        .await
+        .assert_json(json!({"status": "OK"}))
+        .await;
+
+    seed_events(&db, 2, 1).await;
+    order_service::outbox::relay::record_backlog(&db).await.unwrap();
+    let text = client
+        .get("/metrics")
+        .send()
+        .await
+        .0
+        .into_body()
+        .into_string()
+        .await
+        .unwrap();
+    for metric in ["outbox_pending ", "outbox_oldest_unpublished_age_seconds "] {
+        assert!(text.contains(metric), "{metric} missing from {text}");
+    }
+}
