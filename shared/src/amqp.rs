@@ -28,12 +28,7 @@ pub fn connection_args(amqp_url: &str, connection_name: &str) -> Result<OpenConn
     if url.scheme() != "amqp" {
         return Err(format!("scheme must be amqp, not {}", url.scheme()));
     }
-    let decode = |s: &str| {
-        percent_decode_str(s)
-            .decode_utf8()
-            .map(|s| s.into_owned())
-            .map_err(|e| e.to_string())
-    };
+    let decode = |s: &str| percent_decode_str(s).decode_utf8().map(|s| s.into_owned()).map_err(|e| e.to_string());
     let host = url.host_str().filter(|h| !h.is_empty()).ok_or("no host")?;
     let user = match url.username() {
         "" => "guest".to_owned(),
@@ -47,18 +42,12 @@ pub fn connection_args(amqp_url: &str, connection_name: &str) -> Result<OpenConn
     let heartbeat = url
         .query_pairs()
         .find(|(key, _)| key == "heartbeat")
-        .map(|(_, value)| {
-            value
-                .parse::<u16>()
-                .map_err(|_| format!("heartbeat must be seconds, not {value:?}"))
-        })
+        .map(|(_, value)| value.parse::<u16>().map_err(|_| format!("heartbeat must be seconds, not {value:?}")))
         .transpose()?
         // A lost broker is noticed within two heartbeats.
         .unwrap_or(5);
     let mut args = OpenConnectionArguments::new(host, url.port().unwrap_or(5672), &user, &password);
-    args.virtual_host(&vhost)
-        .heartbeat(heartbeat)
-        .connection_name(connection_name);
+    args.virtual_host(&vhost).heartbeat(heartbeat).connection_name(connection_name);
     Ok(args)
 }
 
@@ -117,12 +106,8 @@ impl Topology {
             args.durable(true);
             args
         };
-        channel
-            .exchange_declare(durable_exchange(&self.exchange, ExchangeType::Topic))
-            .await?;
-        channel
-            .exchange_declare(durable_exchange(&self.dead_letter_exchange, ExchangeType::Fanout))
-            .await?;
+        channel.exchange_declare(durable_exchange(&self.exchange, ExchangeType::Topic)).await?;
+        channel.exchange_declare(durable_exchange(&self.dead_letter_exchange, ExchangeType::Fanout)).await?;
 
         let queue_type = match self.queue_type {
             QueueType::Quorum => "quorum",
@@ -134,18 +119,10 @@ impl Topology {
             for (key, value) in extra {
                 arguments.insert(field_name(key), value.clone());
             }
-            QueueDeclareArguments::durable_client_named(name)
-                .arguments(arguments)
-                .finish()
+            QueueDeclareArguments::durable_client_named(name).arguments(arguments).finish()
         };
         channel.queue_declare(queue(&self.dead_letter_queue, &[])).await?;
-        channel
-            .queue_bind(QueueBindArguments::new(
-                &self.dead_letter_queue,
-                &self.dead_letter_exchange,
-                "",
-            ))
-            .await?;
+        channel.queue_bind(QueueBindArguments::new(&self.dead_letter_queue, &self.dead_letter_exchange, "")).await?;
 
         let mut customer_saga: Vec<(&str, FieldValue)> =
             vec![("x-dead-letter-exchange", self.dead_letter_exchange.as_str().into())];
@@ -158,9 +135,7 @@ impl Topology {
             (&self.customer_saga_queue, "Customer.Saga.*", &customer_saga[..]),
         ] {
             channel.queue_declare(queue(name, extra)).await?;
-            channel
-                .queue_bind(QueueBindArguments::new(name, &self.exchange, key))
-                .await?;
+            channel.queue_bind(QueueBindArguments::new(name, &self.exchange, key)).await?;
         }
         Ok(())
     }
@@ -243,17 +218,11 @@ impl ChannelCallback for ConfirmCallback {
     }
 
     async fn publish_ack(&mut self, _channel: &Channel, ack: Ack) {
-        let _ = self.confirms.send(Confirm::Ack {
-            tag: ack.delivery_tag(),
-            multiple: ack.mutiple(),
-        });
+        let _ = self.confirms.send(Confirm::Ack { tag: ack.delivery_tag(), multiple: ack.mutiple() });
     }
 
     async fn publish_nack(&mut self, _channel: &Channel, nack: Nack) {
-        let _ = self.confirms.send(Confirm::Nack {
-            tag: nack.delivery_tag(),
-            multiple: nack.multiple(),
-        });
+        let _ = self.confirms.send(Confirm::Nack { tag: nack.delivery_tag(), multiple: nack.multiple() });
     }
 
     async fn publish_return(
@@ -315,12 +284,7 @@ impl Publisher {
         let (sender, confirms) = mpsc::unbounded_channel();
         channel.register_callback(ConfirmCallback { confirms: sender }).await?;
         channel.confirm_select(ConfirmSelectArguments::default()).await?;
-        Ok(Publisher {
-            connection,
-            channel,
-            confirms,
-            last_tag: 0,
-        })
+        Ok(Publisher { connection, channel, confirms, last_tag: 0 })
     }
 
     pub fn is_open(&self) -> bool {
@@ -406,10 +370,7 @@ impl Publisher {
                 pending -= 1;
             }
         }
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or(Err(PublishError::Timeout(deadline))))
-            .collect()
+        results.into_iter().map(|r| r.unwrap_or(Err(PublishError::Timeout(deadline)))).collect()
     }
 
     /// Closes the channel and the connection politely.
@@ -450,13 +411,7 @@ mod tests {
     #[test]
     fn prefixed_topology_keeps_the_contract_names() {
         let t = Topology::named("t1.", QueueType::Classic);
-        assert_eq!(
-            (t.exchange.as_str(), t.dead_letter_queue.as_str()),
-            ("t1.Orders", "t1.CustomerSaga.dlq")
-        );
-        assert_eq!(
-            Topology::contract(QueueType::Quorum).customer_saga_queue,
-            "CustomerSaga"
-        );
+        assert_eq!((t.exchange.as_str(), t.dead_letter_queue.as_str()), ("t1.Orders", "t1.CustomerSaga.dlq"));
+        assert_eq!(Topology::contract(QueueType::Quorum).customer_saga_queue, "CustomerSaga");
     }
 }

@@ -29,6 +29,11 @@ pub struct ApiConfig {
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[serde(default = "default_shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
+    #[serde(default = "default_redis_url")]
+    pub redis_url: String,
+    /// How long a cached page of a user's orders lives, e.g. `5m`.
+    #[serde(default = "default_cache_ttl", deserialize_with = "cache_ttl")]
+    pub cache_ttl: Duration,
     #[serde(flatten)]
     pub log: LogConfig,
 }
@@ -62,6 +67,8 @@ impl ApiConfig {
         let config: Self = envy::from_iter(vars).map_err(|e| ConfigError(e.to_string()))?;
         at_least_one("DB_MAX_CONNECTIONS", config.db_max_connections.into())?;
         at_least_one("MAX_BODY_BYTES", config.max_body_bytes as u64)?;
+        redis::Client::open(config.redis_url.as_str())
+            .map_err(|e| ConfigError(format!("REDIS_URL is not a valid redis:// URL: {e}")))?;
         config.log.filter()?;
         Ok(config)
     }
@@ -106,6 +113,8 @@ impl fmt::Debug for ApiConfig {
             .field("db_max_connections", &self.db_max_connections)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("shutdown_grace_secs", &self.shutdown_grace_secs)
+            .field("redis_url", &"<redacted>")
+            .field("cache_ttl", &self.cache_ttl)
             .field("log", &self.log)
             .finish()
     }
@@ -169,6 +178,21 @@ impl fmt::Debug for RelayConfig {
     }
 }
 
+fn default_redis_url() -> String {
+    "redis://127.0.0.1:6379".into()
+}
+
+fn default_cache_ttl() -> Duration {
+    Duration::from_secs(5 * 60)
+}
+
+fn cache_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(text.trim()).ok().filter(|ttl| ttl.as_secs() >= 1).ok_or_else(|| {
+        D::Error::custom(format!("CACHE_TTL must be a duration of at least 1s such as 5m, not {text:?}"))
+    })
+}
+
 fn default_amqp_url() -> String {
     "amqp://guest:guest@127.0.0.1:5672/%2f".into()
 }
@@ -209,9 +233,7 @@ fn relay_schedule<'de, D: Deserializer<'de>>(d: D) -> Result<cron::Schedule, D::
 fn outbox_retention<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(text.trim()).map_err(|e| {
-        D::Error::custom(format!(
-            "OUTBOX_RETENTION must be a duration such as 7d or 12h, not {text:?}: {e}"
-        ))
+        D::Error::custom(format!("OUTBOX_RETENTION must be a duration such as 7d or 12h, not {text:?}: {e}"))
     })
 }
 
@@ -219,9 +241,7 @@ fn amqp_queue_type<'de, D: Deserializer<'de>>(d: D) -> Result<QueueType, D::Erro
     match String::deserialize(d)?.to_ascii_lowercase().as_str() {
         "quorum" => Ok(QueueType::Quorum),
         "classic" => Ok(QueueType::Classic),
-        other => Err(D::Error::custom(format!(
-            "AMQP_QUEUE_TYPE must be quorum or classic, not {other:?}"
-        ))),
+        other => Err(D::Error::custom(format!("AMQP_QUEUE_TYPE must be quorum or classic, not {other:?}"))),
     }
 }
 
@@ -260,9 +280,7 @@ fn log_format<'de, D: Deserializer<'de>>(d: D) -> Result<LogFormat, D::Error> {
     match String::deserialize(d)?.to_ascii_lowercase().as_str() {
         "json" => Ok(LogFormat::Json),
         "pretty" => Ok(LogFormat::Pretty),
-        other => Err(D::Error::custom(format!(
-            "LOG_FORMAT must be json or pretty, not {other:?}"
-        ))),
+        other => Err(D::Error::custom(format!("LOG_FORMAT must be json or pretty, not {other:?}"))),
     }
 }
 
@@ -272,9 +290,7 @@ where
     T: FromStr,
 {
     let text = String::deserialize(d)?;
-    text.trim()
-        .parse()
-        .map_err(|_| D::Error::custom(format!("{var} must be {expected}, not {text:?}")))
+    text.trim().parse().map_err(|_| D::Error::custom(format!("{var} must be {expected}, not {text:?}")))
 }
 
 #[cfg(test)]
@@ -327,12 +343,7 @@ mod tests {
 
     #[test]
     fn log_level_takes_levels_and_directives() {
-        for ok in [
-            "debug",
-            "WARN",
-            "info,sqlx::postgres::notice=warn",
-            "order_service=trace",
-        ] {
+        for ok in ["debug", "WARN", "info,sqlx::postgres::notice=warn", "order_service=trace"] {
             assert!(ApiConfig::from_vars(vars(&[("LOG_LEVEL", ok)])).is_ok(), "{ok}");
         }
         // RUST_LOG is tracing's own syntax, taken as it is.

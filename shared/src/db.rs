@@ -18,10 +18,9 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 /// Connects lazily: the process starts even while PostgreSQL is still coming up.
 pub fn connect(database_url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = database_url.parse()?;
-    let options = options.application_name("order-service").options([
-        ("idle_in_transaction_session_timeout", "10s"),
-        ("statement_timeout", "30s"),
-    ]);
+    let options = options
+        .application_name("order-service")
+        .options([("idle_in_transaction_session_timeout", "10s"), ("statement_timeout", "30s")]);
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(3))

@@ -25,34 +25,21 @@ pub enum AppError {
 
 impl AppError {
     pub fn invalid(field: &'static str, rule: impl ToString) -> Self {
-        AppError::Invalid {
-            field,
-            rule: rule.to_string(),
-        }
+        AppError::Invalid { field, rule: rule.to_string() }
     }
 
     pub fn not_found(message: &'static str, subject: impl ToString) -> Self {
-        AppError::NotFound {
-            message,
-            subject: subject.to_string(),
-        }
+        AppError::NotFound { message, subject: subject.to_string() }
     }
 
     pub fn conflict(message: &'static str, subject: impl ToString) -> Self {
-        AppError::Conflict {
-            message,
-            subject: subject.to_string(),
-        }
+        AppError::Conflict { message, subject: subject.to_string() }
     }
 }
 
 impl From<sqlx::Error> for AppError {
     fn from(error: sqlx::Error) -> Self {
-        if is_unavailable(&error) {
-            AppError::Unavailable(error)
-        } else {
-            AppError::Internal(error.into())
-        }
+        if is_unavailable(&error) { AppError::Unavailable(error) } else { AppError::Internal(error.into()) }
     }
 }
 

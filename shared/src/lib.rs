@@ -15,6 +15,7 @@
 pub mod addresses;
 pub mod amqp;
 pub mod bus;
+pub mod cache;
 pub mod config;
 pub mod db;
 pub mod error;

@@ -61,11 +61,7 @@ impl Money {
     pub fn discounted(self, discount: Discount) -> Money {
         let factor = Decimal::from(100 - u32::from(discount.0));
         let exact = self.0 * factor / Decimal::ONE_HUNDRED;
-        Money(
-            exact
-                .round_dp_with_strategy(2, RoundingStrategy::MidpointNearestEven)
-                .normalize(),
-        )
+        Money(exact.round_dp_with_strategy(2, RoundingStrategy::MidpointNearestEven).normalize())
     }
 
     /// The sum of several amounts, e.g. an order's total.
@@ -99,12 +95,7 @@ pub fn json_number(amount: Decimal) -> serde_json::Number {
     {
         return whole.into();
     }
-    amount
-        .to_string()
-        .parse::<f64>()
-        .ok()
-        .and_then(serde_json::Number::from_f64)
-        .unwrap_or_else(|| 0.into())
+    amount.to_string().parse::<f64>().ok().and_then(serde_json::Number::from_f64).unwrap_or_else(|| 0.into())
 }
 
 /// Parses a JSON number exactly: serde_json keeps the shortest decimal form of the
@@ -117,9 +108,7 @@ pub fn decimal_from_json(number: &serde_json::Number) -> Option<Decimal> {
         return Some(Decimal::from(whole));
     }
     let text = number.to_string();
-    Decimal::from_str_exact(&text)
-        .or_else(|_| Decimal::from_scientific(&text))
-        .ok()
+    Decimal::from_str_exact(&text).or_else(|_| Decimal::from_scientific(&text)).ok()
 }
 
 /// A percent discount, 0 to 99.

@@ -27,9 +27,7 @@ pub fn init_tracing(config: &LogConfig) -> anyhow::Result<()> {
 }
 
 /// Latency buckets in seconds, so histograms aggregate across replicas.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// The process-wide Prometheus recorder. Installed once (a second install fails), so
 /// tests that build several apps in one process share it.

@@ -15,26 +15,17 @@ pub struct TraceContext {
 impl TraceContext {
     /// A new trace, for a request that did not bring one.
     pub fn new_root() -> Self {
-        TraceContext {
-            trace_id: random_nonzero(),
-            span_id: random_nonzero() as u64,
-            sampled: true,
-        }
+        TraceContext { trace_id: random_nonzero(), span_id: random_nonzero() as u64, sampled: true }
     }
 
     /// Continues the caller's trace when its `traceparent` is valid, else starts one.
     pub fn from_header(header: Option<&str>) -> Self {
-        header
-            .and_then(Self::parse)
-            .map_or_else(Self::new_root, |parent| parent.child())
+        header.and_then(Self::parse).map_or_else(Self::new_root, |parent| parent.child())
     }
 
     /// A new span in the same trace.
     pub fn child(self) -> Self {
-        TraceContext {
-            span_id: random_nonzero() as u64,
-            ..self
-        }
+        TraceContext { span_id: random_nonzero() as u64, ..self }
     }
 
     /// `00-<trace-id>-<parent-id>-<flags>`; versions above 00 are read by their first
@@ -58,11 +49,7 @@ impl TraceContext {
         let trace_id = u128::from_str_radix(trace_id, 16).ok().filter(|&id| id != 0)?;
         let span_id = u64::from_str_radix(span_id, 16).ok().filter(|&id| id != 0)?;
         let flags = u8::from_str_radix(flags, 16).ok()?;
-        Some(TraceContext {
-            trace_id,
-            span_id,
-            sampled: flags & 1 == 1,
-        })
+        Some(TraceContext { trace_id, span_id, sampled: flags & 1 == 1 })
     }
 
     pub fn trace_id(&self) -> String {
@@ -73,13 +60,7 @@ impl TraceContext {
 impl fmt::Display for TraceContext {
     /// The `traceparent` header value.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id,
-            self.span_id,
-            u8::from(self.sampled)
-        )
+        write!(f, "00-{:032x}-{:016x}-{:02x}", self.trace_id, self.span_id, u8::from(self.sampled))
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use order_service::{config::ApiConfig, db, http, telemetry};
+use order_service::{cache, config::ApiConfig, db, http, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -18,11 +18,9 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("migrations applied");
         return Ok(());
     }
-    let state = http::AppState {
-        db: db.clone(),
-        metrics: telemetry::metrics(),
-        max_body_bytes: config.max_body_bytes,
-    };
+    let cache = cache::OrderCache::new(&config.redis_url, "order-service", config.cache_ttl)?;
+    let state =
+        http::AppState { db: db.clone(), cache, metrics: telemetry::metrics(), max_body_bytes: config.max_body_bytes };
     http::serve(config.api_addr, state, Duration::from_secs(config.shutdown_grace_secs)).await?;
     db.close().await;
     tracing::info!("api stopped");

@@ -32,15 +32,9 @@ async fn main() -> anyhow::Result<()> {
     });
     let broker_up = Arc::new(AtomicBool::new(false));
     let mut ops_stopped = stopped.clone();
-    let ops = tokio::spawn(http::ops::serve(
-        config.metrics_addr,
-        db.clone(),
-        broker_up.clone(),
-        metrics,
-        async move {
-            let _ = ops_stopped.wait_for(|stop| *stop).await;
-        },
-    ));
+    let ops = tokio::spawn(http::ops::serve(config.metrics_addr, db.clone(), broker_up.clone(), metrics, async move {
+        let _ = ops_stopped.wait_for(|stop| *stop).await;
+    }));
 
     let relay = Relay {
         db: db.clone(),

@@ -23,10 +23,7 @@ pub struct CreateAddressRequest {
     #[oai(rename = "addressID")]
     pub address_id: Uuid,
     /// Greater than 0.
-    #[oai(
-        rename = "buildingNumber",
-        validator(minimum(value = "1"), maximum(value = "2147483647"))
-    )]
+    #[oai(rename = "buildingNumber", validator(minimum(value = "1"), maximum(value = "2147483647")))]
     pub building_number: i64,
     /// Not blank, at most 200 characters (likewise `city` and `country`).
     #[oai(rename = "streetName")]

@@ -20,10 +20,7 @@ pub struct ErrorBody {
 
 impl ErrorBody {
     fn new(message: impl Into<String>, data: impl Into<String>) -> Json<ErrorBody> {
-        Json(ErrorBody {
-            message: message.into(),
-            data: data.into(),
-        })
+        Json(ErrorBody { message: message.into(), data: data.into() })
     }
 }
 
@@ -76,10 +73,7 @@ fn respond(error: AppError) -> (StatusCode, Json<ErrorBody>) {
     match error {
         AppError::Invalid { field, rule } => {
             tracing::info!(error.field = field, "rejected: {rule}");
-            (
-                StatusCode::BAD_REQUEST,
-                ErrorBody::new(format!("{field}: {rule}"), field),
-            )
+            (StatusCode::BAD_REQUEST, ErrorBody::new(format!("{field}: {rule}"), field))
         }
         AppError::NotFound { message, subject } => {
             tracing::info!(error.subject = %subject, "not found: {message}");
@@ -91,17 +85,11 @@ fn respond(error: AppError) -> (StatusCode, Json<ErrorBody>) {
         }
         AppError::Unavailable(ref cause) => {
             tracing::error!(error.cause = %chain(cause), "database unavailable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorBody::new("Service temporarily unavailable", ""),
-            )
+            (StatusCode::SERVICE_UNAVAILABLE, ErrorBody::new("Service temporarily unavailable", ""))
         }
         AppError::Internal(ref cause) => {
             tracing::error!(error.cause = %chain(cause.as_ref()), "internal error");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorBody::new("Internal server error", ""),
-            )
+            (StatusCode::INTERNAL_SERVER_ERROR, ErrorBody::new("Internal server error", ""))
         }
     }
 }
@@ -141,10 +129,7 @@ pub fn framework_error(error: poem::Error) -> Response {
     }
     let status = error.status();
     let (message, data) = if let Some(payload) = error.downcast_ref::<ParseRequestPayloadError>() {
-        (
-            format!("Invalid request body: {}", clean_parse_message(&payload.reason)),
-            String::new(),
-        )
+        (format!("Invalid request body: {}", clean_parse_message(&payload.reason)), String::new())
     } else if status == StatusCode::NOT_FOUND {
         ("Route not found".to_owned(), String::new())
     } else if status == StatusCode::METHOD_NOT_ALLOWED {
@@ -164,10 +149,7 @@ pub fn framework_error(error: poem::Error) -> Response {
 /// "Type")`; the type names are ours, not the client's, so drop them.
 fn clean_parse_message(reason: &str) -> &str {
     let mut text = reason;
-    while let Some(rest) = text
-        .strip_prefix("failed to parse \"")
-        .and_then(|r| r.split_once("\": "))
-    {
+    while let Some(rest) = text.strip_prefix("failed to parse \"").and_then(|r| r.split_once("\": ")) {
         text = rest.1;
     }
     match text.find(" (occurred while parsing") {
@@ -188,9 +170,6 @@ mod tests {
             ),
             "field `price` is required"
         );
-        assert_eq!(
-            clean_parse_message("expected value at line 1 column 1"),
-            "expected value at line 1 column 1"
-        );
+        assert_eq!(clean_parse_message("expected value at line 1 column 1"), "expected value at line 1 column 1");
     }
 }

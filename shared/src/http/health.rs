@@ -13,6 +13,7 @@ use super::ApiTags;
 
 pub struct HealthApi {
     pub db: PgPool,
+    pub cache: crate::cache::OrderCache,
     pub metrics: PrometheusHandle,
 }
 
@@ -40,25 +41,24 @@ impl HealthApi {
         Json(Status { status: "OK".into() })
     }
 
-    /// Readiness: PostgreSQL answers.
+    /// Readiness: PostgreSQL and Redis answer; `status` names what does not.
     #[oai(path = "/readyz", method = "get")]
     async fn readyz(&self) -> ReadyResponse {
-        let ping = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&self.db)).await;
-        match ping {
-            Ok(Ok(_)) => ReadyResponse::Ready(Json(Status { status: "OK".into() })),
-            Ok(Err(e)) => {
-                tracing::warn!(error.cause = %crate::error::chain(&e), "readiness: postgres unavailable");
-                ReadyResponse::NotReady(Json(Status {
-                    status: "postgres unavailable".into(),
-                }))
-            }
-            Err(_) => {
-                tracing::warn!("readiness: postgres timed out");
-                ReadyResponse::NotReady(Json(Status {
-                    status: "postgres unavailable".into(),
-                }))
-            }
-        }
+        let limit = Duration::from_secs(2);
+        let (postgres, redis) = tokio::join!(
+            tokio::time::timeout(limit, sqlx::query("SELECT 1").execute(&self.db)),
+            tokio::time::timeout(limit, self.cache.ping()),
+        );
+        let postgres = matches!(postgres, Ok(Ok(_)));
+        let redis = matches!(redis, Ok(Ok(())));
+        let status = match (postgres, redis) {
+            (true, true) => return ReadyResponse::Ready(Json(Status { status: "OK".into() })),
+            (false, true) => "postgres unavailable",
+            (true, false) => "redis unavailable",
+            (false, false) => "postgres and redis unavailable",
+        };
+        tracing::warn!(status, "not ready");
+        ReadyResponse::NotReady(Json(Status { status: status.into() }))
     }
 
     /// Prometheus metrics, in the text exposition format.

@@ -46,6 +46,7 @@ pub enum NoContent {
 #[derive(Clone)]
 pub struct AppState {
     pub db: PgPool,
+    pub cache: crate::cache::OrderCache,
     pub metrics: PrometheusHandle,
     pub max_body_bytes: usize,
 }
@@ -61,14 +62,11 @@ pub type Apis = (
 /// The OpenAPI service: every route, documented.
 pub fn openapi(state: &AppState) -> OpenApiService<Apis, ()> {
     let apis = (
-        health::HealthApi {
-            db: state.db.clone(),
-            metrics: state.metrics.clone(),
-        },
+        health::HealthApi { db: state.db.clone(), cache: state.cache.clone(), metrics: state.metrics.clone() },
         products::api::ProductsApi { db: state.db.clone() },
         addresses::api::AddressesApi { db: state.db.clone() },
         users::api::UsersApi { db: state.db.clone() },
-        orders::api::OrdersApi { db: state.db.clone() },
+        orders::api::OrdersApi { db: state.db.clone(), cache: state.cache.clone() },
     );
     OpenApiService::new(apis, "order-service", env!("CARGO_PKG_VERSION")).description(
         "Orders with a transactional outbox and a choreography saga. Every error is \
@@ -82,10 +80,7 @@ pub fn app(state: AppState) -> impl Endpoint {
     let api = openapi(&state);
     let spec: serde_json::Value = serde_json::from_str(&api.spec()).unwrap_or_default();
     let routes = observe::RouteNames::from_spec_paths(
-        spec["paths"]
-            .as_object()
-            .into_iter()
-            .flat_map(|paths| paths.keys().map(String::as_str)),
+        spec["paths"].as_object().into_iter().flat_map(|paths| paths.keys().map(String::as_str)),
     );
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();

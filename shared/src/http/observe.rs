@@ -17,9 +17,7 @@ pub struct Observe {
 
 impl Observe {
     pub fn new(routes: RouteNames) -> Self {
-        Observe {
-            routes: Arc::new(routes),
-        }
+        Observe { routes: Arc::new(routes) }
     }
 }
 
@@ -66,10 +64,7 @@ impl<E: Endpoint> Middleware<E> for Observe {
     type Output = ObserveEndpoint<E>;
 
     fn transform(&self, inner: E) -> Self::Output {
-        ObserveEndpoint {
-            inner,
-            routes: self.routes.clone(),
-        }
+        ObserveEndpoint { inner, routes: self.routes.clone() }
     }
 }
 
@@ -92,23 +87,15 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
             http.path = %req.uri().path(),
             trace_id = %trace.trace_id(),
         );
-        let result = self
-            .inner
-            .call(req)
-            .instrument(span.clone())
-            .await
-            .map(IntoResponse::into_response);
+        let result = self.inner.call(req).instrument(span.clone()).await.map(IntoResponse::into_response);
         let (status, route) = match &result {
             Ok(resp) => (resp.status(), resp.data::<PathPattern>().map(|p| p.0.clone())),
             Err(err) => (err.status(), err.data::<PathPattern>().map(|p| p.0.clone())),
         };
         let route = self.routes.name(route.as_deref(), status);
         let elapsed = started.elapsed();
-        let labels = [
-            ("method", method_label(&method).to_owned()),
-            ("route", route),
-            ("status", status.as_u16().to_string()),
-        ];
+        let labels =
+            [("method", method_label(&method).to_owned()), ("route", route), ("status", status.as_u16().to_string())];
         metrics::counter!("http_requests_total", &labels).increment(1);
         metrics::histogram!("http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
         span.in_scope(|| {
@@ -169,16 +156,10 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
             return Err(poem::Error::from_status(StatusCode::PAYLOAD_TOO_LARGE));
         }
         if declared != Some(0) && req.method() != poem::http::Method::GET {
-            let body = req
-                .take_body()
-                .into_bytes_limit(self.limit)
-                .await
-                .map_err(|e| match e {
-                    poem::error::ReadBodyError::PayloadTooLarge => {
-                        poem::Error::from_status(StatusCode::PAYLOAD_TOO_LARGE)
-                    }
-                    other => other.into(),
-                })?;
+            let body = req.take_body().into_bytes_limit(self.limit).await.map_err(|e| match e {
+                poem::error::ReadBodyError::PayloadTooLarge => poem::Error::from_status(StatusCode::PAYLOAD_TOO_LARGE),
+                other => other.into(),
+            })?;
             req.set_body(Body::from_bytes(body));
         }
         self.inner.call(req).await
@@ -197,10 +178,7 @@ mod tests {
             "/healthcheck",
         ]);
         let ok = StatusCode::OK;
-        assert_eq!(
-            names.name(Some("/api/v1/orders/user/:param0"), ok),
-            "/api/v1/orders/user/{userID}"
-        );
+        assert_eq!(names.name(Some("/api/v1/orders/user/:param0"), ok), "/api/v1/orders/user/{userID}");
         assert_eq!(
             names.name(Some("/api/v1/products/:param0/productName"), ok),
             "/api/v1/products/{productID}/productName"

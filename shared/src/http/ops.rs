@@ -60,11 +60,7 @@ pub fn app(db: PgPool, broker_up: Arc<AtomicBool>, metrics_handle: PrometheusHan
         .at("/healthcheck", get(healthcheck))
         .at("/readyz", get(readyz))
         .at("/metrics", get(metrics))
-        .data(Probe {
-            db,
-            broker_up,
-            metrics: metrics_handle,
-        })
+        .data(Probe { db, broker_up, metrics: metrics_handle })
         .with(NormalizePath::new(TrailingSlash::Trim))
 }
 
@@ -78,7 +74,5 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = app(db, broker_up, metrics_handle);
     tracing::info!(%addr, "health and metrics listening");
-    Server::new(TcpListener::bind(addr))
-        .run_with_graceful_shutdown(app, shutdown, Some(Duration::from_secs(2)))
-        .await
+    Server::new(TcpListener::bind(addr)).run_with_graceful_shutdown(app, shutdown, Some(Duration::from_secs(2))).await
 }

@@ -23,11 +23,7 @@ pub struct Page {
 impl Page {
     /// Values already checked by the parameters' validators; only defaults remain.
     pub fn new(limit: Option<i64>, offset: Option<i64>, order: Option<SortOrder>) -> Self {
-        Page {
-            limit: limit.unwrap_or(DEFAULT_LIMIT),
-            offset: offset.unwrap_or(0),
-            order: order.unwrap_or_default(),
-        }
+        Page { limit: limit.unwrap_or(DEFAULT_LIMIT), offset: offset.unwrap_or(0), order: order.unwrap_or_default() }
     }
 }
 

@@ -17,11 +17,12 @@ use super::{
 };
 use crate::{
     bus,
+    cache::{Lookup, OrderCache},
     error::AppError,
     http::{
         ApiTags, NoContent,
         errors::{CommandError, QueryError},
-        json::{CaseInsensitive, JsonDecimal},
+        json::{CaseInsensitive, JsonDecimal, RawJson},
         pagination::{Page, PageInfo, SortOrder},
     },
     pricing::{MAX_ORDER_LINES, Money},
@@ -31,6 +32,7 @@ use crate::{
 
 pub struct OrdersApi {
     pub db: PgPool,
+    pub cache: OrderCache,
 }
 
 /// A new order.
@@ -126,10 +128,7 @@ impl TryFrom<OrderView> for Order {
         Ok(Order {
             order_status: view.order_status.parse().map_err(corrupt)?,
             payment_method: view.payment_method.parse().map_err(corrupt)?,
-            client: Client {
-                client_id: view.user_id,
-                client_name: view.client_name,
-            },
+            client: Client { client_id: view.user_id, client_name: view.client_name },
             address: view.address,
             order_id: view.id,
             serial_number: view.serial_number,
@@ -160,12 +159,7 @@ pub struct OrderList {
 impl OrderList {
     fn new(views: Vec<OrderView>, page: Page) -> Result<Self, AppError> {
         let orders = views.into_iter().map(Order::try_from).collect::<Result<Vec<_>, _>>()?;
-        let page = PageInfo {
-            count: orders.len() as i64,
-            limit: page.limit,
-            offset: page.offset,
-            order: page.order,
-        };
+        let page = PageInfo { count: orders.len() as i64, limit: page.limit, offset: page.offset, order: page.order };
         Ok(OrderList { orders, page })
     }
 }
@@ -180,6 +174,13 @@ pub enum OrderResponse {
 pub enum OrderListResponse {
     #[oai(status = 200)]
     Ok(Json<OrderList>),
+}
+
+/// A user's orders: bytes from the cache, or freshly serialized (and cached).
+#[derive(ApiResponse)]
+pub enum UserOrdersResponse {
+    #[oai(status = 200)]
+    Ok(RawJson<OrderList>),
 }
 
 #[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Orders")]
@@ -243,7 +244,9 @@ impl OrdersApi {
 
     /// List a user's approved orders
     ///
-    /// Approved, not deleted orders of one user, by `createdAt` then `OrderID`. 404 for an unknown user.
+    /// Approved, not deleted orders of one user, by `createdAt` then `OrderID`, read from
+    /// the Redis cache (filled from PostgreSQL on a miss, and served from PostgreSQL if
+    /// Redis is down). 404 for an unknown user.
     #[oai(path = "/orders/user/:userID", method = "get")]
     async fn by_user(
         &self,
@@ -258,15 +261,10 @@ impl OrdersApi {
         offset: Query<Option<i64>>,
         /// `asc` (default) or `desc`.
         order: Query<Option<SortOrder>>,
-    ) -> Result<OrderListResponse, QueryError> {
+    ) -> Result<UserOrdersResponse, QueryError> {
         let page = Page::new(limit.0, offset.0, order.0);
-        let orders = UserOrders {
-            user_id: validate::id("userID", &user_id.0)?,
-            page,
-        }
-        .fetch(&self.db)
-        .await?;
-        Ok(OrderListResponse::Ok(Json(OrderList::new(orders, page)?)))
+        let user_id = validate::id("userID", &user_id.0)?;
+        Ok(UserOrdersResponse::Ok(user_orders(&self.db, &self.cache, user_id, page).await?))
     }
 
     /// Delete an order
@@ -278,14 +276,45 @@ impl OrdersApi {
         body: Json<CaseInsensitive<DeleteOrderRequest>>,
         trace: Data<&TraceContext>,
     ) -> Result<NoContent, CommandError> {
-        bus::dispatch(
-            &self.db,
-            DeleteOrder {
-                id: body.0.0.order_id,
-                trace: *trace.0,
-            },
-        )
-        .await?;
+        let user_id = bus::dispatch(&self.db, DeleteOrder { id: body.0.0.order_id, trace: *trace.0 }).await?;
+        // The order was in the user's cached list.
+        self.cache.invalidate_after_commit(user_id).await;
         Ok(NoContent::Done)
     }
+}
+
+/// Cache-aside read of a user's page (see `cache`): a hit is served as stored; a miss
+/// reads PostgreSQL and fills the cache, fenced against a concurrent invalidation; a
+/// Redis failure degrades to PostgreSQL alone.
+pub async fn user_orders(
+    db: &PgPool,
+    cache: &OrderCache,
+    user_id: Uuid,
+    page: Page,
+) -> Result<RawJson<OrderList>, AppError> {
+    let seen = match cache.read(user_id, &page).await {
+        Ok(Lookup::Hit(body)) => {
+            metrics::counter!("cache_requests_total", "result" => "hit").increment(1);
+            return Ok(RawJson::from_bytes(body));
+        }
+        Ok(Lookup::Miss(generation)) => {
+            metrics::counter!("cache_requests_total", "result" => "miss").increment(1);
+            Some(generation)
+        }
+        Err(e) => {
+            metrics::counter!("cache_requests_total", "result" => "error").increment(1);
+            tracing::warn!(error.cause = %e, "cache unavailable, reading from PostgreSQL");
+            None
+        }
+    };
+    let orders = UserOrders { user_id, page }.fetch(db).await?;
+    let body = RawJson::encode(&OrderList::new(orders, page)?);
+    if let Some(generation) = seen {
+        match cache.fill(user_id, &page, &generation, body.bytes()).await {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!(user.id = %user_id, "page changed while it was read; not cached"),
+            Err(e) => tracing::warn!(error.cause = %e, "cache fill failed"),
+        }
+    }
+    Ok(body)
 }

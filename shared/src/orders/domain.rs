@@ -71,32 +71,21 @@ impl OrderStatus {
         if self.can_become(next) {
             Ok(next)
         } else {
-            Err(InvalidTransition {
-                what: "orderStatus",
-                from: self.to_string(),
-                to: next.to_string(),
-            })
+            Err(InvalidTransition { what: "orderStatus", from: self.to_string(), to: next.to_string() })
         }
     }
 }
 
 impl SagaStatus {
     pub fn can_become(self, next: SagaStatus) -> bool {
-        matches!(
-            (self, next),
-            (SagaStatus::Pending, SagaStatus::Approved | SagaStatus::Rejected)
-        )
+        matches!((self, next), (SagaStatus::Pending, SagaStatus::Approved | SagaStatus::Rejected))
     }
 
     pub fn transition(self, next: SagaStatus) -> Result<SagaStatus, InvalidTransition> {
         if self.can_become(next) {
             Ok(next)
         } else {
-            Err(InvalidTransition {
-                what: "sagaStatus",
-                from: self.to_string(),
-                to: next.to_string(),
-            })
+            Err(InvalidTransition { what: "sagaStatus", from: self.to_string(), to: next.to_string() })
         }
     }
 }
@@ -170,11 +159,7 @@ macro_rules! text_enum {
     };
 }
 
-text_enum!(
-    OrderStatus,
-    "orderStatus",
-    [New, InProcessing, Processed, Delivered, Canceled]
-);
+text_enum!(OrderStatus, "orderStatus", [New, InProcessing, Processed, Delivered, Canceled]);
 text_enum!(SagaStatus, "sagaStatus", [Pending, Approved, Rejected]);
 text_enum!(PaymentMethod, "paymentMethod", [Online, Card, Cash]);
 

@@ -60,26 +60,13 @@ impl CreateOrder {
             return Err(AppError::invalid("productsIds", "must name at least one product"));
         }
         if products_ids.len() > MAX_ORDER_LINES {
-            return Err(AppError::invalid(
-                "productsIds",
-                format!("must name at most {MAX_ORDER_LINES} products"),
-            ));
+            return Err(AppError::invalid("productsIds", format!("must name at most {MAX_ORDER_LINES} products")));
         }
         let mut seen = HashSet::with_capacity(products_ids.len());
         if let Some(duplicate) = products_ids.iter().find(|id| !seen.insert(**id)) {
-            return Err(AppError::invalid(
-                "productsIds",
-                format!("product {duplicate} is listed twice"),
-            ));
+            return Err(AppError::invalid("productsIds", format!("product {duplicate} is listed twice")));
         }
-        Ok(CreateOrder {
-            id,
-            user_id,
-            delivery_address_id,
-            payment_method,
-            products_ids,
-            trace,
-        })
+        Ok(CreateOrder { id, user_id, delivery_address_id, payment_method, products_ids, trace })
     }
 }
 
@@ -104,9 +91,8 @@ impl Command for CreateOrder {
         let mut names = Vec::with_capacity(self.products_ids.len());
         let mut actual_prices = Vec::with_capacity(self.products_ids.len());
         for id in &self.products_ids {
-            let (name, price) = catalogue
-                .remove(id)
-                .ok_or_else(|| AppError::not_found(products::NOT_FOUND_BY_ID, id))?;
+            let (name, price) =
+                catalogue.remove(id).ok_or_else(|| AppError::not_found(products::NOT_FOUND_BY_ID, id))?;
             names.push(name);
             actual_prices.push(price);
         }
@@ -153,12 +139,8 @@ impl Command for CreateOrder {
             _ => e.into(),
         })?;
 
-        let event = OrderCreateSaga {
-            order_id: self.id,
-            user_id: self.user_id,
-            products_ids: self.products_ids,
-            total_price,
-        };
+        let event =
+            OrderCreateSaga { order_id: self.id, user_id: self.user_id, products_ids: self.products_ids, total_price };
         outbox::append(tx, &event, self.trace).await?;
         tracing::info!(order.id = %self.id, order.total = %total_price, "order created, saga started");
         Ok(())
@@ -186,37 +168,17 @@ impl Command for DeleteOrder {
         let mut order = Order {
             id: row.id,
             user_id: row.user_id,
-            order_status: row
-                .order_status
-                .parse()
-                .map_err(|e| AppError::Internal(anyhow::Error::new(e)))?,
-            saga_status: row
-                .saga_status
-                .parse()
-                .map_err(|e| AppError::Internal(anyhow::Error::new(e)))?,
+            order_status: row.order_status.parse().map_err(|e| AppError::Internal(anyhow::Error::new(e)))?,
+            saga_status: row.saga_status.parse().map_err(|e| AppError::Internal(anyhow::Error::new(e)))?,
             deleted_at: row.deleted_at,
         };
         // Only approved, live orders can be deleted; to the client, any other is not there.
-        order
-            .delete(Utc::now())
-            .map_err(|_| AppError::not_found(NOT_FOUND, self.id))?;
+        order.delete(Utc::now()).map_err(|_| AppError::not_found(NOT_FOUND, self.id))?;
 
-        sqlx::query!(
-            "UPDATE orders SET deleted = true, deleted_at = $2 WHERE id = $1",
-            order.id,
-            order.deleted_at
-        )
-        .execute(&mut **tx)
-        .await?;
-        outbox::append(
-            tx,
-            &OrderDeleted {
-                order_id: order.id,
-                user_id: order.user_id,
-            },
-            self.trace,
-        )
-        .await?;
+        sqlx::query!("UPDATE orders SET deleted = true, deleted_at = $2 WHERE id = $1", order.id, order.deleted_at)
+            .execute(&mut **tx)
+            .await?;
+        outbox::append(tx, &OrderDeleted { order_id: order.id, user_id: order.user_id }, self.trace).await?;
         tracing::info!(order.id = %order.id, "order deleted");
         Ok(order.user_id)
     }
@@ -360,9 +322,8 @@ impl UserOrders {
             }
         };
         if orders.is_empty() {
-            let known = sqlx::query_scalar!("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", user_id)
-                .fetch_one(db)
-                .await?;
+            let known =
+                sqlx::query_scalar!("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", user_id).fetch_one(db).await?;
             if known != Some(true) {
                 return Err(AppError::not_found(users::NOT_FOUND, user_id));
             }

@@ -38,12 +38,7 @@ struct Envelope<'a, E> {
 
 /// Serializes an event into its envelope.
 pub fn envelope<E: Event>(event: &E, event_id: Uuid, at: DateTime<Utc>) -> serde_json::Result<String> {
-    serde_json::to_string(&Envelope {
-        event_id,
-        event_type: E::EVENT_TYPE,
-        event_time_stamp: at,
-        event,
-    })
+    serde_json::to_string(&Envelope { event_id, event_type: E::EVENT_TYPE, event_time_stamp: at, event })
 }
 
 /// Writes `event` to the outbox inside the caller's transaction; returns its `eventID`.
@@ -87,9 +82,7 @@ mod tests {
 
     #[test]
     fn the_envelope_starts_with_the_event_id_then_the_fields() {
-        let at = DateTime::parse_from_rfc3339("2026-11-25T10:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
+        let at = DateTime::parse_from_rfc3339("2026-11-25T10:00:00Z").unwrap().with_timezone(&Utc);
         let body = envelope(&Pinged { order_id: Uuid::nil() }, Uuid::max(), at).unwrap();
         assert_eq!(
             body,

@@ -154,35 +154,17 @@ pub async fn relay_batch(
         metrics::histogram!("outbox_publish_lag_seconds")
             .record((Utc::now() - oldest).to_std().unwrap_or_default().as_secs_f64());
     }
-    tracing::debug!(
-        claimed = rows.len(),
-        published = published.len(),
-        failed = failed.len(),
-        "outbox batch"
-    );
-    Ok(Outcome {
-        claimed: rows.len(),
-        published: published.len(),
-        failed: failed.len(),
-        reconnect,
-    })
+    tracing::debug!(claimed = rows.len(), published = published.len(), failed = failed.len(), "outbox batch");
+    Ok(Outcome { claimed: rows.len(), published: published.len(), failed: failed.len(), reconnect })
 }
 
 fn outgoing(row: &Claimed, topology: &Topology) -> Outgoing {
     // Rows name the contract's exchange; a deployment (or a test) may call it otherwise.
-    let exchange = if row.exchange == super::EXCHANGE {
-        topology.exchange.clone()
-    } else {
-        row.exchange.clone()
-    };
+    let exchange = if row.exchange == super::EXCHANGE { topology.exchange.clone() } else { row.exchange.clone() };
     let headers = row
         .headers
         .as_object()
-        .map(|h| {
-            h.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                .collect()
-        })
+        .map(|h| h.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
         .unwrap_or_default();
     Outgoing {
         exchange,

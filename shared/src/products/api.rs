@@ -156,18 +156,8 @@ impl ProductsApi {
         order: Query<Option<SortOrder>>,
     ) -> Result<ProductListResponse, QueryError> {
         let page = Page::new(limit.0, offset.0, order.0);
-        let products: Vec<Product> = ListProducts(page)
-            .fetch(&self.db)
-            .await?
-            .into_iter()
-            .map(Product::from)
-            .collect();
-        let page = PageInfo {
-            count: products.len() as i64,
-            limit: page.limit,
-            offset: page.offset,
-            order: page.order,
-        };
+        let products: Vec<Product> = ListProducts(page).fetch(&self.db).await?.into_iter().map(Product::from).collect();
+        let page = PageInfo { count: products.len() as i64, limit: page.limit, offset: page.offset, order: page.order };
         Ok(ProductListResponse::Ok(Json(ProductList { products, page })))
     }
 

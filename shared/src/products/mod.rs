@@ -31,10 +31,7 @@ impl ProductName {
     pub fn parse_rename(field: &'static str, name: &str) -> Result<Self, AppError> {
         let name = Self::parse(field, name)?;
         if !name.0.chars().next().is_some_and(char::is_uppercase) {
-            return Err(AppError::invalid(
-                field,
-                "Product name must be start with capital letter",
-            ));
+            return Err(AppError::invalid(field, "Product name must be start with capital letter"));
         }
         Ok(name)
     }
@@ -93,17 +90,13 @@ impl Command for RenameProduct {
     type Output = ();
 
     async fn execute(self, tx: &mut Tx) -> Result<(), AppError> {
-        let renamed = sqlx::query!(
-            "UPDATE products SET name = $2 WHERE id = $1",
-            self.id,
-            self.name.as_str()
-        )
-        .execute(&mut **tx)
-        .await
-        .map_err(|e| match violated_constraint(&e) {
-            Some("products_name_key") => AppError::conflict(NAME_TAKEN, self.name.as_str()),
-            _ => e.into(),
-        })?;
+        let renamed = sqlx::query!("UPDATE products SET name = $2 WHERE id = $1", self.id, self.name.as_str())
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| match violated_constraint(&e) {
+                Some("products_name_key") => AppError::conflict(NAME_TAKEN, self.name.as_str()),
+                _ => e.into(),
+            })?;
         if renamed.rows_affected() == 0 {
             return Err(AppError::not_found(NOT_FOUND_BY_ID, self.id));
         }
@@ -192,9 +185,7 @@ mod tests {
         assert!(ProductName::parse_rename("productName", "1phone").is_err());
         assert!(ProductName::parse_rename("productName", "Phone").is_ok());
         assert!(ProductName::parse_rename("productName", "Éclair").is_ok());
-        let error = ProductName::parse_rename("productName", "phone")
-            .unwrap_err()
-            .to_string();
+        let error = ProductName::parse_rename("productName", "phone").unwrap_err().to_string();
         assert_eq!(error, "productName: Product name must be start with capital letter");
     }
 }

@@ -48,17 +48,10 @@ impl TestBroker {
     pub async fn new() -> Self {
         let tag = format!("test-{}", &Uuid::new_v4().simple().to_string()[..12]);
         let topology = Topology::named(&format!("{tag}."), QueueType::Classic);
-        let connection = amqp::connect(&Self::args_named(&format!("{tag}-reader")))
-            .await
-            .expect("RabbitMQ is up");
+        let connection = amqp::connect(&Self::args_named(&format!("{tag}-reader"))).await.expect("RabbitMQ is up");
         let channel = connection.open_channel(None).await.unwrap();
         topology.declare(&channel).await.unwrap();
-        TestBroker {
-            topology,
-            tag,
-            connection,
-            channel,
-        }
+        TestBroker { topology, tag, connection, channel }
     }
 
     pub fn args_named(name: &str) -> OpenConnectionArguments {
@@ -71,9 +64,7 @@ impl TestBroker {
     }
 
     pub async fn publisher(&self) -> Publisher {
-        Publisher::connect(&self.args("publisher"), &self.topology)
-            .await
-            .unwrap()
+        Publisher::connect(&self.args("publisher"), &self.topology).await.unwrap()
     }
 
     /// Takes every message waiting on `queue`, in order.
@@ -82,10 +73,7 @@ impl TestBroker {
         let mut args = BasicGetArguments::new(queue);
         args.no_ack = true;
         while let Some((_, properties, content)) = self.channel.basic_get(args.clone()).await.unwrap() {
-            received.push(Received {
-                properties,
-                body: serde_json::from_slice(&content).unwrap_or(Value::Null),
-            });
+            received.push(Received { properties, body: serde_json::from_slice(&content).unwrap_or(Value::Null) });
         }
         received
     }
@@ -95,13 +83,7 @@ impl TestBroker {
     pub fn close_connections(&self, component: &str) -> usize {
         let prefix = format!("{}-{component}", self.tag);
         let listing = Command::new("rabbitmqctl")
-            .args([
-                "list_connections",
-                "pid",
-                "client_properties",
-                "-q",
-                "--no-table-headers",
-            ])
+            .args(["list_connections", "pid", "client_properties", "-q", "--no-table-headers"])
             .output()
             .expect("rabbitmqctl runs");
         let text = String::from_utf8_lossy(&listing.stdout);
@@ -122,19 +104,11 @@ impl TestBroker {
     /// Deletes the test's exchanges and queues.
     pub async fn cleanup(self) {
         let t = &self.topology;
-        for queue in [
-            &t.orders_queue,
-            &t.order_saga_queue,
-            &t.customer_saga_queue,
-            &t.dead_letter_queue,
-        ] {
+        for queue in [&t.orders_queue, &t.order_saga_queue, &t.customer_saga_queue, &t.dead_letter_queue] {
             let _ = self.channel.queue_delete(QueueDeleteArguments::new(queue)).await;
         }
         for exchange in [&t.exchange, &t.dead_letter_exchange] {
-            let _ = self
-                .channel
-                .exchange_delete(ExchangeDeleteArguments::new(exchange))
-                .await;
+            let _ = self.channel.exchange_delete(ExchangeDeleteArguments::new(exchange)).await;
         }
         let _ = self.channel.close().await;
         let _ = self.connection.close().await;

@@ -5,7 +5,10 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use std::time::Duration;
+
 use order_service::{
+    cache::OrderCache,
     http::{AppState, app},
     telemetry,
 };
@@ -25,31 +28,29 @@ impl Reply {
     #[track_caller]
     pub fn assert_error(&self, status: u16, needle: &str) {
         assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
-        let message = self.body["message"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no message in {}", self.body));
+        let message = self.body["message"].as_str().unwrap_or_else(|| panic!("no message in {}", self.body));
         assert!(self.body["data"].is_string(), "no data in {}", self.body);
-        assert_eq!(
-            self.body.as_object().map(|o| o.len()),
-            Some(2),
-            "extra keys in {}",
-            self.body
-        );
+        assert_eq!(self.body.as_object().map(|o| o.len()), Some(2), "extra keys in {}", self.body);
         assert!(message.contains(needle), "{message:?} does not contain {needle:?}");
     }
 }
 
+/// A cache under a key prefix of its own, on the local Redis.
+pub fn test_cache() -> OrderCache {
+    let prefix = format!("test-{}", Uuid::new_v4().simple());
+    OrderCache::new(REDIS_URL, &prefix, Duration::from_secs(300)).unwrap()
+}
+
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
 impl TestApp {
     pub fn new(db: PgPool) -> Self {
-        let state = AppState {
-            db: db.clone(),
-            metrics: telemetry::metrics(),
-            max_body_bytes: 64 * 1024,
-        };
-        TestApp {
-            client: TestClient::new(app(state).map_to_response().boxed()),
-            db,
-        }
+        Self::with_cache(db, test_cache())
+    }
+
+    pub fn with_cache(db: PgPool, cache: OrderCache) -> Self {
+        let state = AppState { db: db.clone(), cache, metrics: telemetry::metrics(), max_body_bytes: 64 * 1024 };
+        TestApp { client: TestClient::new(app(state).map_to_response().boxed()), db }
     }
 
     async fn reply(response: poem::test::TestResponse) -> Reply {
@@ -57,16 +58,9 @@ impl TestApp {
         let status = response.status();
         let content_type = response.content_type().map(str::to_owned);
         let text = response.into_body().into_string().await.expect("a body");
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        Reply {
-            status,
-            body,
-            content_type,
-        }
+        let body =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        Reply { status, body, content_type }
     }
 
     pub async fn get(&self, path: &str) -> Reply {
@@ -121,12 +115,8 @@ impl TestApp {
 
     pub async fn create_user(&self, username: &str, address: Uuid) -> Uuid {
         let id = Uuid::new_v4();
-        let reply = self
-            .post(
-                "/api/v1/users/",
-                &json!({"userID": id, "username": username, "addressID": address}),
-            )
-            .await;
+        let reply =
+            self.post("/api/v1/users/", &json!({"userID": id, "username": username, "addressID": address})).await;
         assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.body);
         id
     }
@@ -144,6 +134,19 @@ impl TestApp {
             .await;
         assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.body);
         (user, address, order)
+    }
+
+    /// Another order of an existing user.
+    pub async fn order_for(&self, user: Uuid, address: Uuid, products: &[Uuid]) -> Uuid {
+        let order = Uuid::new_v4();
+        let reply = self
+            .post(
+                "/api/v1/orders/",
+                &json!({"orderID": order, "paymentMethod": "Online", "productsIds": products, "userID": user, "deliveryAddress": address}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.body);
+        order
     }
 
     /// Stands in for the saga worker (a later issue): approves an order in SQL.

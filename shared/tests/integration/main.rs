@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod broker;
+mod cache;
 mod helpers;
 mod openapi;
 mod orders;

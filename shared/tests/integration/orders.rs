@@ -20,10 +20,7 @@ async fn an_order_reads_back_exactly_as_the_contract_says(db: PgPool) {
     let reply = app.get(&format!("/api/v1/orders/{order}/")).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let created_at = reply.body["createdAt"].as_str().unwrap().to_owned();
-    assert!(
-        chrono::DateTime::parse_from_rfc3339(&created_at).is_ok(),
-        "{created_at}"
-    );
+    assert!(chrono::DateTime::parse_from_rfc3339(&created_at).is_ok(), "{created_at}");
     assert_eq!(
         reply.body,
         json!({
@@ -73,10 +70,7 @@ async fn the_order_and_its_saga_event_are_written_together(db: PgPool) {
     assert_eq!(body["productsIDs"], json!([phone]));
     assert_eq!(body["totalPrice"], json!(90));
     let traceparent = headers["traceparent"].as_str().unwrap();
-    assert!(
-        order_service::trace_context::TraceContext::parse(traceparent).is_some(),
-        "{traceparent}"
-    );
+    assert!(order_service::trace_context::TraceContext::parse(traceparent).is_some(), "{traceparent}");
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -93,14 +87,9 @@ async fn the_event_carries_the_trace_of_the_request(db: PgPool) {
         .send()
         .await;
     response.assert_status(poem::http::StatusCode::NO_CONTENT);
-    let traceparent: String = sqlx::query_scalar("SELECT headers->>'traceparent' FROM outbox")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert!(
-        traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
-        "{traceparent}"
-    );
+    let traceparent: String =
+        sqlx::query_scalar("SELECT headers->>'traceparent' FROM outbox").fetch_one(&app.db).await.unwrap();
+    assert!(traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{traceparent}");
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -111,18 +100,10 @@ async fn order_rules_are_400_naming_the_field(db: PgPool) {
     let user = app.create_user("u", address).await;
     let valid = order_body(Uuid::new_v4(), &[phone], user, address);
     for (field, value, message) in [
-        (
-            "paymentMethod",
-            json!("Bitcoin"),
-            "field `paymentMethod` must be one of",
-        ),
+        ("paymentMethod", json!("Bitcoin"), "field `paymentMethod` must be one of"),
         ("paymentMethod", json!("string"), "field `paymentMethod` must be one of"),
         ("productsIds", json!([]), "field `productsIds` verification failed"),
-        (
-            "productsIds",
-            json!([phone, phone]),
-            "field `productsIds` verification failed",
-        ),
+        ("productsIds", json!([phone, phone]), "field `productsIds` verification failed"),
         ("productsIds", json!(["x"]), "field `productsIds[0]` must be a UUID"),
         ("productsIds", json!(phone), "field `productsIds` must be an array"),
         ("userID", json!(1), "field `userID` must be a string"),
@@ -134,9 +115,7 @@ async fn order_rules_are_400_naming_the_field(db: PgPool) {
     let too_many: Vec<Uuid> = (0..1001).map(|_| Uuid::new_v4()).collect();
     let mut body = valid.clone();
     body["productsIds"] = json!(too_many);
-    app.post("/api/v1/orders/", &body)
-        .await
-        .assert_error(400, "productsIds");
+    app.post("/api/v1/orders/", &body).await.assert_error(400, "productsIds");
     assert_eq!(app.order_tables().await, (0, 0, 0));
 }
 
@@ -148,18 +127,9 @@ async fn unknown_references_are_404_and_write_nothing(db: PgPool) {
     let user = app.create_user("u", address).await;
     let unknown = Uuid::new_v4();
     for (body, message) in [
-        (
-            order_body(Uuid::new_v4(), &[phone, unknown], user, address),
-            "Product with this id not exist;",
-        ),
-        (
-            order_body(Uuid::new_v4(), &[phone], unknown, address),
-            "User with this id not exist;",
-        ),
-        (
-            order_body(Uuid::new_v4(), &[phone], user, unknown),
-            "Address with this id not exist;",
-        ),
+        (order_body(Uuid::new_v4(), &[phone, unknown], user, address), "Product with this id not exist;"),
+        (order_body(Uuid::new_v4(), &[phone], unknown, address), "User with this id not exist;"),
+        (order_body(Uuid::new_v4(), &[phone], user, unknown), "Address with this id not exist;"),
     ] {
         let reply = app.post("/api/v1/orders/", &body).await;
         reply.assert_error(404, message);
@@ -188,24 +158,14 @@ async fn lists_show_approved_live_orders_only(db: PgPool) {
     let phone = app.create_product("Phone", 10.0, 0).await;
     let (user, address, first) = app.place_order(&[phone]).await;
     let second = Uuid::new_v4();
-    assert_eq!(
-        app.post("/api/v1/orders/", &order_body(second, &[phone], user, address))
-            .await
-            .status,
-        204
-    );
+    assert_eq!(app.post("/api/v1/orders/", &order_body(second, &[phone], user, address)).await.status, 204);
     let (_, _, pending) = app.place_order(&[phone]).await;
     app.approve(first).await;
     app.approve(second).await;
 
     let reply = app.get("/api/v1/orders/?limit=10&order=asc").await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    let ids: Vec<Value> = reply.body["orders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["OrderID"].clone())
-        .collect();
+    let ids: Vec<Value> = reply.body["orders"].as_array().unwrap().iter().map(|o| o["OrderID"].clone()).collect();
     assert_eq!(ids, [json!(first), json!(second)]);
     assert_eq!(
         (&reply.body["count"], &reply.body["limit"], &reply.body["order"]),
@@ -219,10 +179,7 @@ async fn lists_show_approved_live_orders_only(db: PgPool) {
     assert_eq!((&reply.body["count"], &reply.body["offset"]), (&json!(1), &json!(0)));
 
     // A pending order is readable by id, but in no list.
-    assert_eq!(
-        app.get(&format!("/api/v1/orders/{pending}")).await.body["sagaStatus"],
-        "Pending"
-    );
+    assert_eq!(app.get(&format!("/api/v1/orders/{pending}")).await.body["sagaStatus"], "Pending");
     let reply = app.get("/api/v1/orders?offset=2").await;
     assert_eq!(reply.body["orders"], json!([]));
 }
@@ -234,15 +191,9 @@ async fn a_users_orders_need_a_known_user(db: PgPool) {
     let user = app.create_user("u", address).await;
     let reply = app.get(&format!("/api/v1/orders/user/{user}/")).await;
     assert_eq!((reply.status.as_u16(), &reply.body["orders"]), (200, &json!([])));
-    app.get(&format!("/api/v1/orders/user/{}", Uuid::new_v4()))
-        .await
-        .assert_error(404, "User with this id not exist;");
-    app.get("/api/v1/orders/user/not-a-uuid")
-        .await
-        .assert_error(400, "userID");
-    app.get(&format!("/api/v1/orders/{}", Uuid::new_v4()))
-        .await
-        .assert_error(404, "Order with this id not exist;");
+    app.get(&format!("/api/v1/orders/user/{}", Uuid::new_v4())).await.assert_error(404, "User with this id not exist;");
+    app.get("/api/v1/orders/user/not-a-uuid").await.assert_error(400, "userID");
+    app.get(&format!("/api/v1/orders/{}", Uuid::new_v4())).await.assert_error(404, "Order with this id not exist;");
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -251,18 +202,12 @@ async fn only_an_approved_live_order_can_be_deleted(db: PgPool) {
     let phone = app.create_product("Phone", 10.0, 0).await;
     let (user, _, order) = app.place_order(&[phone]).await;
 
-    app.delete("/api/v1/orders/", &json!({"orderID": order}))
-        .await
-        .assert_error(404, "Order with this id not exist;");
+    app.delete("/api/v1/orders/", &json!({"orderID": order})).await.assert_error(404, "Order with this id not exist;");
     app.approve(order).await;
     let reply = app.delete("/api/v1/orders/", &json!({"OrderID": order})).await;
     assert_eq!(reply.status, 204, "{}", reply.body);
-    app.delete("/api/v1/orders/", &json!({"orderID": order}))
-        .await
-        .assert_error(404, "Order with this id not exist;");
-    app.delete("/api/v1/orders/", &json!({"orderID": Uuid::new_v4()}))
-        .await
-        .assert_error(404, "not exist");
+    app.delete("/api/v1/orders/", &json!({"orderID": order})).await.assert_error(404, "Order with this id not exist;");
+    app.delete("/api/v1/orders/", &json!({"orderID": Uuid::new_v4()})).await.assert_error(404, "not exist");
 
     let (deleted, deleted_at_set): (bool, bool) =
         sqlx::query_as("SELECT deleted, deleted_at IS NOT NULL FROM orders WHERE id = $1")
@@ -271,21 +216,14 @@ async fn only_an_approved_live_order_can_be_deleted(db: PgPool) {
             .await
             .unwrap();
     assert!(deleted && deleted_at_set, "the row stays, marked deleted");
-    let events: Vec<(String, Value)> = sqlx::query_as("SELECT routing_key, payload::jsonb FROM outbox ORDER BY id")
-        .fetch_all(&app.db)
-        .await
-        .unwrap();
+    let events: Vec<(String, Value)> =
+        sqlx::query_as("SELECT routing_key, payload::jsonb FROM outbox ORDER BY id").fetch_all(&app.db).await.unwrap();
     assert_eq!(events.len(), 2);
     assert_eq!(events[1].0, "Order.Delete");
     assert_eq!(events[1].1["eventType"], "OrderDeleted");
     assert_eq!(events[1].1["userID"], json!(user));
-    assert_eq!(
-        app.get(&format!("/api/v1/orders/user/{user}")).await.body["orders"],
-        json!([])
-    );
-    app.get(&format!("/api/v1/orders/{order}"))
-        .await
-        .assert_error(404, "not exist");
+    assert_eq!(app.get(&format!("/api/v1/orders/user/{user}")).await.body["orders"], json!([]));
+    app.get(&format!("/api/v1/orders/{order}")).await.assert_error(404, "not exist");
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -296,17 +234,12 @@ async fn concurrent_orders_each_get_a_row_an_event_and_a_distinct_serial(db: PgP
     let user = app.create_user("u", address).await;
 
     // Start near the end of the cycle, so the 50 orders wrap from 100 to 1.
-    sqlx::query("SELECT setval('order_serial_number', 80)")
-        .execute(&app.db)
-        .await
-        .unwrap();
+    sqlx::query("SELECT setval('order_serial_number', 80)").execute(&app.db).await.unwrap();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..50 {
         let app = app.clone();
         tasks.spawn(async move {
-            let reply = app
-                .post("/api/v1/orders/", &order_body(Uuid::new_v4(), &[phone], user, address))
-                .await;
+            let reply = app.post("/api/v1/orders/", &order_body(Uuid::new_v4(), &[phone], user, address)).await;
             assert_eq!(reply.status, 204, "{}", reply.body);
         });
     }
@@ -314,10 +247,7 @@ async fn concurrent_orders_each_get_a_row_an_event_and_a_distinct_serial(db: PgP
         done.unwrap();
     }
     assert_eq!(app.order_tables().await, (50, 50, 50));
-    let serials: Vec<i32> = sqlx::query_scalar("SELECT serial_number FROM orders")
-        .fetch_all(&app.db)
-        .await
-        .unwrap();
+    let serials: Vec<i32> = sqlx::query_scalar("SELECT serial_number FROM orders").fetch_all(&app.db).await.unwrap();
     let distinct: HashSet<i32> = serials.iter().copied().collect();
     assert_eq!(distinct.len(), 50, "a serial number repeated: {serials:?}");
     let expected: HashSet<i32> = (81..=100).chain(1..=30).collect();
@@ -327,19 +257,11 @@ async fn concurrent_orders_each_get_a_row_an_event_and_a_distinct_serial(db: PgP
 #[sqlx::test(migrations = "../migrations")]
 async fn serial_numbers_cycle_after_100(db: PgPool) {
     let app = TestApp::new(db);
-    sqlx::query("SELECT setval('order_serial_number', 99)")
-        .execute(&app.db)
-        .await
-        .unwrap();
+    sqlx::query("SELECT setval('order_serial_number', 99)").execute(&app.db).await.unwrap();
     let phone = app.create_product("Phone", 1.0, 0).await;
     let (user, address, a) = app.place_order(&[phone]).await;
     let b = Uuid::new_v4();
-    assert_eq!(
-        app.post("/api/v1/orders/", &order_body(b, &[phone], user, address))
-            .await
-            .status,
-        204
-    );
+    assert_eq!(app.post("/api/v1/orders/", &order_body(b, &[phone], user, address)).await.status, 204);
     assert_eq!(app.get(&format!("/api/v1/orders/{a}")).await.body["serialNumber"], 100);
     assert_eq!(app.get(&format!("/api/v1/orders/{b}")).await.body["serialNumber"], 1);
 }
@@ -358,15 +280,9 @@ async fn an_order_failing_at_its_last_write_leaves_no_row_behind(db: PgPool) {
     .execute(&app.db)
     .await
     .unwrap();
-    let reply = app
-        .post("/api/v1/orders/", &order_body(Uuid::new_v4(), &[phone], user, address))
-        .await;
+    let reply = app.post("/api/v1/orders/", &order_body(Uuid::new_v4(), &[phone], user, address)).await;
     reply.assert_error(500, "Internal server error");
-    assert!(
-        !reply.body.to_string().contains("outbox down"),
-        "a 5xx body leaked the cause: {}",
-        reply.body
-    );
+    assert!(!reply.body.to_string().contains("outbox down"), "a 5xx body leaked the cause: {}", reply.body);
     assert_eq!(app.order_tables().await, (0, 0, 0));
 }
 
@@ -378,35 +294,21 @@ async fn every_id_must_be_a_uuid(db: PgPool) {
     for field in ["orderID", "userID", "deliveryAddress"] {
         let mut body = valid.clone();
         body[field] = json!("nope");
-        app.post("/api/v1/orders/", &body)
-            .await
-            .assert_error(400, &format!("field `{field}` must be a UUID"));
+        app.post("/api/v1/orders/", &body).await.assert_error(400, &format!("field `{field}` must be a UUID"));
     }
     app.delete("/api/v1/orders/", &json!({"orderID": "nope"}))
         .await
         .assert_error(400, "field `orderID` must be a UUID");
-    app.delete("/api/v1/orders/", &json!({}))
+    app.delete("/api/v1/orders/", &json!({})).await.assert_error(400, "field `orderID` is required");
+    app.get("/api/v1/orders/nope").await.assert_error(400, "orderID: must be a UUID");
+    app.post("/api/v1/users/", &json!({"userID": "nope", "username": "u", "addressID": id}))
         .await
-        .assert_error(400, "field `orderID` is required");
-    app.get("/api/v1/orders/nope")
-        .await
-        .assert_error(400, "orderID: must be a UUID");
-    app.post(
-        "/api/v1/users/",
-        &json!({"userID": "nope", "username": "u", "addressID": id}),
-    )
-    .await
-    .assert_error(400, "field `userID` must be a UUID");
-    app.post(
-        "/api/v1/users/",
-        &json!({"userID": id, "username": "u", "addressID": "nope"}),
-    )
-    .await
-    .assert_error(400, "field `addressID` must be a UUID");
-    let address = json!({"addressID": "nope", "buildingNumber": 1, "streetName": "s", "city": "c", "country": "k"});
-    app.post("/api/v1/address/", &address)
+        .assert_error(400, "field `userID` must be a UUID");
+    app.post("/api/v1/users/", &json!({"userID": id, "username": "u", "addressID": "nope"}))
         .await
         .assert_error(400, "field `addressID` must be a UUID");
+    let address = json!({"addressID": "nope", "buildingNumber": 1, "streetName": "s", "city": "c", "country": "k"});
+    app.post("/api/v1/address/", &address).await.assert_error(400, "field `addressID` must be a UUID");
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -414,15 +316,10 @@ async fn a_users_list_validates_its_paging_too(db: PgPool) {
     let app = TestApp::new(db);
     let address = app.create_address().await;
     let user = app.create_user("u", address).await;
-    for (query, field) in [
-        ("limit=0", "limit"),
-        ("limit=1001", "limit"),
-        ("offset=-1", "offset"),
-        ("order=up", "order"),
-    ] {
-        app.get(&format!("/api/v1/orders/user/{user}?{query}"))
-            .await
-            .assert_error(400, field);
+    for (query, field) in
+        [("limit=0", "limit"), ("limit=1001", "limit"), ("offset=-1", "offset"), ("order=up", "order")]
+    {
+        app.get(&format!("/api/v1/orders/user/{user}?{query}")).await.assert_error(400, field);
     }
 }
 
@@ -459,12 +356,7 @@ async fn an_order_keeps_the_name_and_price_it_was_placed_with(db: PgPool) {
     let app = TestApp::new(db);
     let phone = app.create_product("Phone", 10.0, 0).await;
     let (_, _, order) = app.place_order(&[phone]).await;
-    let reply = app
-        .put(
-            &format!("/api/v1/products/{phone}/productName"),
-            &json!({"productName": "Phone X"}),
-        )
-        .await;
+    let reply = app.put(&format!("/api/v1/products/{phone}/productName"), &json!({"productName": "Phone X"})).await;
     assert_eq!(reply.status, 204);
     let line = app.get(&format!("/api/v1/orders/{order}")).await.body["products"][0].clone();
     assert_eq!(line, json!({"productID": phone, "name": "Phone", "actualPrice": 10}));

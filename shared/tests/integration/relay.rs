@@ -18,18 +18,11 @@ use crate::{
 };
 
 fn settings() -> RelaySettings {
-    RelaySettings {
-        batch_size: 500,
-        confirm_timeout: Duration::from_secs(5),
-        ..RelaySettings::default()
-    }
+    RelaySettings { batch_size: 500, confirm_timeout: Duration::from_secs(5), ..RelaySettings::default() }
 }
 
 async fn unpublished(db: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-        .fetch_one(db)
-        .await
-        .unwrap()
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(db).await.unwrap()
 }
 
 /// Writes `per_aggregate` events for each of `aggregates` orders, interleaved as
@@ -74,25 +67,14 @@ async fn every_order_created_through_the_api_reaches_order_saga_once(db: PgPool)
     }
 
     let mut publisher = broker.publisher().await;
-    let outcome = relay_batch(&db, &mut publisher, &broker.topology, &settings())
-        .await
-        .unwrap();
+    let outcome = relay_batch(&db, &mut publisher, &broker.topology, &settings()).await.unwrap();
     assert_eq!((outcome.claimed, outcome.published, outcome.failed), (5, 5, 0));
-    assert_eq!(
-        relay_batch(&db, &mut publisher, &broker.topology, &settings())
-            .await
-            .unwrap()
-            .claimed,
-        0
-    );
+    assert_eq!(relay_batch(&db, &mut publisher, &broker.topology, &settings()).await.unwrap().claimed, 0);
     assert_eq!(unpublished(&db).await, 0);
 
     let received = broker.drain(&broker.topology.order_saga_queue).await;
     assert_eq!(received.len(), 5);
-    assert!(
-        broker.drain(&broker.topology.orders_queue).await.is_empty(),
-        "Order.Saga.* is not Order.*"
-    );
+    assert!(broker.drain(&broker.topology.orders_queue).await.is_empty(), "Order.Saga.* is not Order.*");
     for message in &received {
         let body = &message.body;
         let text = serde_json::to_string(body).unwrap();
@@ -108,10 +90,7 @@ async fn every_order_created_through_the_api_reaches_order_saga_once(db: PgPool)
         assert_eq!(p.delivery_mode(), Some(2), "persistent");
         assert!(p.timestamp().unwrap() > 1_700_000_000);
         let traceparent = message.header("traceparent").expect("a traceparent header");
-        assert!(
-            order_service::trace_context::TraceContext::parse(&traceparent).is_some(),
-            "{traceparent}"
-        );
+        assert!(order_service::trace_context::TraceContext::parse(&traceparent).is_some(), "{traceparent}");
     }
     publisher.close().await;
     broker.cleanup().await;
@@ -151,10 +130,7 @@ async fn three_relays_publish_every_event_once_and_in_order(db: PgPool) {
     let mut arrived: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
     for message in &received {
         let order = Uuid::parse_str(message.body["orderID"].as_str().unwrap()).unwrap();
-        arrived
-            .entry(order)
-            .or_default()
-            .push(Uuid::parse_str(&message.message_id()).unwrap());
+        arrived.entry(order).or_default().push(Uuid::parse_str(&message.message_id()).unwrap());
     }
     assert_eq!(arrived, written, "per order, in the order written");
     broker.cleanup().await;
@@ -174,13 +150,8 @@ async fn an_unroutable_event_is_not_marked_published(db: PgPool) {
     .await
     .unwrap();
     let mut publisher = broker.publisher().await;
-    let outcome = relay_batch(&db, &mut publisher, &broker.topology, &settings())
-        .await
-        .unwrap();
-    assert_eq!(
-        (outcome.claimed, outcome.published, outcome.failed, outcome.reconnect),
-        (1, 0, 1, false)
-    );
+    let outcome = relay_batch(&db, &mut publisher, &broker.topology, &settings()).await.unwrap();
+    assert_eq!((outcome.claimed, outcome.published, outcome.failed, outcome.reconnect), (1, 0, 1, false));
     let (published, attempts, last_error, retry_later): (bool, i32, String, bool) =
         sqlx::query_as("SELECT published_at IS NOT NULL, attempts, last_error, next_attempt_at > now() FROM outbox")
             .fetch_one(&db)
@@ -191,13 +162,7 @@ async fn an_unroutable_event_is_not_marked_published(db: PgPool) {
     assert!(last_error.contains("NO_ROUTE"), "{last_error}");
     assert!(retry_later, "backs off before the next attempt");
     // Within the backoff, it is not claimed again.
-    assert_eq!(
-        relay_batch(&db, &mut publisher, &broker.topology, &settings())
-            .await
-            .unwrap()
-            .claimed,
-        0
-    );
+    assert_eq!(relay_batch(&db, &mut publisher, &broker.topology, &settings()).await.unwrap().claimed, 0);
     publisher.close().await;
     broker.cleanup().await;
 }
@@ -210,41 +175,15 @@ async fn a_row_committed_late_is_still_published(db: PgPool) {
     let (early, late) = (Uuid::new_v4(), Uuid::new_v4());
     // `early` gets the lower id but commits after `late` was published.
     let mut slow = db.begin().await.unwrap();
-    sqlx::query(insert)
-        .bind(early)
-        .bind(Uuid::new_v4())
-        .execute(&mut *slow)
-        .await
-        .unwrap();
-    sqlx::query(insert)
-        .bind(late)
-        .bind(Uuid::new_v4())
-        .execute(&db)
-        .await
-        .unwrap();
+    sqlx::query(insert).bind(early).bind(Uuid::new_v4()).execute(&mut *slow).await.unwrap();
+    sqlx::query(insert).bind(late).bind(Uuid::new_v4()).execute(&db).await.unwrap();
 
     let mut publisher = broker.publisher().await;
-    assert_eq!(
-        relay_batch(&db, &mut publisher, &broker.topology, &settings())
-            .await
-            .unwrap()
-            .published,
-        1
-    );
+    assert_eq!(relay_batch(&db, &mut publisher, &broker.topology, &settings()).await.unwrap().published, 1);
     slow.commit().await.unwrap();
-    assert_eq!(
-        relay_batch(&db, &mut publisher, &broker.topology, &settings())
-            .await
-            .unwrap()
-            .published,
-        1
-    );
-    let ids: Vec<String> = broker
-        .drain(&broker.topology.order_saga_queue)
-        .await
-        .iter()
-        .map(|m| m.message_id())
-        .collect();
+    assert_eq!(relay_batch(&db, &mut publisher, &broker.topology, &settings()).await.unwrap().published, 1);
+    let ids: Vec<String> =
+        broker.drain(&broker.topology.order_saga_queue).await.iter().map(|m| m.message_id()).collect();
     assert_eq!(ids, [late.to_string(), early.to_string()]);
     publisher.close().await;
     broker.cleanup().await;
@@ -258,10 +197,7 @@ async fn the_relay_resumes_by_itself_when_the_broker_drops_its_connection(db: Pg
         db: db.clone(),
         amqp: broker.args("relay"),
         topology: broker.topology.clone(),
-        settings: RelaySettings {
-            batch_size: 50,
-            ..settings()
-        },
+        settings: RelaySettings { batch_size: 50, ..settings() },
         schedule: "*/1 * * * * *".parse().unwrap(),
         broker_up: Arc::new(AtomicBool::new(false)),
     };
@@ -275,10 +211,7 @@ async fn the_relay_resumes_by_itself_when_the_broker_drops_its_connection(db: Pg
         if round % 2 == 1 {
             // Mid-stream, as the relay works through the rows.
             assert!(
-                eventually(Duration::from_secs(10), || async {
-                    broker.close_connections("relay") > 0
-                })
-                .await,
+                eventually(Duration::from_secs(10), || async { broker.close_connections("relay") > 0 }).await,
                 "the relay had no connection to close"
             );
         }
@@ -313,14 +246,10 @@ async fn retention_deletes_old_published_rows_only(db: PgPool) {
         .execute(&db)
         .await
         .unwrap();
-    let deleted = order_service::outbox::relay::delete_published(&db, Duration::from_secs(7 * 86400))
-        .await
-        .unwrap();
+    let deleted = order_service::outbox::relay::delete_published(&db, Duration::from_secs(7 * 86400)).await.unwrap();
     assert_eq!(deleted, 1);
-    let left: Vec<(bool,)> = sqlx::query_as("SELECT published_at IS NOT NULL FROM outbox ORDER BY id")
-        .fetch_all(&db)
-        .await
-        .unwrap();
+    let left: Vec<(bool,)> =
+        sqlx::query_as("SELECT published_at IS NOT NULL FROM outbox ORDER BY id").fetch_all(&db).await.unwrap();
     assert_eq!(left, [(false,), (true,)]);
 }
 
@@ -332,10 +261,7 @@ async fn the_relay_carries_on_when_its_database_connections_are_killed(db: PgPoo
         db: db.clone(),
         amqp: broker.args("relay"),
         topology: broker.topology.clone(),
-        settings: RelaySettings {
-            batch_size: 50,
-            ..settings()
-        },
+        settings: RelaySettings { batch_size: 50, ..settings() },
         schedule: "*/1 * * * * *".parse().unwrap(),
         broker_up: Arc::new(AtomicBool::new(false)),
     };
@@ -375,34 +301,16 @@ async fn the_relay_reports_health_and_metrics(db: PgPool) {
 
     let broker_up = Arc::new(AtomicBool::new(false));
     let client = TestClient::new(ops::app(db.clone(), broker_up.clone(), telemetry::metrics()));
-    client
-        .get("/healthcheck/")
-        .send()
-        .await
-        .assert_json(json!({"status": "OK"}))
-        .await;
+    client.get("/healthcheck/").send().await.assert_json(json!({"status": "OK"})).await;
     let response = client.get("/readyz").send().await;
     response.assert_status(poem::http::StatusCode::SERVICE_UNAVAILABLE);
     response.assert_json(json!({"status": "rabbitmq unavailable"})).await;
     broker_up.store(true, std::sync::atomic::Ordering::Relaxed);
-    client
-        .get("/readyz")
-        .send()
-        .await
-        .assert_json(json!({"status": "OK"}))
-        .await;
+    client.get("/readyz").send().await.assert_json(json!({"status": "OK"})).await;
 
     seed_events(&db, 2, 1).await;
     order_service::outbox::relay::record_backlog(&db).await.unwrap();
-    let text = client
-        .get("/metrics")
-        .send()
-        .await
-        .0
-        .into_body()
-        .into_string()
-        .await
-        .unwrap();
+    let text = client.get("/metrics").send().await.0.into_body().into_string().await.unwrap();
     for metric in ["outbox_pending ", "outbox_oldest_unpublished_age_seconds "] {
         assert!(text.contains(metric), "{metric} missing from {text}");
     }

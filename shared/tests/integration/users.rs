@@ -16,12 +16,7 @@ async fn addresses_and_users_are_created_with_original_payloads(db: PgPool) {
         .await;
     assert_eq!(reply.status, 204, "{}", reply.body);
     let user = Uuid::new_v4();
-    let reply = app
-        .post(
-            "/api/v1/users/",
-            &json!({"UserID": user, "USERNAME": "test", "addressid": address}),
-        )
-        .await;
+    let reply = app.post("/api/v1/users/", &json!({"UserID": user, "USERNAME": "test", "addressid": address})).await;
     assert_eq!(reply.status, 204, "{}", reply.body);
     let stored: (String, Uuid) = sqlx::query_as("SELECT username, address_id FROM users WHERE id = $1")
         .bind(user)
@@ -38,11 +33,7 @@ async fn address_rules_are_400_naming_the_field(db: PgPool) {
         json!({"addressID": Uuid::new_v4(), "buildingNumber": 1, "streetName": "s", "city": "c", "country": "k"});
     for (field, value, message) in [
         ("buildingNumber", json!(0), "field `buildingNumber` verification failed"),
-        (
-            "buildingNumber",
-            json!("1"),
-            "field `buildingNumber` must be an integer",
-        ),
+        ("buildingNumber", json!("1"), "field `buildingNumber` must be an integer"),
         ("streetName", json!(""), "streetName: must not be empty"),
         ("city", json!(" "), "city: must not be empty"),
         ("country", json!(7), "field `country` must be a string"),
@@ -52,9 +43,7 @@ async fn address_rules_are_400_naming_the_field(db: PgPool) {
         app.post("/api/v1/address/", &body).await.assert_error(400, message);
     }
     assert_eq!(app.post("/api/v1/address/", &valid).await.status, 204);
-    app.post("/api/v1/address/", &valid)
-        .await
-        .assert_error(409, "Address with this id already exists;");
+    app.post("/api/v1/address/", &valid).await.assert_error(409, "Address with this id already exists;");
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -62,25 +51,15 @@ async fn a_user_needs_a_name_and_an_existing_address(db: PgPool) {
     let app = TestApp::new(db);
     let address = app.create_address().await;
     let unknown = Uuid::new_v4();
-    let reply = app
-        .post(
-            "/api/v1/users/",
-            &json!({"userID": Uuid::new_v4(), "username": "u", "addressID": unknown}),
-        )
-        .await;
+    let reply =
+        app.post("/api/v1/users/", &json!({"userID": Uuid::new_v4(), "username": "u", "addressID": unknown})).await;
     reply.assert_error(404, "Address with this id not exist;");
     assert_eq!(reply.body["data"], json!(unknown.to_string()));
-    app.post(
-        "/api/v1/users/",
-        &json!({"userID": Uuid::new_v4(), "username": "", "addressID": address}),
-    )
-    .await
-    .assert_error(400, "username: must not be empty");
+    app.post("/api/v1/users/", &json!({"userID": Uuid::new_v4(), "username": "", "addressID": address}))
+        .await
+        .assert_error(400, "username: must not be empty");
     let user = app.create_user("u", address).await;
-    app.post(
-        "/api/v1/users/",
-        &json!({"userID": user, "username": "u", "addressID": address}),
-    )
-    .await
-    .assert_error(409, "User with this id already exists;");
+    app.post("/api/v1/users/", &json!({"userID": user, "username": "u", "addressID": address}))
+        .await
+        .assert_error(409, "User with this id already exists;");
 }
