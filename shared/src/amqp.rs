@@ -19,7 +19,7 @@ use amqprs::{
 };
 use async_trait::async_trait;
 use percent_encoding::percent_decode_str;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Parses `amqp://user:pass@host:port/vhost?heartbeat=N`. The vhost is percent-decoded
 /// (`%2f` is `/`), which amqprs's own URI parsing does not do.
@@ -42,7 +42,14 @@ pub fn connection_args(amqp_url: &str, connection_name: &str) -> Result<OpenConn
     let heartbeat = url
         .query_pairs()
         .find(|(key, _)| key == "heartbeat")
-        .map(|(_, value)| value.parse::<u16>().map_err(|_| format!("heartbeat must be seconds, not {value:?}")))
+        // amqprs waits heartbeat/2 whole seconds between beats: 1 would spin.
+        .map(|(_, value)| {
+            value
+                .parse::<u16>()
+                .ok()
+                .filter(|s| *s == 0 || *s >= 2)
+                .ok_or(format!("heartbeat must be 0 or at least 2 seconds, not {value:?}"))
+        })
         .transpose()?
         // A lost broker is noticed within two heartbeats.
         .unwrap_or(5);
@@ -169,6 +176,9 @@ pub enum PublishError {
     /// No confirm before the deadline; the connection is suspect.
     #[error("no confirm within {0:?}")]
     Timeout(Duration),
+    /// The broker closed the channel (e.g. an exchange that does not exist).
+    #[error("channel closed: {0}")]
+    ChannelClosed(String),
     /// The frame could not be sent.
     #[error("send failed: {0}")]
     Send(String),
@@ -181,6 +191,7 @@ impl PublishError {
             PublishError::Returned(_) => "returned",
             PublishError::Nacked => "nacked",
             PublishError::Timeout(_) => "timeout",
+            PublishError::ChannelClosed(_) => "channel_closed",
             PublishError::Send(_) => "send",
         }
     }
@@ -192,7 +203,7 @@ enum Confirm {
     Ack { tag: u64, multiple: bool },
     Nack { tag: u64, multiple: bool },
     Return { message_id: Option<String>, reason: String },
-    Closed,
+    Closed(String),
 }
 
 struct ConfirmCallback {
@@ -204,7 +215,7 @@ struct ConfirmCallback {
 impl ChannelCallback for ConfirmCallback {
     async fn close(&mut self, _channel: &Channel, close: CloseChannel) -> Result<(), amqprs::error::Error> {
         tracing::warn!(reason = %close, "broker closed the channel");
-        let _ = self.confirms.send(Confirm::Closed);
+        let _ = self.confirms.send(Confirm::Closed(close.to_string()));
         Ok(())
     }
 
@@ -267,39 +278,69 @@ pub async fn connect(args: &OpenConnectionArguments) -> Result<Connection, amqpr
 }
 
 /// A confirm-mode channel on its own connection. Dropping it closes both.
+///
+/// Once a batch went unconfirmed or the channel closed, the publisher is *broken*: it
+/// refuses to publish (late confirms or returns could be pinned on the wrong message),
+/// and its owner must connect a new one.
 pub struct Publisher {
     connection: Connection,
     channel: Channel,
     confirms: mpsc::UnboundedReceiver<Confirm>,
     /// Delivery tag of the last message published on the channel (they count from 1).
     last_tag: u64,
+    broken: Option<PublishError>,
+    /// Turns true when the connection fails; watched from the moment it opened, so a
+    /// failure during a batch is not missed.
+    lost: watch::Receiver<bool>,
+    watcher: tokio::task::JoinHandle<()>,
 }
+
+/// How long opening a connection (TCP, handshake, topology) may take: amqprs has no
+/// timeout of its own, and heartbeats start only once the connection is open.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Publisher {
     /// Connects, declares the topology and switches the channel to confirm mode.
     pub async fn connect(args: &OpenConnectionArguments, topology: &Topology) -> Result<Self, amqprs::error::Error> {
-        let connection = connect(args).await?;
-        let channel = connection.open_channel(None).await?;
-        topology.declare(&channel).await?;
-        let (sender, confirms) = mpsc::unbounded_channel();
-        channel.register_callback(ConfirmCallback { confirms: sender }).await?;
-        channel.confirm_select(ConfirmSelectArguments::default()).await?;
-        Ok(Publisher { connection, channel, confirms, last_tag: 0 })
+        let opened = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            let connection = connect(args).await?;
+            let channel = connection.open_channel(None).await?;
+            topology.declare(&channel).await?;
+            let (sender, confirms) = mpsc::unbounded_channel();
+            channel.register_callback(ConfirmCallback { confirms: sender }).await?;
+            channel.confirm_select(ConfirmSelectArguments::default()).await?;
+            Ok::<_, amqprs::error::Error>((connection, channel, confirms))
+        })
+        .await
+        .map_err(|_| amqprs::error::Error::NetworkError(format!("no answer within {CONNECT_TIMEOUT:?}")))??;
+        let (connection, channel, confirms) = opened;
+        let (lost_sender, lost) = watch::channel(false);
+        let watched = connection.clone();
+        let watcher = tokio::spawn(async move {
+            watched.listen_network_io_failure().await;
+            let _ = lost_sender.send(true);
+        });
+        Ok(Publisher { connection, channel, confirms, last_tag: 0, broken: None, lost, watcher })
     }
 
-    pub fn is_open(&self) -> bool {
-        self.connection.is_open() && self.channel.is_open()
+    /// Whether this publisher can still be trusted with a batch.
+    pub fn is_usable(&self) -> bool {
+        self.broken.is_none() && !*self.lost.borrow() && self.connection.is_open() && self.channel.is_open()
     }
 
     /// Resolves when the connection fails (heartbeats missed, socket closed).
     pub async fn closed(&self) {
-        self.connection.listen_network_io_failure().await;
+        let _ = self.lost.clone().wait_for(|lost| *lost).await;
     }
 
     /// Publishes every message (persistent, `mandatory`), without waiting between them,
-    /// then waits up to `deadline` for the broker's confirms. Each result says whether
-    /// that message is safe: acked and not returned.
+    /// and waits for the broker's confirms; sending and confirming together take at most
+    /// `deadline`. Each result says whether that message is safe: acked and not returned.
     pub async fn publish_all(&mut self, messages: &[Outgoing], deadline: Duration) -> Vec<Result<(), PublishError>> {
+        if let Some(error) = &self.broken {
+            return vec![Err(error.clone()); messages.len()];
+        }
+        let deadline_at = tokio::time::Instant::now() + deadline;
         let mut results: Vec<Option<Result<(), PublishError>>> = vec![None; messages.len()];
         let first_tag = self.last_tag + 1;
         let mut by_message_id: HashMap<&str, usize> = HashMap::with_capacity(messages.len());
@@ -322,11 +363,20 @@ impl Publisher {
                 .finish();
             let mut args = BasicPublishArguments::new(&message.exchange, &message.routing_key);
             args.mandatory(true);
-            if let Err(e) = self.channel.basic_publish(properties, message.body.clone(), args).await {
+            // The send itself can stall (flow control, a full socket): it counts against
+            // the deadline too.
+            let publish = self.channel.basic_publish(properties, message.body.clone(), args);
+            let failure = match tokio::time::timeout_at(deadline_at, publish).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(PublishError::Send(e.to_string())),
+                Err(_) => Some(PublishError::Timeout(deadline)),
+            };
+            if let Some(error) = failure {
                 // Nothing after this message can be trusted to be on the wire either.
                 for result in &mut results[index..] {
-                    *result = Some(Err(PublishError::Send(e.to_string())));
+                    *result = Some(Err(error.clone()));
                 }
+                self.broken = Some(error);
                 break;
             }
             self.last_tag += 1;
@@ -335,12 +385,13 @@ impl Publisher {
         }
 
         let mut pending = sent;
-        let timer = tokio::time::sleep(deadline);
-        tokio::pin!(timer);
         while pending > 0 {
-            let confirm = tokio::select! {
-                confirm = self.confirms.recv() => confirm,
-                () = &mut timer => break,
+            let confirm = match tokio::time::timeout_at(deadline_at, self.confirms.recv()).await {
+                Ok(confirm) => confirm,
+                Err(_) => {
+                    self.broken = Some(PublishError::Timeout(deadline));
+                    break;
+                }
             };
             let (tag, multiple, acked) = match confirm {
                 Some(Confirm::Ack { tag, multiple }) => (tag, multiple, true),
@@ -352,16 +403,19 @@ impl Publisher {
                     }
                     continue;
                 }
-                Some(Confirm::Closed) | None => break,
+                Some(Confirm::Closed(reason)) => {
+                    self.broken = Some(PublishError::ChannelClosed(reason));
+                    break;
+                }
+                None => {
+                    self.broken = Some(PublishError::ChannelClosed("callback gone".into()));
+                    break;
+                }
             };
             let range = if multiple { first_tag..=tag } else { tag..=tag };
             for confirmed in range {
-                let Some(index) = confirmed.checked_sub(first_tag).map(|i| i as usize) else {
-                    continue;
-                };
-                let Some(slot) = results.get_mut(index).filter(|slot| slot.is_none()) else {
-                    continue;
-                };
+                let Some(index) = confirmed.checked_sub(first_tag).map(|i| i as usize) else { continue };
+                let Some(slot) = results.get_mut(index).filter(|slot| slot.is_none()) else { continue };
                 *slot = Some(match (acked, returned.remove(&index)) {
                     (true, None) => Ok(()),
                     (true, Some(reason)) => Err(PublishError::Returned(reason)),
@@ -370,13 +424,22 @@ impl Publisher {
                 pending -= 1;
             }
         }
-        results.into_iter().map(|r| r.unwrap_or(Err(PublishError::Timeout(deadline)))).collect()
+        let unconfirmed = self.broken.clone().unwrap_or(PublishError::Timeout(deadline));
+        results.into_iter().map(|r| r.unwrap_or_else(|| Err(unconfirmed.clone()))).collect()
     }
 
     /// Closes the channel and the connection politely.
     pub async fn close(self) {
-        let _ = self.channel.close().await;
-        let _ = self.connection.close().await;
+        let _ = self.channel.clone().close().await;
+        let _ = self.connection.clone().close().await;
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        // The watcher holds a clone of the connection; without it the connection
+        // closes when the publisher goes.
+        self.watcher.abort();
     }
 }
 
@@ -406,6 +469,7 @@ mod tests {
         assert!(connection_args("http://x", "t").is_err());
         assert!(connection_args("amqp://", "t").is_err());
         assert!(connection_args("amqp://h/?heartbeat=often", "t").is_err());
+        assert!(connection_args("amqp://h/?heartbeat=1", "t").is_err());
     }
 
     #[test]

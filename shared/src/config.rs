@@ -155,6 +155,11 @@ impl RelayConfig {
         let config: Self = envy::from_iter(vars).map_err(|e| ConfigError(e.to_string()))?;
         at_least_one("DB_MAX_CONNECTIONS", config.db_max_connections.into())?;
         at_least_one("RELAY_BATCH_SIZE", config.relay_batch_size.into())?;
+        // A batch is published and confirmed inside the claim's transaction, which
+        // PostgreSQL kills after 10 s idle: keep batches to what confirms in a few seconds.
+        if config.relay_batch_size > 5000 {
+            return Err(ConfigError("RELAY_BATCH_SIZE must be at most 5000".into()));
+        }
         crate::amqp::connection_args(&config.amqp_url, "check")
             .map_err(|e| ConfigError(format!("AMQP_URL is not a valid amqp:// URL: {e}")))?;
         config.log.filter()?;
@@ -373,6 +378,7 @@ mod tests {
             ("AMQP_QUEUE_TYPE", "stream"),
             ("AMQP_URL", "http://rabbit"),
             ("RELAY_BATCH_SIZE", "0"),
+            ("RELAY_BATCH_SIZE", "100000"),
             ("METRICS_ADDR", ":x"),
         ] {
             let error = RelayConfig::from_vars(vars(&[(var, value)])).unwrap_err().to_string();

@@ -30,14 +30,14 @@ pub fn connect(database_url: &str, max_connections: u32) -> Result<PgPool, sqlx:
         .connect_lazy_with(options))
 }
 
-/// Applies pending migrations, waiting (with backoff, up to about a minute) for
-/// PostgreSQL to accept connections, as it may still be starting next to us.
+/// Applies pending migrations, waiting (with backoff, logging each try) for PostgreSQL
+/// to accept connections, however long it takes: it may still be starting next to us.
 pub async fn migrate(db: &PgPool) -> anyhow::Result<()> {
     let mut delay = Duration::from_millis(250);
     for attempt in 1.. {
         match MIGRATOR.run(db).await {
             Ok(()) => return Ok(()),
-            Err(sqlx::migrate::MigrateError::Execute(e)) if crate::error::is_unavailable(&e) && attempt < 10 => {
+            Err(sqlx::migrate::MigrateError::Execute(e)) if crate::error::is_unavailable(&e) => {
                 tracing::warn!(attempt, error.cause = %crate::error::chain(&e), "database not ready, retrying migrations");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
@@ -63,7 +63,7 @@ pub async fn create_database_if_missing(database_url: &str) -> anyhow::Result<()
         };
         match created.await {
             Ok(()) => return Ok(()),
-            Err(e) if crate::error::is_unavailable(&e) && attempt < 10 => {
+            Err(e) if crate::error::is_unavailable(&e) => {
                 tracing::warn!(attempt, error.cause = %crate::error::chain(&e), "database server not ready, retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));

@@ -31,8 +31,9 @@ async fn main() -> anyhow::Result<()> {
         let _ = stop.send(true);
     });
     let broker_up = Arc::new(AtomicBool::new(false));
+    let acceptor = http::ops::bind(config.metrics_addr).await?;
     let mut ops_stopped = stopped.clone();
-    let ops = tokio::spawn(http::ops::serve(config.metrics_addr, db.clone(), broker_up.clone(), metrics, async move {
+    let ops = tokio::spawn(http::ops::serve(acceptor, db.clone(), broker_up.clone(), metrics, async move {
         let _ = ops_stopped.wait_for(|stop| *stop).await;
     }));
 

@@ -14,7 +14,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use poem::{
     Endpoint, EndpointExt, IntoResponse, Route, Server, get, handler,
     http::StatusCode,
-    listener::TcpListener,
+    listener::{Acceptor, Listener, TcpListener},
     middleware::{NormalizePath, TrailingSlash},
     web::{Data, Json},
 };
@@ -64,15 +64,20 @@ pub fn app(db: PgPool, broker_up: Arc<AtomicBool>, metrics_handle: PrometheusHan
         .with(NormalizePath::new(TrailingSlash::Trim))
 }
 
+/// Binds `addr` now, so a port in use stops the process at start rather than later.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<impl Acceptor> {
+    TcpListener::bind(addr).into_acceptor().await
+}
+
 /// Serves [`app`] until `shutdown` resolves.
 pub async fn serve(
-    addr: SocketAddr,
+    acceptor: impl Acceptor + 'static,
     db: PgPool,
     broker_up: Arc<AtomicBool>,
     metrics_handle: PrometheusHandle,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let app = app(db, broker_up, metrics_handle);
-    tracing::info!(%addr, "health and metrics listening");
-    Server::new(TcpListener::bind(addr)).run_with_graceful_shutdown(app, shutdown, Some(Duration::from_secs(2))).await
+    tracing::info!(addr = ?acceptor.local_addr(), "health and metrics listening");
+    Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(app, shutdown, Some(Duration::from_secs(2))).await
 }

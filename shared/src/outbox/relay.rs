@@ -25,7 +25,7 @@ use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
 use crate::{
-    amqp::{Outgoing, PublishError, Publisher, Topology},
+    amqp::{Outgoing, Publisher, Topology},
     error::chain,
 };
 
@@ -114,13 +114,11 @@ pub async fn relay_batch(
 
     let mut published = Vec::with_capacity(rows.len());
     let (mut failed, mut errors) = (Vec::new(), Vec::new());
-    let mut reconnect = false;
     for (row, result) in rows.iter().zip(&results) {
         match result {
             Ok(()) => published.push(row.id),
             Err(error) => {
                 metrics::counter!("outbox_publish_failures_total", "reason" => error.reason()).increment(1);
-                reconnect |= matches!(error, PublishError::Timeout(_) | PublishError::Send(_));
                 tracing::warn!(outbox.id = row.id, event.id = %row.event_id, %error, "event not published, will retry");
                 failed.push(row.id);
                 errors.push(error.to_string());
@@ -133,12 +131,13 @@ pub async fn relay_batch(
     )
     .execute(&mut *tx)
     .await?;
-    // Backoff doubles per attempt, up to five minutes.
+    // Backoff doubles per attempt, up to five minutes (the exponent is capped before
+    // power() so a row failing for days cannot overflow it).
     sqlx::query!(
         "UPDATE outbox AS o
             SET attempts = o.attempts + 1,
                 last_error = f.error,
-                next_attempt_at = now() + make_interval(secs => least(power(2, o.attempts), 300))
+                next_attempt_at = now() + make_interval(secs => least(power(2, least(o.attempts, 9)), 300))
            FROM UNNEST($1::bigint[], $2::text[]) AS f(id, error)
           WHERE o.id = f.id",
         &failed,
@@ -155,7 +154,12 @@ pub async fn relay_batch(
             .record((Utc::now() - oldest).to_std().unwrap_or_default().as_secs_f64());
     }
     tracing::debug!(claimed = rows.len(), published = published.len(), failed = failed.len(), "outbox batch");
-    Ok(Outcome { claimed: rows.len(), published: published.len(), failed: failed.len(), reconnect })
+    Ok(Outcome {
+        claimed: rows.len(),
+        published: published.len(),
+        failed: failed.len(),
+        reconnect: !publisher.is_usable(),
+    })
 }
 
 fn outgoing(row: &Claimed, topology: &Topology) -> Outgoing {
@@ -192,16 +196,18 @@ pub async fn record_backlog(db: &PgPool) -> Result<(), sqlx::Error> {
 }
 
 /// Deletes published rows older than the retention, a thousand at a time so no
-/// statement holds many locks or runs long. Returns how many went.
+/// statement holds many locks or runs long, and at most `RETENTION_BATCHES` batches a
+/// pass; relays running it together skip each other's rows. Returns how many went.
 pub async fn delete_published(db: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
     let mut deleted = 0;
-    loop {
+    for _ in 0..RETENTION_BATCHES {
         let batch = sqlx::query!(
             "DELETE FROM outbox WHERE id IN (
                  SELECT id FROM outbox
                   WHERE published_at < now() - make_interval(secs => $1)
                   ORDER BY published_at
-                  LIMIT 1000)",
+                  LIMIT 1000
+                    FOR UPDATE SKIP LOCKED)",
             retention.as_secs_f64()
         )
         .execute(db)
@@ -209,10 +215,13 @@ pub async fn delete_published(db: &PgPool, retention: Duration) -> Result<u64, s
         .rows_affected();
         deleted += batch;
         if batch < 1000 {
-            return Ok(deleted);
+            break;
         }
     }
+    Ok(deleted)
 }
+
+const RETENTION_BATCHES: usize = 10;
 
 /// The relay process: connection supervision, schedule, wake-ups, shutdown.
 pub struct Relay {
@@ -230,37 +239,51 @@ impl Relay {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let wake = Arc::new(Notify::new());
         let listener = tokio::spawn(listen(self.db.clone(), wake.clone()));
-        let mut backoff = Duration::from_millis(500);
-        let mut last_housekeeping = Instant::now() - Duration::from_secs(3600);
+        // Backlog gauges and retention keep going while the broker is away.
+        let housekeeping = tokio::spawn(housekeeping(self.db.clone(), self.settings.retention));
+        let mut backoff = Backoff::default();
         'connect: while !*shutdown.borrow() {
             let mut publisher = match Publisher::connect(&self.amqp, &self.topology).await {
                 Ok(publisher) => publisher,
                 Err(e) => {
-                    tracing::warn!(error.cause = %e, retry_in_ms = backoff.as_millis() as u64, "cannot reach RabbitMQ");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.changed() => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    metrics::counter!("outbox_publish_failures_total", "reason" => "connect").increment(1);
+                    let delay = backoff.next();
+                    tracing::warn!(error.cause = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach RabbitMQ");
+                    sleep_or_stop(delay, &mut shutdown).await;
                     continue;
                 }
             };
             tracing::info!("connected to RabbitMQ");
             self.broker_up.store(true, Ordering::Relaxed);
-            backoff = Duration::from_millis(500);
             loop {
-                // Drain: full batches mean more is waiting.
+                // Drain while rows come: an order's next event is claimable once its
+                // previous one is marked, so keep stepping while anything was claimed.
                 loop {
+                    if !publisher.is_usable() {
+                        self.broker_up.store(false, Ordering::Relaxed);
+                        let delay = backoff.next();
+                        tracing::warn!(
+                            retry_in_ms = delay.as_millis() as u64,
+                            "RabbitMQ connection unusable, reconnecting"
+                        );
+                        drop(publisher);
+                        sleep_or_stop(delay, &mut shutdown).await;
+                        continue 'connect;
+                    }
                     match relay_batch(&self.db, &mut publisher, &self.topology, &self.settings).await {
-                        Ok(outcome) if outcome.reconnect => {
-                            tracing::warn!("confirms missing, reconnecting to RabbitMQ");
-                            self.broker_up.store(false, Ordering::Relaxed);
-                            continue 'connect;
+                        Ok(outcome) => {
+                            if outcome.published > 0 || outcome.claimed == 0 {
+                                backoff.reset();
+                            }
+                            if outcome.claimed == 0 || outcome.reconnect {
+                                break;
+                            }
                         }
-                        Ok(outcome) if outcome.claimed as i64 == self.settings.batch_size => {}
-                        Ok(_) => break,
                         Err(e) => {
-                            tracing::warn!(error.cause = %chain(&e), "outbox step failed, retrying on the next tick");
+                            metrics::counter!("outbox_publish_failures_total", "reason" => "db").increment(1);
+                            let delay = backoff.next();
+                            tracing::warn!(error.cause = %chain(&e), retry_in_ms = delay.as_millis() as u64, "outbox step failed");
+                            sleep_or_stop(delay, &mut shutdown).await;
                             break;
                         }
                     }
@@ -268,9 +291,8 @@ impl Relay {
                         break;
                     }
                 }
-                if last_housekeeping.elapsed() >= Duration::from_secs(30) {
-                    last_housekeeping = Instant::now();
-                    self.housekeeping().await;
+                if !publisher.is_usable() {
+                    continue;
                 }
                 let next_tick = self
                     .schedule
@@ -281,11 +303,7 @@ impl Relay {
                 tokio::select! {
                     () = tokio::time::sleep(next_tick) => {}
                     () = wake.notified() => {}
-                    () = publisher.closed() => {
-                        tracing::warn!("lost the connection to RabbitMQ, reconnecting");
-                        self.broker_up.store(false, Ordering::Relaxed);
-                        continue 'connect;
-                    }
+                    () = publisher.closed() => {}
                     _ = shutdown.changed() => {}
                 }
                 if *shutdown.borrow() {
@@ -296,14 +314,49 @@ impl Relay {
         }
         self.broker_up.store(false, Ordering::Relaxed);
         listener.abort();
+        housekeeping.abort();
         tracing::info!("relay stopped");
     }
+}
 
-    async fn housekeeping(&self) {
-        if let Err(e) = record_backlog(&self.db).await {
+/// Exponential backoff, 0.5 s doubling to 30 s.
+#[derive(Debug)]
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff(Duration::from_millis(500))
+    }
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let delay = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(30));
+        delay
+    }
+
+    fn reset(&mut self) {
+        *self = Backoff::default();
+    }
+}
+
+async fn sleep_or_stop(delay: Duration, shutdown: &mut watch::Receiver<bool>) {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => {}
+        _ = shutdown.changed() => {}
+    }
+}
+
+/// Every 30 s: the backlog gauges, and deleting published rows past the retention.
+async fn housekeeping(db: PgPool, retention: Duration) {
+    let mut every = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        every.tick().await;
+        if let Err(e) = record_backlog(&db).await {
             tracing::warn!(error.cause = %chain(&e), "cannot measure the outbox backlog");
         }
-        match delete_published(&self.db, self.settings.retention).await {
+        match delete_published(&db, retention).await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "old published outbox rows deleted"),
             Err(e) => tracing::warn!(error.cause = %chain(&e), "outbox retention failed"),

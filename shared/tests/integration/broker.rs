@@ -63,6 +63,11 @@ impl TestBroker {
         Self::args_named(&format!("{}-{component}", self.tag))
     }
 
+    /// A plain channel on the test's reading connection, for extra declarations.
+    pub async fn channel(&self) -> Channel {
+        self.connection.open_channel(None).await.unwrap()
+    }
+
     pub async fn publisher(&self) -> Publisher {
         Publisher::connect(&self.args("publisher"), &self.topology).await.unwrap()
     }

@@ -310,8 +310,129 @@ async fn the_relay_reports_health_and_metrics(db: PgPool) {
 
     seed_events(&db, 2, 1).await;
     order_service::outbox::relay::record_backlog(&db).await.unwrap();
+    // A failure and a success, to have every series.
+    let broker = TestBroker::new().await;
+    insert_event(&db, Uuid::new_v4(), "Nowhere.At.All").await;
+    let mut publisher = broker.publisher().await;
+    relay_batch(&db, &mut publisher, &broker.topology, &settings()).await.unwrap();
+    publisher.close().await;
+    broker.cleanup().await;
     let text = client.get("/metrics").send().await.0.into_body().into_string().await.unwrap();
-    for metric in ["outbox_pending ", "outbox_oldest_unpublished_age_seconds "] {
+    for metric in [
+        "outbox_pending ",
+        "outbox_oldest_unpublished_age_seconds ",
+        "outbox_published_total ",
+        "outbox_publish_failures_total{reason=\"returned\"}",
+        "outbox_batch_duration_seconds_bucket{",
+    ] {
         assert!(text.contains(metric), "{metric} missing from {text}");
     }
+}
+
+async fn insert_event(db: &PgPool, aggregate: Uuid, routing_key: &str) -> Uuid {
+    let event = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO outbox (event_id, aggregate_id, exchange, routing_key, event_type, payload)
+         VALUES ($1, $2, 'Orders', $3, 'OrderPinged', '{}')",
+    )
+    .bind(event)
+    .bind(aggregate)
+    .bind(routing_key)
+    .execute(db)
+    .await
+    .unwrap();
+    event
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_nacked_event_stays_unpublished(db: PgPool) {
+    use amqprs::channel::{QueueBindArguments, QueueDeclareArguments};
+
+    let broker = TestBroker::new().await;
+    // A queue that refuses every message: the broker nacks the publish.
+    let full = format!("{}.full", broker.tag);
+    let mut arguments = amqprs::FieldTable::new();
+    arguments.insert("x-max-length".try_into().unwrap(), amqprs::FieldValue::l(0));
+    arguments.insert("x-overflow".try_into().unwrap(), "reject-publish".into());
+    let publisher = broker.publisher().await;
+    let channel = broker.channel().await;
+    channel
+        .queue_declare(QueueDeclareArguments::transient_autodelete(&full).arguments(arguments).finish())
+        .await
+        .unwrap();
+    channel.queue_bind(QueueBindArguments::new(&full, &broker.topology.exchange, "Full.Event")).await.unwrap();
+    drop(publisher);
+
+    insert_event(&db, Uuid::new_v4(), "Full.Event").await;
+    let mut publisher = broker.publisher().await;
+    let outcome = relay_batch(&db, &mut publisher, &broker.topology, &settings()).await.unwrap();
+    assert_eq!((outcome.published, outcome.failed, outcome.reconnect), (0, 1, false));
+    let last_error: String = sqlx::query_scalar("SELECT last_error FROM outbox").fetch_one(&db).await.unwrap();
+    assert!(last_error.contains("nacked"), "{last_error}");
+    publisher.close().await;
+    broker.cleanup().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_failed_event_holds_back_the_next_of_its_order(db: PgPool) {
+    use amqprs::channel::QueueBindArguments;
+
+    let broker = TestBroker::new().await;
+    let order = Uuid::new_v4();
+    let first = insert_event(&db, order, "Order.Later.First").await;
+    let second = insert_event(&db, order, "Order.Saga.Second").await;
+    let mut publisher = broker.publisher().await;
+    // The first is unroutable; the second, routable, must wait for it.
+    let outcome = relay_batch(&db, &mut publisher, &broker.topology, &settings()).await.unwrap();
+    assert_eq!((outcome.claimed, outcome.failed), (1, 1));
+    sqlx::query("UPDATE outbox SET next_attempt_at = now()").execute(&db).await.unwrap();
+    assert_eq!(relay_batch(&db, &mut publisher, &broker.topology, &settings()).await.unwrap().published, 0);
+
+    let channel = broker.channel().await;
+    channel
+        .queue_bind(QueueBindArguments::new(
+            &broker.topology.order_saga_queue,
+            &broker.topology.exchange,
+            "Order.Later.*",
+        ))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE outbox SET next_attempt_at = now(), attempts = 2000").execute(&db).await.unwrap();
+    while relay_batch(&db, &mut publisher, &broker.topology, &settings()).await.unwrap().claimed > 0 {}
+    let ids: Vec<String> =
+        broker.drain(&broker.topology.order_saga_queue).await.iter().map(|m| m.message_id()).collect();
+    assert_eq!(ids, [first.to_string(), second.to_string()]);
+    publisher.close().await;
+    broker.cleanup().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_commit_wakes_the_relay_before_its_schedule(db: PgPool) {
+    let broker = TestBroker::new().await;
+    let (stop, stopped) = watch::channel(false);
+    let broker_up = Arc::new(AtomicBool::new(false));
+    let relay = Relay {
+        db: db.clone(),
+        amqp: broker.args("relay"),
+        topology: broker.topology.clone(),
+        settings: settings(),
+        // Hourly: only NOTIFY can explain a quick publish.
+        schedule: "0 0 * * * *".parse().unwrap(),
+        broker_up: broker_up.clone(),
+    };
+    let running = tokio::spawn(relay.run(stopped));
+    assert!(
+        eventually(Duration::from_secs(10), || async { broker_up.load(std::sync::atomic::Ordering::Relaxed) }).await
+    );
+    // Let the relay reach its wait, then commit.
+    assert!(eventually(Duration::from_secs(5), || async { unpublished(&db).await == 0 }).await);
+    insert_event(&db, Uuid::new_v4(), "Order.Saga.Ping").await;
+    assert!(
+        eventually(Duration::from_secs(3), || async { unpublished(&db).await == 0 }).await,
+        "not woken by the commit"
+    );
+    stop.send(true).unwrap();
+    running.await.unwrap();
+    assert_eq!(broker.drain(&broker.topology.order_saga_queue).await.len(), 1);
+    broker.cleanup().await;
 }
