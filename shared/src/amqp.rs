@@ -314,12 +314,7 @@ impl Publisher {
         .await
         .map_err(|_| amqprs::error::Error::NetworkError(format!("no answer within {CONNECT_TIMEOUT:?}")))??;
         let (connection, channel, confirms) = opened;
-        let (lost_sender, lost) = watch::channel(false);
-        let watched = connection.clone();
-        let watcher = tokio::spawn(async move {
-            watched.listen_network_io_failure().await;
-            let _ = lost_sender.send(true);
-        });
+        let (lost, watcher) = watch_connection(&connection);
         Ok(Publisher { connection, channel, confirms, last_tag: 0, broken: None, lost, watcher })
     }
 
@@ -439,6 +434,124 @@ impl Drop for Publisher {
     fn drop(&mut self) {
         // The watcher holds a clone of the connection; without it the connection
         // closes when the publisher goes.
+        self.watcher.abort();
+    }
+}
+
+/// Watches a connection from now on: the receiver turns true when it fails. The task
+/// holds a clone of the connection: abort it when the owner goes.
+fn watch_connection(connection: &Connection) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
+    let (lost_sender, lost) = watch::channel(false);
+    let watched = connection.clone();
+    let watcher = tokio::spawn(async move {
+        watched.listen_network_io_failure().await;
+        let _ = lost_sender.send(true);
+    });
+    (lost, watcher)
+}
+
+/// A message taken from a queue, to be acked or nacked by its tag.
+#[derive(Debug)]
+pub struct Delivery {
+    pub tag: u64,
+    pub redelivered: bool,
+    pub properties: BasicProperties,
+    pub body: Vec<u8>,
+}
+
+impl Delivery {
+    pub fn message_id(&self) -> Option<&str> {
+        self.properties.message_id().map(String::as_str).filter(|id| !id.is_empty())
+    }
+
+    /// A string header, e.g. `traceparent`.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let headers: &HashMap<amqprs::FieldName, FieldValue> = self.properties.headers()?.as_ref();
+        headers.iter().find(|(key, _)| key.to_string() == name).and_then(|(_, value)| match value {
+            FieldValue::S(text) => Some(text.to_string()),
+            _ => None,
+        })
+    }
+}
+
+/// A manual-ack consumer of one queue on its own connection, with a prefetch (so the
+/// unbounded receiver amqprs hands out holds at most that many messages).
+pub struct Consumer {
+    connection: Connection,
+    channel: Channel,
+    deliveries: mpsc::UnboundedReceiver<amqprs::channel::ConsumerMessage>,
+    lost: watch::Receiver<bool>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Consumer {
+    /// Connects, declares the topology and starts consuming `queue`.
+    pub async fn connect(
+        args: &OpenConnectionArguments,
+        topology: &Topology,
+        queue: &str,
+        prefetch: u16,
+    ) -> Result<Self, amqprs::error::Error> {
+        let opened = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            let connection = connect(args).await?;
+            let channel = connection.open_channel(None).await?;
+            topology.declare(&channel).await?;
+            channel.basic_qos(amqprs::channel::BasicQosArguments::new(0, prefetch, false)).await?;
+            let mut consume = amqprs::channel::BasicConsumeArguments::new(queue, "");
+            consume.manual_ack(true);
+            let (_, deliveries) = channel.basic_consume_rx(consume.finish()).await?;
+            Ok::<_, amqprs::error::Error>((connection, channel, deliveries))
+        })
+        .await
+        .map_err(|_| amqprs::error::Error::NetworkError(format!("no answer within {CONNECT_TIMEOUT:?}")))??;
+        let (connection, channel, deliveries) = opened;
+        let (lost, watcher) = watch_connection(&connection);
+        Ok(Consumer { connection, channel, deliveries, lost, watcher })
+    }
+
+    /// The next message; `None` once the channel or the connection is gone.
+    pub async fn next(&mut self) -> Option<Delivery> {
+        let mut lost = self.lost.clone();
+        loop {
+            let message = tokio::select! {
+                message = self.deliveries.recv() => message?,
+                _ = lost.wait_for(|lost| *lost) => return None,
+            };
+            if let (Some(deliver), Some(properties), Some(body)) =
+                (message.deliver, message.basic_properties, message.content)
+            {
+                return Some(Delivery {
+                    tag: deliver.delivery_tag(),
+                    redelivered: deliver.redelivered(),
+                    properties,
+                    body,
+                });
+            }
+        }
+    }
+
+    pub async fn ack(&self, tag: u64) -> Result<(), amqprs::error::Error> {
+        self.channel.basic_ack(amqprs::channel::BasicAckArguments::new(tag, false)).await
+    }
+
+    /// Gives the message back to the queue; the broker counts the delivery.
+    pub async fn requeue(&self, tag: u64) -> Result<(), amqprs::error::Error> {
+        self.channel.basic_nack(amqprs::channel::BasicNackArguments::new(tag, false, true)).await
+    }
+
+    pub fn is_usable(&self) -> bool {
+        !*self.lost.borrow() && self.connection.is_open() && self.channel.is_open()
+    }
+
+    /// Closes the channel (unacked messages go back to the queue) and the connection.
+    pub async fn close(self) {
+        let _ = self.channel.clone().close().await;
+        let _ = self.connection.clone().close().await;
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
         self.watcher.abort();
     }
 }

@@ -198,6 +198,107 @@ fn cache_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     })
 }
 
+/// Settings of the `saga-worker` binary.
+#[derive(Clone, Deserialize)]
+pub struct WorkerConfig {
+    #[serde(default = "default_database_url")]
+    pub database_url: String,
+    #[serde(default = "default_amqp_url")]
+    pub amqp_url: String,
+    #[serde(default = "default_redis_url")]
+    pub redis_url: String,
+    #[serde(default = "default_worker_metrics_addr", deserialize_with = "metrics_addr")]
+    pub metrics_addr: SocketAddr,
+    /// Unacked replies the broker may hand this worker at once.
+    #[serde(default = "default_saga_prefetch")]
+    pub saga_prefetch: u16,
+    /// A pending order unanswered this long gets its customer check requested again.
+    #[serde(default = "default_saga_timeout", deserialize_with = "saga_timeout")]
+    pub saga_timeout: Duration,
+    /// Re-requests before an unanswered order is canceled.
+    #[serde(default = "default_saga_max_retries")]
+    pub saga_max_retries: u16,
+    /// When the timeout sweep runs: cron with seconds.
+    #[serde(default = "default_saga_timeout_schedule", deserialize_with = "saga_timeout_schedule")]
+    pub saga_timeout_schedule: cron::Schedule,
+    #[serde(default, deserialize_with = "amqp_queue_type")]
+    pub amqp_queue_type: QueueType,
+    #[serde(default = "default_relay_db_max_connections")]
+    pub db_max_connections: u32,
+    #[serde(flatten)]
+    pub log: LogConfig,
+}
+
+impl WorkerConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(std::env::vars())
+    }
+
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let config: Self = envy::from_iter(vars).map_err(|e| ConfigError(e.to_string()))?;
+        at_least_one("DB_MAX_CONNECTIONS", config.db_max_connections.into())?;
+        at_least_one("SAGA_PREFETCH", config.saga_prefetch.into())?;
+        crate::amqp::connection_args(&config.amqp_url, "check")
+            .map_err(|e| ConfigError(format!("AMQP_URL is not a valid amqp:// URL: {e}")))?;
+        redis::Client::open(config.redis_url.as_str())
+            .map_err(|e| ConfigError(format!("REDIS_URL is not a valid redis:// URL: {e}")))?;
+        config.log.filter()?;
+        Ok(config)
+    }
+}
+
+impl fmt::Debug for WorkerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerConfig")
+            .field("database_url", &"<redacted>")
+            .field("amqp_url", &"<redacted>")
+            .field("redis_url", &"<redacted>")
+            .field("metrics_addr", &self.metrics_addr)
+            .field("saga_prefetch", &self.saga_prefetch)
+            .field("saga_timeout", &self.saga_timeout)
+            .field("saga_max_retries", &self.saga_max_retries)
+            .field("saga_timeout_schedule", &self.saga_timeout_schedule.to_string())
+            .field("amqp_queue_type", &self.amqp_queue_type)
+            .field("log", &self.log)
+            .finish()
+    }
+}
+
+fn default_worker_metrics_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9102))
+}
+
+fn default_saga_prefetch() -> u16 {
+    32
+}
+
+fn default_saga_timeout() -> Duration {
+    Duration::from_secs(10 * 60)
+}
+
+fn default_saga_max_retries() -> u16 {
+    3
+}
+
+fn default_saga_timeout_schedule() -> cron::Schedule {
+    "*/30 * * * * *".parse().expect("the default schedule parses")
+}
+
+fn saga_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(text.trim())
+        .map_err(|e| D::Error::custom(format!("SAGA_TIMEOUT must be a duration such as 10m, not {text:?}: {e}")))
+}
+
+fn saga_timeout_schedule<'de, D: Deserializer<'de>>(d: D) -> Result<cron::Schedule, D::Error> {
+    let text = String::deserialize(d)?;
+    text.trim().parse().map_err(|e| {
+        D::Error::custom(format!(
+            "SAGA_TIMEOUT_SCHEDULE must be a cron expression with seconds, such as \"*/30 * * * * *\", not {text:?}: {e}"
+        ))
+    })
+}
+
 fn default_amqp_url() -> String {
     "amqp://guest:guest@127.0.0.1:5672/%2f".into()
 }
@@ -386,6 +487,25 @@ mod tests {
         }
         let config = RelayConfig::from_vars(vars(&[("AMQP_URL", "amqp://u:hunter2@rabbit/%2f")])).unwrap();
         assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn worker_defaults_and_bad_values() {
+        let config = WorkerConfig::from_vars(vars(&[])).unwrap();
+        assert_eq!(config.metrics_addr.port(), 9102);
+        assert_eq!((config.saga_prefetch, config.saga_max_retries), (32, 3));
+        assert_eq!(config.saga_timeout, Duration::from_secs(600));
+        for (var, value) in [
+            ("SAGA_PREFETCH", "0"),
+            ("SAGA_PREFETCH", "lots"),
+            ("SAGA_TIMEOUT", "soon"),
+            ("SAGA_MAX_RETRIES", "-1"),
+            ("SAGA_TIMEOUT_SCHEDULE", "*/5 * * * *"),
+            ("REDIS_URL", "http://cache"),
+        ] {
+            let error = WorkerConfig::from_vars(vars(&[(var, value)])).unwrap_err().to_string();
+            assert!(error.contains(var), "{error}");
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod orders;
 pub mod outbox;
 pub mod pricing;
 pub mod products;
+pub mod saga;
 pub mod telemetry;
 pub mod trace_context;
 pub mod users;

@@ -44,3 +44,64 @@ impl Event for OrderDeleted {
         self.order_id
     }
 }
+
+/// A line of an order, in events.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrderLine {
+    #[serde(rename = "productID")]
+    pub product_id: Uuid,
+    pub name: String,
+    #[serde(rename = "actualPrice")]
+    pub actual_price: Money,
+}
+
+/// The saga approved the order: its full data, as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrderCreated {
+    #[serde(rename = "orderID")]
+    pub order_id: Uuid,
+    #[serde(rename = "userID")]
+    pub user_id: Uuid,
+    #[serde(rename = "orderStatus")]
+    pub order_status: String,
+    #[serde(rename = "sagaStatus")]
+    pub saga_status: String,
+    #[serde(rename = "paymentMethod")]
+    pub payment_method: String,
+    pub address: String,
+    #[serde(rename = "serialNumber")]
+    pub serial_number: i32,
+    pub products: Vec<OrderLine>,
+    #[serde(rename = "totalPrice")]
+    pub total_price: Money,
+    #[serde(rename = "createdAt")]
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Event for OrderCreated {
+    const ROUTING_KEY: &'static str = "Order.Create";
+    const EVENT_TYPE: &'static str = "OrderCreated";
+
+    fn aggregate_id(&self) -> Uuid {
+        self.order_id
+    }
+}
+
+/// The saga rejected the order, or it timed out: it is canceled (the row stays).
+#[derive(Debug, Clone, Serialize)]
+pub struct OrderCanceled {
+    #[serde(rename = "orderID")]
+    pub order_id: Uuid,
+    #[serde(rename = "userID")]
+    pub user_id: Uuid,
+    pub reason: String,
+}
+
+impl Event for OrderCanceled {
+    const ROUTING_KEY: &'static str = "Order.Cancel";
+    const EVENT_TYPE: &'static str = "OrderCanceled";
+
+    fn aggregate_id(&self) -> Uuid {
+        self.order_id
+    }
+}

@@ -72,6 +72,14 @@ impl TestBroker {
         Publisher::connect(&self.args("publisher"), &self.topology).await.unwrap()
     }
 
+    /// Messages ready on `queue` (not counting those delivered and unacked).
+    pub async fn queue_depth(&self, queue: &str) -> u32 {
+        let mut args = amqprs::channel::QueueDeclareArguments::new(queue);
+        args.passive(true);
+        let (_, messages, _) = self.channel.queue_declare(args).await.unwrap().unwrap();
+        messages
+    }
+
     /// Takes every message waiting on `queue`, in order.
     pub async fn drain(&self, queue: &str) -> Vec<Received> {
         let mut received = Vec::new();

@@ -16,6 +16,7 @@ use order_service::{
 pub struct TestApp {
     pub client: TestClient<BoxEndpoint<'static, Response>>,
     pub db: PgPool,
+    pub cache: OrderCache,
 }
 
 pub struct Reply {
@@ -49,8 +50,9 @@ impl TestApp {
     }
 
     pub fn with_cache(db: PgPool, cache: OrderCache) -> Self {
-        let state = AppState { db: db.clone(), cache, metrics: telemetry::metrics(), max_body_bytes: 64 * 1024 };
-        TestApp { client: TestClient::new(app(state).map_to_response().boxed()), db }
+        let state =
+            AppState { db: db.clone(), cache: cache.clone(), metrics: telemetry::metrics(), max_body_bytes: 64 * 1024 };
+        TestApp { client: TestClient::new(app(state).map_to_response().boxed()), db, cache }
     }
 
     async fn reply(response: poem::test::TestResponse) -> Reply {

@@ -12,4 +12,5 @@ mod openapi;
 mod orders;
 mod products;
 mod relay;
+mod saga;
 mod users;

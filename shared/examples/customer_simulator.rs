@@ -1,0 +1,113 @@
+//! A stand-in for the external customer service, so the whole saga runs without
+//! publishing replies by hand (`make demo`, the end-to-end test). Not a production
+//! binary.
+//!
+//! It consumes `OrderSaga` and answers each `OrderCreateSaga` on the `Orders` exchange
+//! (routing key `Customer.Saga.Reply`): `Approved`, or `Rejected` when the order's
+//! total is over `CREDIT_LIMIT`. The reply's message id is derived from the request's,
+//! so a redelivered request yields the very same reply, which the worker ignores.
+//!
+//! Environment: `AMQP_URL`, `AMQP_QUEUE_TYPE` (as the other processes), `CREDIT_LIMIT`
+//! (default 1000), `LOG_LEVEL`, `LOG_FORMAT`.
+
+use std::{str::FromStr, time::Duration};
+
+use order_service::{
+    amqp::{self, Consumer, Outgoing, Publisher, QueueType, Topology},
+    config::LogConfig,
+    telemetry,
+};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+#[derive(Deserialize)]
+struct Config {
+    #[serde(default = "default_amqp_url")]
+    amqp_url: String,
+    #[serde(default)]
+    amqp_queue_type: Option<String>,
+    #[serde(default = "default_credit_limit")]
+    credit_limit: String,
+    #[serde(flatten)]
+    log: LogConfig,
+}
+
+fn default_amqp_url() -> String {
+    "amqp://guest:guest@127.0.0.1:5672/%2f".into()
+}
+
+fn default_credit_limit() -> String {
+    "1000".into()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config: Config = envy::from_env()?;
+    telemetry::init_tracing(&config.log)?;
+    let limit = Decimal::from_str(config.credit_limit.trim())
+        .map_err(|e| anyhow::anyhow!("CREDIT_LIMIT must be a number, not {:?}: {e}", config.credit_limit))?;
+    let queue_type = match config.amqp_queue_type.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("quorum") => QueueType::Quorum,
+        Some("classic") => QueueType::Classic,
+        Some(other) => anyhow::bail!("AMQP_QUEUE_TYPE must be quorum or classic, not {other:?}"),
+    };
+    let topology = Topology::contract(queue_type);
+    let name = format!("customer-simulator@{}", std::process::id());
+    let consume = amqp::connection_args(&config.amqp_url, &name).map_err(anyhow::Error::msg)?;
+    let publish = amqp::connection_args(&config.amqp_url, &format!("{name}-replies")).map_err(anyhow::Error::msg)?;
+    tracing::info!(credit_limit = %limit, "customer simulator answering OrderSaga");
+
+    loop {
+        let connected = async {
+            let consumer = Consumer::connect(&consume, &topology, &topology.order_saga_queue, 16).await?;
+            let publisher = Publisher::connect(&publish, &topology).await?;
+            Ok::<_, amqprs::error::Error>((consumer, publisher))
+        };
+        let (mut consumer, mut publisher) = match connected.await {
+            Ok(both) => both,
+            Err(e) => {
+                tracing::warn!(error.cause = %e, "cannot reach RabbitMQ, retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        loop {
+            let delivery = tokio::select! {
+                delivery = consumer.next() => delivery,
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            };
+            let Some(delivery) = delivery else { break };
+            let request: Value = serde_json::from_slice(&delivery.body).unwrap_or(Value::Null);
+            let (Some(order_id), Some(total)) = (request["orderID"].as_str(), request["totalPrice"].as_number()) else {
+                tracing::warn!("not an OrderCreateSaga request; dropped");
+                consumer.ack(delivery.tag).await?;
+                continue;
+            };
+            let total = Decimal::from_str(&total.to_string()).unwrap_or(Decimal::MAX);
+            let answer = if total > limit { "Rejected" } else { "Approved" };
+            let reply = Outgoing {
+                exchange: topology.exchange.clone(),
+                routing_key: "Customer.Saga.Reply".into(),
+                message_id: format!("reply-{}", delivery.message_id().unwrap_or(order_id)),
+                message_type: "CustomerSagaReply".into(),
+                timestamp: chrono::Utc::now().timestamp().max(0) as u64,
+                headers: delivery.header("traceparent").map(|t| ("traceparent".to_owned(), t)).into_iter().collect(),
+                body: json!({"orderID": order_id, "orderType": answer}).to_string().into_bytes(),
+            };
+            match publisher.publish_all(std::slice::from_ref(&reply), Duration::from_secs(5)).await.remove(0) {
+                Ok(()) => {
+                    consumer.ack(delivery.tag).await?;
+                    tracing::info!(order.id = order_id, %total, answer, "answered");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reply not confirmed; the request goes back to the queue");
+                    consumer.requeue(delivery.tag).await?;
+                    break;
+                }
+            }
+        }
+        consumer.close().await;
+        publisher.close().await;
+    }
+}

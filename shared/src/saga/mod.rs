@@ -1,0 +1,404 @@
+//! The choreography saga, order side: the customer service's replies and the timeout.
+//!
+//! A reply arrives as data, so it is parsed into [`SagaReply`] and matched — the bus of
+//! this side. [`apply`] takes one reply through one transaction: the order's transition
+//! (refused by the domain type when the order is no longer `Pending`), the event it
+//! emits into the outbox, and a row in `saga_inbox` that makes a redelivery a no-op.
+//! [`sweep_timeouts`] re-requests orders the customer service has not answered, and
+//! cancels them after the last try. `worker` runs both in the `saga-worker` process.
+
+pub mod worker;
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{
+    bus::Tx,
+    orders::{
+        OrderView,
+        domain::{Order, OrderStatus, SagaStatus},
+        events::{OrderCanceled, OrderCreateSaga, OrderCreated, OrderLine},
+    },
+    outbox,
+    pricing::Money,
+    trace_context::TraceContext,
+};
+
+/// What the customer service answered about an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SagaReply {
+    Approved { order_id: Uuid },
+    Rejected { order_id: Uuid },
+}
+
+/// Why a reply can never be applied: it goes to the dead-letter queue with this reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Poison {
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    #[error("missing field {0}")]
+    MissingField(&'static str),
+    #[error("orderID is not a UUID: {0}")]
+    InvalidOrderId(String),
+    #[error("unknown orderType {0}")]
+    UnknownOrderType(String),
+    #[error("unknown order {0}")]
+    UnknownOrder(Uuid),
+}
+
+impl Poison {
+    /// A short label for metrics and the dead-letter header.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Poison::MalformedJson(_) => "malformed_json",
+            Poison::MissingField(_) => "missing_field",
+            Poison::InvalidOrderId(_) => "invalid_order_id",
+            Poison::UnknownOrderType(_) => "unknown_order_type",
+            Poison::UnknownOrder(_) => "unknown_order",
+        }
+    }
+}
+
+impl SagaReply {
+    /// `{"orderID": "<uuid>", "orderType": "Approved" | "Rejected"}`, keys matched
+    /// case-insensitively (an exact match first).
+    pub fn parse(body: &[u8]) -> Result<Self, Poison> {
+        let value: Value = serde_json::from_slice(body).map_err(|e| Poison::MalformedJson(e.to_string()))?;
+        let Value::Object(object) = value else {
+            return Err(Poison::MalformedJson("the reply is not a JSON object".into()));
+        };
+        let order_id = field(&object, "orderID").ok_or(Poison::MissingField("orderID"))?;
+        let order_id = order_id
+            .as_str()
+            .and_then(|id| Uuid::parse_str(id).ok())
+            .ok_or_else(|| Poison::InvalidOrderId(order_id.to_string()))?;
+        let order_type = field(&object, "orderType").ok_or(Poison::MissingField("orderType"))?;
+        match order_type.as_str() {
+            Some("Approved") => Ok(SagaReply::Approved { order_id }),
+            Some("Rejected") => Ok(SagaReply::Rejected { order_id }),
+            _ => Err(Poison::UnknownOrderType(order_type.to_string())),
+        }
+    }
+
+    pub fn order_id(&self) -> Uuid {
+        match *self {
+            SagaReply::Approved { order_id } | SagaReply::Rejected { order_id } => order_id,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SagaReply::Approved { .. } => "Approved",
+            SagaReply::Rejected { .. } => "Rejected",
+        }
+    }
+
+    /// The inbox key of a reply that carries no message id.
+    pub fn default_key(&self) -> String {
+        format!("{}:{}", self.order_id(), self.as_str())
+    }
+}
+
+fn field<'a>(object: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    object.get(name).or_else(|| object.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, v)| v))
+}
+
+/// What applying a reply did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The order is approved; `OrderCreated` is in the outbox.
+    Approved { user_id: Uuid },
+    /// The order is rejected and canceled; `OrderCanceled` is in the outbox.
+    Rejected { user_id: Uuid },
+    /// This very message was applied before: nothing changed.
+    Duplicate,
+    /// The order had already left `Pending`: recorded, nothing changed.
+    Stale,
+}
+
+impl Applied {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Applied::Approved { .. } => "approved",
+            Applied::Rejected { .. } => "rejected",
+            Applied::Duplicate => "duplicate",
+            Applied::Stale => "stale",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SagaError {
+    #[error(transparent)]
+    Poison(#[from] Poison),
+    /// Worth retrying: the database may be back in a moment.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Applies one reply in one transaction.
+pub async fn apply(
+    db: &PgPool,
+    message_key: &str,
+    reply: SagaReply,
+    trace: TraceContext,
+) -> Result<Applied, SagaError> {
+    let mut tx = db.begin().await?;
+    let mut order = lock_order(&mut tx, reply.order_id()).await?.ok_or(Poison::UnknownOrder(reply.order_id()))?;
+    let transition = match reply {
+        SagaReply::Approved { .. } => order.approve(),
+        SagaReply::Rejected { .. } => order.reject(),
+    };
+    let outcome = if transition.is_ok() { "applied" } else { "stale" };
+    let recorded = sqlx::query!(
+        "INSERT INTO saga_inbox (message_id, order_id, reply, outcome) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (message_id) DO NOTHING",
+        message_key,
+        order.id,
+        reply.as_str(),
+        outcome,
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if recorded == 0 {
+        tx.rollback().await?;
+        return Ok(Applied::Duplicate);
+    }
+    if transition.is_err() {
+        tx.commit().await?;
+        return Ok(Applied::Stale);
+    }
+    save_statuses(&mut tx, &order).await?;
+    let applied = match reply {
+        SagaReply::Approved { .. } => {
+            let event = order_created(&mut tx, order.id).await?;
+            outbox::append(&mut tx, &event, trace).await?;
+            Applied::Approved { user_id: order.user_id }
+        }
+        SagaReply::Rejected { .. } => {
+            let event = OrderCanceled {
+                order_id: order.id,
+                user_id: order.user_id,
+                reason: "rejected by the customer service".into(),
+            };
+            outbox::append(&mut tx, &event, trace).await?;
+            Applied::Rejected { user_id: order.user_id }
+        }
+    };
+    tx.commit().await?;
+    Ok(applied)
+}
+
+async fn lock_order(tx: &mut Tx, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
+    let Some(row) = sqlx::query!(
+        "SELECT id, user_id, order_status, saga_status, deleted_at FROM orders WHERE id = $1 FOR UPDATE",
+        id
+    )
+    .fetch_optional(&mut **tx)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let corrupt = |e| sqlx::Error::Decode(Box::new(e));
+    Ok(Some(Order {
+        id: row.id,
+        user_id: row.user_id,
+        order_status: row.order_status.parse().map_err(corrupt)?,
+        saga_status: row.saga_status.parse().map_err(corrupt)?,
+        deleted_at: row.deleted_at,
+    }))
+}
+
+async fn save_statuses(tx: &mut Tx, order: &Order) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE orders SET saga_status = $2, order_status = $3 WHERE id = $1",
+        order.id,
+        order.saga_status.as_str(),
+        order.order_status.as_str(),
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The order's full data, read back inside the transaction that approved it.
+async fn order_created(tx: &mut Tx, id: Uuid) -> Result<OrderCreated, sqlx::Error> {
+    let view = sqlx::query_as!(
+        OrderView,
+        r#"SELECT id AS "id!", user_id AS "user_id!", order_status AS "order_status!",
+                  saga_status AS "saga_status!", payment_method AS "payment_method!",
+                  serial_number AS "serial_number!", total_price AS "total_price!",
+                  created_at AS "created_at!", client_name AS "client_name!", address AS "address!",
+                  products AS "products!: sqlx::types::Json<Vec<crate::orders::OrderLineView>>"
+             FROM order_views WHERE id = $1"#,
+        id
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(OrderCreated {
+        order_id: view.id,
+        user_id: view.user_id,
+        order_status: view.order_status,
+        saga_status: view.saga_status,
+        payment_method: view.payment_method,
+        address: view.address,
+        serial_number: view.serial_number,
+        products: view
+            .products
+            .0
+            .into_iter()
+            .map(|line| OrderLine {
+                product_id: line.product_id,
+                name: line.name,
+                actual_price: Money::from_db(line.actual_price),
+            })
+            .collect(),
+        total_price: Money::from_db(view.total_price),
+        created_at: view.created_at,
+    })
+}
+
+/// What one sweep of the saga timeout did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Orders whose `Order.Saga.Create` was emitted again.
+    pub re_requested: usize,
+    /// Orders canceled after the last retry: their users, to invalidate.
+    pub canceled: Vec<Uuid>,
+}
+
+/// Orders still `Pending` `timeout` after their last request get it again, up to
+/// `max_retries` times; after that they are rejected and canceled (compensation). Rows
+/// are claimed with `SKIP LOCKED`, so several workers can sweep at once.
+pub async fn sweep_timeouts(db: &PgPool, timeout: Duration, max_retries: i32) -> Result<Swept, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let due = sqlx::query!(
+        "SELECT id, user_id, order_status, saga_status, deleted_at, saga_retries, total_price FROM orders
+          WHERE saga_status = 'Pending' AND saga_requested_at < now() - make_interval(secs => $1)
+          ORDER BY saga_requested_at
+          LIMIT 100
+            FOR UPDATE SKIP LOCKED",
+        timeout.as_secs_f64()
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut swept = Swept::default();
+    for row in due {
+        let trace = TraceContext::new_root();
+        if row.saga_retries < max_retries {
+            let products_ids = sqlx::query_scalar!(
+                "SELECT product_id FROM order_products WHERE order_id = $1 ORDER BY position",
+                row.id
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            let event = OrderCreateSaga {
+                order_id: row.id,
+                user_id: row.user_id,
+                products_ids,
+                total_price: Money::from_db(row.total_price),
+            };
+            outbox::append(&mut tx, &event, trace).await?;
+            sqlx::query!(
+                "UPDATE orders SET saga_retries = saga_retries + 1, saga_requested_at = now() WHERE id = $1",
+                row.id
+            )
+            .execute(&mut *tx)
+            .await?;
+            tracing::info!(order.id = %row.id, retry = row.saga_retries + 1, "saga timed out, customer check requested again");
+            swept.re_requested += 1;
+        } else {
+            let mut order = Order {
+                id: row.id,
+                user_id: row.user_id,
+                order_status: row.order_status.parse().unwrap_or(OrderStatus::New),
+                saga_status: row.saga_status.parse().unwrap_or(SagaStatus::Pending),
+                deleted_at: row.deleted_at,
+            };
+            if order.reject().is_err() {
+                continue;
+            }
+            save_statuses(&mut tx, &order).await?;
+            let event = OrderCanceled {
+                order_id: order.id,
+                user_id: order.user_id,
+                reason: "the customer service did not answer".into(),
+            };
+            outbox::append(&mut tx, &event, trace).await?;
+            tracing::warn!(order.id = %order.id, retries = row.saga_retries, "saga timed out for good, order canceled");
+            swept.canceled.push(order.user_id);
+        }
+    }
+    tx.commit().await?;
+    Ok(swept)
+}
+
+/// Deletes inbox rows older than `retention`, in bounded batches.
+pub async fn prune_inbox(db: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
+    let mut deleted = 0;
+    for _ in 0..10 {
+        let batch = sqlx::query!(
+            "DELETE FROM saga_inbox WHERE message_id IN (
+                 SELECT message_id FROM saga_inbox
+                  WHERE received_at < now() - make_interval(secs => $1)
+                  LIMIT 1000
+                    FOR UPDATE SKIP LOCKED)",
+            retention.as_secs_f64()
+        )
+        .execute(db)
+        .await?
+        .rows_affected();
+        deleted += batch;
+        if batch < 1000 {
+            break;
+        }
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "1b2b434e-44e8-424c-bb1b-1fe609fc1f7d";
+
+    #[test]
+    fn parses_the_two_replies_with_keys_in_any_case() {
+        let id = Uuid::parse_str(ID).unwrap();
+        let approved = format!(r#"{{"orderID": "{ID}", "orderType": "Approved"}}"#);
+        assert_eq!(SagaReply::parse(approved.as_bytes()), Ok(SagaReply::Approved { order_id: id }));
+        let rejected = format!(r#"{{"OrderId": "{ID}", "ORDERTYPE": "Rejected", "extra": 1}}"#);
+        assert_eq!(SagaReply::parse(rejected.as_bytes()), Ok(SagaReply::Rejected { order_id: id }));
+        let both = format!(r#"{{"orderid": "nope", "orderID": "{ID}", "orderType": "Approved"}}"#);
+        assert_eq!(SagaReply::parse(both.as_bytes()).unwrap().order_id(), id, "an exact key wins");
+    }
+
+    #[test]
+    fn poison_says_why() {
+        let cases = [
+            ("{not json".to_owned(), "malformed_json"),
+            ("".to_owned(), "malformed_json"),
+            ("[1]".to_owned(), "malformed_json"),
+            (r#"{"orderType": "Approved"}"#.to_owned(), "missing_field"),
+            (r#"{"orderID": 7, "orderType": "Approved"}"#.to_owned(), "invalid_order_id"),
+            (r#"{"orderID": "x", "orderType": "Approved"}"#.to_owned(), "invalid_order_id"),
+            (format!(r#"{{"orderID": "{ID}"}}"#), "missing_field"),
+            (format!(r#"{{"orderID": "{ID}", "orderType": "Maybe"}}"#), "unknown_order_type"),
+            // Keys are matched whatever their case; values are not.
+            (format!(r#"{{"orderID": "{ID}", "orderType": "approved"}}"#), "unknown_order_type"),
+        ];
+        for (body, kind) in cases {
+            assert_eq!(SagaReply::parse(body.as_bytes()).unwrap_err().kind(), kind, "{body}");
+        }
+    }
+
+    #[test]
+    fn a_reply_without_id_is_keyed_by_order_and_answer() {
+        let id = Uuid::parse_str(ID).unwrap();
+        assert_eq!(SagaReply::Approved { order_id: id }.default_key(), format!("{ID}:Approved"));
+    }
+}

@@ -1,0 +1,281 @@
+//! The saga worker against the real PostgreSQL, RabbitMQ and Redis.
+
+use std::{
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
+
+use order_service::{
+    amqp::{Consumer, Outgoing},
+    saga::{
+        self, SagaReply,
+        worker::{SagaWorker, TimeoutSettings},
+    },
+    trace_context::TraceContext,
+};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::{sync::watch, task::JoinHandle};
+use uuid::Uuid;
+
+use crate::{
+    broker::{TestBroker, eventually},
+    helpers::TestApp,
+};
+
+struct RunningWorker {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl RunningWorker {
+    fn start(app: &TestApp, broker: &TestBroker) -> Self {
+        let (stop, stopped) = watch::channel(false);
+        let worker = SagaWorker {
+            db: app.db.clone(),
+            amqp: broker.args("worker"),
+            dead_letter_amqp: broker.args("worker-dlq"),
+            topology: broker.topology.clone(),
+            cache: app.cache.clone(),
+            prefetch: 8,
+            timeouts: TimeoutSettings {
+                after: Duration::from_secs(3600),
+                max_retries: 3,
+                schedule: "0 0 0 1 1 * 2099".parse().unwrap(),
+            },
+            broker_up: Arc::new(AtomicBool::new(false)),
+        };
+        RunningWorker { stop, task: tokio::spawn(worker.run(stopped)) }
+    }
+
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        self.task.await.unwrap();
+    }
+}
+
+async fn send_reply(broker: &TestBroker, body: &str, message_id: &str) {
+    let mut publisher = broker.publisher().await;
+    let message = Outgoing {
+        exchange: broker.topology.exchange.clone(),
+        routing_key: "Customer.Saga.Reply".into(),
+        message_id: message_id.into(),
+        message_type: "CustomerSagaReply".into(),
+        timestamp: 0,
+        headers: vec![],
+        body: body.as_bytes().to_vec(),
+    };
+    assert_eq!(publisher.publish_all(&[message], Duration::from_secs(5)).await, [Ok(())]);
+    publisher.close().await;
+}
+
+fn reply(order: Uuid, answer: &str) -> String {
+    json!({"orderID": order, "orderType": answer}).to_string()
+}
+
+async fn saga_status(app: &TestApp, order: Uuid) -> (String, String) {
+    sqlx::query_as("SELECT saga_status, order_status FROM orders WHERE id = $1")
+        .bind(order)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
+async fn events(app: &TestApp, event_type: &str) -> Vec<Value> {
+    sqlx::query_scalar("SELECT payload::jsonb FROM outbox WHERE event_type = $1 ORDER BY id")
+        .bind(event_type)
+        .fetch_all(&app.db)
+        .await
+        .unwrap()
+}
+
+async fn settled(app: &TestApp, order: Uuid, saga: &str) -> bool {
+    eventually(Duration::from_secs(10), || async { saga_status(app, order).await.0 == saga }).await
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn an_approval_approves_emits_order_created_and_shows_in_every_list(db: PgPool) {
+    let app = TestApp::new(db);
+    let broker = TestBroker::new().await;
+    let phone = app.create_product("Phone", 100.0, 10).await;
+    let (user, _, order) = app.place_order(&[phone]).await;
+    let user_list = format!("/api/v1/orders/user/{user}");
+    assert_eq!(app.get(&user_list).await.body["orders"], json!([]), "cached while pending");
+
+    let worker = RunningWorker::start(&app, &broker);
+    send_reply(&broker, &reply(order, "Approved"), "reply-1").await;
+    assert!(settled(&app, order, "Approved").await);
+    assert_eq!(saga_status(&app, order).await, ("Approved".into(), "New".into()));
+
+    let created = events(&app, "OrderCreated").await;
+    assert_eq!(created.len(), 1);
+    let event = &created[0];
+    assert_eq!((&event["orderID"], &event["userID"]), (&json!(order), &json!(user)));
+    assert_eq!((&event["sagaStatus"], &event["totalPrice"]), (&json!("Approved"), &json!(90)));
+    assert_eq!(event["products"], json!([{"productID": phone, "name": "Phone", "actualPrice": 90}]));
+    assert_eq!(event["address"], "Russia, Moscow, Pushkina, 44");
+
+    assert_eq!(app.get(&format!("/api/v1/orders/{order}")).await.body["sagaStatus"], "Approved");
+    assert_eq!(app.get("/api/v1/orders/").await.body["orders"][0]["OrderID"], json!(order));
+    assert_eq!(app.get(&user_list).await.body["orders"][0]["OrderID"], json!(order), "no stale cache hit");
+    worker.stop().await;
+    broker.cleanup().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_rejection_cancels_the_order_and_keeps_it_out_of_the_lists(db: PgPool) {
+    let app = TestApp::new(db);
+    let broker = TestBroker::new().await;
+    let phone = app.create_product("Phone", 100.0, 10).await;
+    let (user, _, order) = app.place_order(&[phone]).await;
+    let worker = RunningWorker::start(&app, &broker);
+    send_reply(&broker, &json!({"ORDERID": order, "ordertype": "Rejected"}).to_string(), "reply-1").await;
+    assert!(settled(&app, order, "Rejected").await);
+    assert_eq!(saga_status(&app, order).await, ("Rejected".into(), "Canceled".into()));
+    let canceled = events(&app, "OrderCanceled").await;
+    assert_eq!(canceled.len(), 1);
+    assert_eq!(canceled[0]["orderID"], json!(order));
+    let by_id = app.get(&format!("/api/v1/orders/{order}")).await.body;
+    assert_eq!((&by_id["sagaStatus"], &by_id["orderStatus"]), (&json!("Rejected"), &json!("Canceled")));
+    assert_eq!(app.get("/api/v1/orders/").await.body["orders"], json!([]));
+    assert_eq!(app.get(&format!("/api/v1/orders/user/{user}")).await.body["orders"], json!([]));
+    worker.stop().await;
+    broker.cleanup().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_same_reply_three_times_applies_once(db: PgPool) {
+    let app = TestApp::new(db);
+    let broker = TestBroker::new().await;
+    let phone = app.create_product("Phone", 1.0, 0).await;
+    let (_, _, order) = app.place_order(&[phone]).await;
+    let (_, _, other) = app.place_order(&[phone]).await;
+    for _ in 0..3 {
+        send_reply(&broker, &reply(order, "Approved"), "same-id").await;
+    }
+    // Without a message id, the order and the answer are the key.
+    for _ in 0..3 {
+        send_reply(&broker, &reply(other, "Approved"), "").await;
+    }
+    let worker = RunningWorker::start(&app, &broker);
+    assert!(settled(&app, order, "Approved").await && settled(&app, other, "Approved").await);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            broker.queue_depth(&broker.topology.customer_saga_queue).await == 0
+        })
+        .await
+    );
+    worker.stop().await;
+    assert_eq!(events(&app, "OrderCreated").await.len(), 2, "one event per order");
+    let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM saga_inbox").fetch_one(&app.db).await.unwrap();
+    assert_eq!(inbox, 2);
+    // A contradicting reply later is stale: recorded, nothing moves.
+    let outcome =
+        saga::apply(&app.db, "late", SagaReply::Rejected { order_id: order }, TraceContext::new_root()).await.unwrap();
+    assert_eq!(outcome, saga::Applied::Stale);
+    assert_eq!(saga_status(&app, order).await.0, "Approved");
+    broker.cleanup().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_worker_stopped_between_commit_and_ack_has_no_effect_when_redelivered(db: PgPool) {
+    let app = TestApp::new(db);
+    let broker = TestBroker::new().await;
+    let phone = app.create_product("Phone", 1.0, 0).await;
+    let (_, _, order) = app.place_order(&[phone]).await;
+    send_reply(&broker, &reply(order, "Approved"), "reply-1").await;
+
+    // A worker that takes the reply, commits it, and dies before its ack.
+    let mut consumer =
+        Consumer::connect(&broker.args("crashing"), &broker.topology, &broker.topology.customer_saga_queue, 1)
+            .await
+            .unwrap();
+    let delivery = consumer.next().await.unwrap();
+    let parsed = SagaReply::parse(&delivery.body).unwrap();
+    let key = delivery.message_id().unwrap().to_owned();
+    assert_eq!(
+        saga::apply(&app.db, &key, parsed, TraceContext::new_root()).await.unwrap(),
+        saga::Applied::Approved { user_id: saga_user(&app, order).await }
+    );
+    consumer.close().await; // no ack: the broker redelivers
+
+    let worker = RunningWorker::start(&app, &broker);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            broker.queue_depth(&broker.topology.customer_saga_queue).await == 0
+        })
+        .await
+    );
+    worker.stop().await;
+    assert_eq!(events(&app, "OrderCreated").await.len(), 1, "the redelivery changed nothing");
+    broker.cleanup().await;
+}
+
+async fn saga_user(app: &TestApp, order: Uuid) -> Uuid {
+    sqlx::query_scalar("SELECT user_id FROM orders WHERE id = $1").bind(order).fetch_one(&app.db).await.unwrap()
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn poison_replies_go_to_the_dead_letter_queue_with_their_reason(db: PgPool) {
+    let app = TestApp::new(db);
+    let broker = TestBroker::new().await;
+    let poison = [
+        ("{not json".to_owned(), "malformed JSON"),
+        (json!({"orderID": Uuid::new_v4(), "orderType": "Maybe"}).to_string(), "unknown orderType"),
+        (reply(Uuid::new_v4(), "Approved"), "unknown order"),
+        (json!({"orderType": "Approved"}).to_string(), "missing field orderID"),
+    ];
+    for (i, (body, _)) in poison.iter().enumerate() {
+        send_reply(&broker, body, &format!("poison-{i}")).await;
+    }
+    let worker = RunningWorker::start(&app, &broker);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            broker.queue_depth(&broker.topology.dead_letter_queue).await == 4
+        })
+        .await,
+        "not every poison reply reached the DLQ"
+    );
+    worker.stop().await;
+    assert!(broker.drain(&broker.topology.customer_saga_queue).await.is_empty(), "CustomerSaga is empty");
+    let dead = broker.drain(&broker.topology.dead_letter_queue).await;
+    for (i, (_, reason)) in poison.iter().enumerate() {
+        let message = dead.iter().find(|m| m.message_id() == format!("poison-{i}")).expect("dead-lettered");
+        let header = message.header("x-poison-reason").unwrap_or_default();
+        assert!(header.contains(reason), "{header:?} does not say {reason:?}");
+    }
+    broker.cleanup().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_pending_order_is_re_requested_then_canceled_after_the_last_retry(db: PgPool) {
+    let app = TestApp::new(db);
+    let phone = app.create_product("Phone", 1.0, 0).await;
+    let (_, _, order) = app.place_order(&[phone]).await;
+    let timeout = Duration::from_secs(600);
+    let age = || async {
+        sqlx::query("UPDATE orders SET saga_requested_at = now() - interval '11 minutes' WHERE id = $1")
+            .bind(order)
+            .execute(&app.db)
+            .await
+            .unwrap();
+    };
+    // Not due yet.
+    assert_eq!(saga::sweep_timeouts(&app.db, timeout, 2).await.unwrap(), saga::Swept::default());
+    for retry in 1..=2 {
+        age().await;
+        let swept = saga::sweep_timeouts(&app.db, timeout, 2).await.unwrap();
+        assert_eq!((swept.re_requested, swept.canceled.len()), (1, 0), "retry {retry}");
+        assert_eq!(events(&app, "OrderCreateSaga").await.len(), 1 + retry);
+    }
+    age().await;
+    let swept = saga::sweep_timeouts(&app.db, timeout, 2).await.unwrap();
+    assert_eq!((swept.re_requested, swept.canceled.len()), (0, 1));
+    assert_eq!(saga_status(&app, order).await, ("Rejected".into(), "Canceled".into()));
+    assert_eq!(events(&app, "OrderCanceled").await.len(), 1);
+    // A late approval changes nothing.
+    let late =
+        saga::apply(&app.db, "late", SagaReply::Approved { order_id: order }, TraceContext::new_root()).await.unwrap();
+    assert_eq!(late, saga::Applied::Stale);
+    assert_eq!(saga_status(&app, order).await.0, "Rejected");
+}
