@@ -7,14 +7,20 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 
 export DATABASE_URL
 
-.PHONY: run test services migrate fmt lint sqlx-prepare sqlx-check
+.PHONY: run demo test services migrate fmt lint sqlx-prepare sqlx-check
 
-## Start the whole system (api, outbox-relay) against the local services.
+## Start the whole system (api, outbox-relay, saga-worker) against the local services.
 run: services migrate
 	scripts/run.sh
 
+## The same, with the customer simulator answering every saga (CREDIT_LIMIT, default 1000).
+demo: services migrate
+	scripts/run.sh --demo
+
 ## Run every test (unit and integration, against the real servers).
 test: services
+	# The end-to-end test runs the real binaries: build them first.
+	cargo build --workspace --bins --examples
 	DATABASE_URL=$(TEST_DATABASE_URL) cargo test --workspace --all-targets
 
 services:

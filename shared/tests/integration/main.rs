@@ -7,6 +7,7 @@
 
 mod broker;
 mod cache;
+mod e2e;
 mod helpers;
 mod openapi;
 mod orders;

@@ -370,6 +370,7 @@ async fn a_nacked_event_stays_unpublished(db: PgPool) {
     let last_error: String = sqlx::query_scalar("SELECT last_error FROM outbox").fetch_one(&db).await.unwrap();
     assert!(last_error.contains("nacked"), "{last_error}");
     publisher.close().await;
+    channel.queue_delete(amqprs::channel::QueueDeleteArguments::new(&full)).await.unwrap();
     broker.cleanup().await;
 }
 

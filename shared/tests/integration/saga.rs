@@ -279,3 +279,54 @@ async fn a_pending_order_is_re_requested_then_canceled_after_the_last_retry(db: 
     assert_eq!(late, saga::Applied::Stale);
     assert_eq!(saga_status(&app, order).await.0, "Rejected");
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_worker_carries_on_after_the_broker_drops_its_connections(db: PgPool) {
+    let app = TestApp::new(db);
+    let broker = TestBroker::new().await;
+    let phone = app.create_product("Phone", 1.0, 0).await;
+    let worker = RunningWorker::start(&app, &broker);
+    let (_, _, first) = app.place_order(&[phone]).await;
+    send_reply(&broker, &reply(first, "Approved"), "reply-1").await;
+    assert!(settled(&app, first, "Approved").await);
+
+    assert!(broker.close_connections("worker") > 0, "the worker had no connection to close");
+    let (_, _, second) = app.place_order(&[phone]).await;
+    send_reply(&broker, &reply(second, "Rejected"), "reply-2").await;
+    assert!(settled(&app, second, "Rejected").await, "the worker did not reconnect");
+    worker.stop().await;
+    broker.cleanup().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_database_failure_is_retried_not_lost(db: PgPool) {
+    let app = TestApp::new(db);
+    let broker = TestBroker::new().await;
+    let phone = app.create_product("Phone", 1.0, 0).await;
+    let (_, _, order) = app.place_order(&[phone]).await;
+    // Every write of a reply fails until the flag is cleared.
+    sqlx::raw_sql(
+        "CREATE TABLE failing (on_ boolean);
+         INSERT INTO failing VALUES (true);
+         CREATE FUNCTION fail_inbox() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF (SELECT on_ FROM failing) THEN RAISE EXCEPTION 'database trouble'; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER fail_inbox BEFORE INSERT ON saga_inbox FOR EACH ROW EXECUTE FUNCTION fail_inbox();",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let worker = RunningWorker::start(&app, &broker);
+    send_reply(&broker, &reply(order, "Approved"), "reply-1").await;
+    // The worker keeps trying while it fails…
+    assert!(!settled_within(&app, order, Duration::from_secs(2)).await);
+    sqlx::query("UPDATE failing SET on_ = false").execute(&app.db).await.unwrap();
+    // …and applies the reply once the database is back.
+    assert!(settled(&app, order, "Approved").await);
+    worker.stop().await;
+    assert!(broker.drain(&broker.topology.dead_letter_queue).await.is_empty());
+    broker.cleanup().await;
+}
+
+async fn settled_within(app: &TestApp, order: Uuid, limit: Duration) -> bool {
+    eventually(limit, || async { saga_status(app, order).await.0 != "Pending" }).await
+}

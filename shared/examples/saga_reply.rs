@@ -1,0 +1,47 @@
+//! Answers a saga by hand, as the customer service would — the command-line twin of
+//! publishing the payload from the RabbitMQ admin panel:
+//!
+//! ```sh
+//! cargo run -q --example saga_reply -- 1b2b434e-44e8-424c-bb1b-1fe609fc1f7d Approved
+//! ```
+//!
+//! Publishes `{"orderID": "<id>", "orderType": "Approved" | "Rejected"}` to the `Orders`
+//! exchange with routing key `Customer.Saga.Reply`, and waits for the broker's confirm.
+//! Reads `AMQP_URL` and `AMQP_QUEUE_TYPE` like the services.
+
+use std::time::Duration;
+
+use order_service::amqp::{self, Outgoing, Publisher, QueueType, Topology};
+use serde_json::json;
+use uuid::Uuid;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let usage = "usage: saga_reply <orderID> [Approved|Rejected]";
+    let order_id: Uuid = args.next().ok_or_else(|| anyhow::anyhow!(usage))?.parse()?;
+    let answer = args.next().unwrap_or_else(|| "Approved".into());
+    anyhow::ensure!(answer == "Approved" || answer == "Rejected", "{usage}");
+
+    let url = std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let queue_type = match std::env::var("AMQP_QUEUE_TYPE").as_deref() {
+        Ok("classic") => QueueType::Classic,
+        _ => QueueType::Quorum,
+    };
+    let topology = Topology::contract(queue_type);
+    let mut publisher =
+        Publisher::connect(&amqp::connection_args(&url, "saga-reply").map_err(anyhow::Error::msg)?, &topology).await?;
+    let reply = Outgoing {
+        exchange: topology.exchange.clone(),
+        routing_key: "Customer.Saga.Reply".into(),
+        message_id: Uuid::new_v4().to_string(),
+        message_type: "CustomerSagaReply".into(),
+        timestamp: chrono::Utc::now().timestamp().max(0) as u64,
+        headers: vec![],
+        body: json!({"orderID": order_id, "orderType": answer}).to_string().into_bytes(),
+    };
+    publisher.publish_all(std::slice::from_ref(&reply), Duration::from_secs(5)).await.remove(0)?;
+    publisher.close().await;
+    println!("published {answer} for order {order_id}");
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! The whole saga through real processes: api, outbox-relay, saga-worker and the
+//! customer simulator, as built by `make test`, on the test's own database and its own
+//! RabbitMQ vhost.
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::broker::eventually;
+
+/// Kills the processes it started, also when the test fails.
+struct Processes(Vec<(String, Child)>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        }
+        for (name, child) in &mut self.0 {
+            let stopped = (0..50).any(|_| {
+                std::thread::sleep(Duration::from_millis(100));
+                matches!(child.try_wait(), Ok(Some(_)))
+            });
+            if !stopped {
+                eprintln!("{name} ignored SIGTERM; killing it");
+                let _ = child.kill();
+            }
+        }
+    }
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")))
+        .join("debug")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let status = Command::new("rabbitmqctl").args(args).arg("-q").status().expect("rabbitmqctl runs");
+    assert!(status.success(), "rabbitmqctl {args:?} failed");
+}
+
+fn curl(method: &str, url: &str, body: Option<&Value>) -> (u16, Value) {
+    let mut command = Command::new("curl");
+    command.args(["-s", "-X", method, "-w", "\n%{http_code}", url]);
+    if let Some(body) = body {
+        command.args(["-H", "Content-Type: application/json", "-d", &body.to_string()]);
+    }
+    let output = command.output().expect("curl runs");
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (status.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_saga_runs_end_to_end_through_real_processes(db: PgPool) {
+    let bin = target_dir();
+    for name in ["api", "outbox-relay", "saga-worker", "examples/customer_simulator"] {
+        assert!(bin.join(name).exists(), "{name} is not built: `make test` builds every binary first");
+    }
+    let database = db.connect_options().get_database().unwrap().to_owned();
+    let database_url = format!("postgres://postgres@127.0.0.1:5432/{database}");
+    let vhost = format!("e2e-{}", Uuid::new_v4().simple());
+    rabbitmqctl(&["add_vhost", &vhost]);
+    rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
+    let amqp_url = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
+    let api_port = free_port();
+    let api = format!("http://127.0.0.1:{api_port}");
+
+    let env: Vec<(&str, String)> = vec![
+        ("DATABASE_URL", database_url),
+        ("AMQP_URL", amqp_url),
+        ("REDIS_URL", "redis://127.0.0.1:6379".into()),
+        ("LOG_LEVEL", "warn".into()),
+        ("CREDIT_LIMIT", "500".into()),
+    ];
+    let mut processes = Processes(Vec::new());
+    for (name, extra) in [
+        ("api", vec![("API_ADDR", format!("127.0.0.1:{api_port}"))]),
+        ("outbox-relay", vec![("METRICS_ADDR", format!("127.0.0.1:{}", free_port()))]),
+        ("saga-worker", vec![("METRICS_ADDR", format!("127.0.0.1:{}", free_port()))]),
+        ("examples/customer_simulator", vec![]),
+    ] {
+        let child = Command::new(bin.join(name))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name} does not start: {e}"));
+        processes.0.push((name.to_owned(), child));
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || async { curl("GET", &format!("{api}/healthcheck/"), None).0 == 200 })
+            .await,
+        "the api did not come up"
+    );
+
+    let (cheap, dear, address, user) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let posts = [
+        ("products", json!({"productID": cheap, "price": 100, "discount": 10, "name": "Phone"})),
+        ("products", json!({"productID": dear, "price": 1000, "discount": 0, "name": "Car"})),
+        (
+            "address",
+            json!({"addressID": address, "buildingNumber": 44, "streetName": "Pushkina", "city": "Moscow", "country": "Russia"}),
+        ),
+        ("users", json!({"userID": user, "username": "test", "addressID": address})),
+    ];
+    for (resource, body) in posts {
+        assert_eq!(curl("POST", &format!("{api}/api/v1/{resource}/"), Some(&body)).0, 204, "{resource}");
+    }
+    // Read the user's (empty) list first: the cache now holds a page the worker must
+    // invalidate when it approves the order.
+    assert_eq!(curl("GET", &format!("{api}/api/v1/orders/user/{user}"), None).1["orders"], json!([]));
+    let (approved, rejected) = (Uuid::new_v4(), Uuid::new_v4());
+    for (order, product) in [(approved, cheap), (rejected, dear)] {
+        let body = json!({"orderID": order, "paymentMethod": "Card", "productsIds": [product], "userID": user, "deliveryAddress": address});
+        assert_eq!(curl("POST", &format!("{api}/api/v1/orders/"), Some(&body)).0, 204);
+    }
+
+    let saga = |order: Uuid| {
+        let url = format!("{api}/api/v1/orders/{order}");
+        async move {
+            let body = curl("GET", &url, None).1;
+            (
+                body["sagaStatus"].as_str().unwrap_or_default().to_owned(),
+                body["orderStatus"].as_str().unwrap_or_default().to_owned(),
+            )
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            saga(approved).await.0 == "Approved" && saga(rejected).await.0 == "Rejected"
+        })
+        .await,
+        "the saga did not finish: {:?} {:?}",
+        saga(approved).await,
+        saga(rejected).await
+    );
+    assert_eq!(saga(rejected).await.1, "Canceled");
+    let ids = |body: Value| body["orders"].as_array().unwrap().iter().map(|o| o["OrderID"].clone()).collect::<Vec<_>>();
+    assert_eq!(ids(curl("GET", &format!("{api}/api/v1/orders/"), None).1), [json!(approved)]);
+    assert_eq!(ids(curl("GET", &format!("{api}/api/v1/orders/user/{user}"), None).1), [json!(approved)]);
+
+    drop(processes);
+    rabbitmqctl(&["delete_vhost", &vhost]);
+}
