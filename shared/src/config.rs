@@ -209,6 +209,9 @@ pub struct WorkerConfig {
     pub redis_url: String,
     #[serde(default = "default_worker_metrics_addr", deserialize_with = "metrics_addr")]
     pub metrics_addr: SocketAddr,
+    /// The api's page TTL: how long a failed invalidation is retried.
+    #[serde(default = "default_cache_ttl", deserialize_with = "cache_ttl")]
+    pub cache_ttl: Duration,
     /// Unacked replies the broker may hand this worker at once.
     #[serde(default = "default_saga_prefetch")]
     pub saga_prefetch: u16,

@@ -26,7 +26,7 @@ async fn main() -> anyhow::Result<()> {
     let amqp = amqp::connection_args(&config.amqp_url, &name).map_err(anyhow::Error::msg)?;
     let dead_letter_amqp =
         amqp::connection_args(&config.amqp_url, &format!("{name}-dead-letters")).map_err(anyhow::Error::msg)?;
-    let cache = OrderCache::new(&config.redis_url, "order-service", std::time::Duration::from_secs(300))?;
+    let cache = OrderCache::new(&config.redis_url, "order-service", config.cache_ttl)?;
 
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {

@@ -45,6 +45,15 @@ impl Event for OrderDeleted {
     }
 }
 
+/// The client of an order, as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventClient {
+    #[serde(rename = "ClientID")]
+    pub client_id: Uuid,
+    #[serde(rename = "ClientName")]
+    pub client_name: String,
+}
+
 /// A line of an order, in events.
 #[derive(Debug, Clone, Serialize)]
 pub struct OrderLine {
@@ -68,6 +77,7 @@ pub struct OrderCreated {
     pub saga_status: String,
     #[serde(rename = "paymentMethod")]
     pub payment_method: String,
+    pub client: EventClient,
     pub address: String,
     #[serde(rename = "serialNumber")]
     pub serial_number: i32,

@@ -19,8 +19,8 @@ use crate::{
     bus::Tx,
     orders::{
         OrderView,
-        domain::{Order, OrderStatus, SagaStatus},
-        events::{OrderCanceled, OrderCreateSaga, OrderCreated, OrderLine},
+        domain::Order,
+        events::{EventClient, OrderCanceled, OrderCreateSaga, OrderCreated, OrderLine},
     },
     outbox,
     pricing::Money,
@@ -96,9 +96,11 @@ impl SagaReply {
         }
     }
 
-    /// The inbox key of a reply that carries no message id.
-    pub fn default_key(&self) -> String {
-        format!("{}:{}", self.order_id(), self.as_str())
+    /// The inbox key of a reply: its message id, or for a reply without one its
+    /// answer; always with the order, so a publisher reusing an id for another order
+    /// does not lose that reply.
+    pub fn inbox_key(&self, message_id: Option<&str>) -> String {
+        format!("{}:{}", self.order_id(), message_id.unwrap_or(self.as_str()))
     }
 }
 
@@ -114,18 +116,28 @@ pub enum Applied {
     /// The order is rejected and canceled; `OrderCanceled` is in the outbox.
     Rejected { user_id: Uuid },
     /// This very message was applied before: nothing changed.
-    Duplicate,
+    Duplicate { user_id: Uuid },
     /// The order had already left `Pending`: recorded, nothing changed.
-    Stale,
+    Stale { user_id: Uuid },
 }
 
 impl Applied {
+    /// The user whose cached pages the reply may concern.
+    pub fn user_id(&self) -> Uuid {
+        match *self {
+            Applied::Approved { user_id }
+            | Applied::Rejected { user_id }
+            | Applied::Duplicate { user_id }
+            | Applied::Stale { user_id } => user_id,
+        }
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             Applied::Approved { .. } => "approved",
             Applied::Rejected { .. } => "rejected",
-            Applied::Duplicate => "duplicate",
-            Applied::Stale => "stale",
+            Applied::Duplicate { .. } => "duplicate",
+            Applied::Stale { .. } => "stale",
         }
     }
 }
@@ -166,11 +178,11 @@ pub async fn apply(
     .rows_affected();
     if recorded == 0 {
         tx.rollback().await?;
-        return Ok(Applied::Duplicate);
+        return Ok(Applied::Duplicate { user_id: order.user_id });
     }
     if transition.is_err() {
         tx.commit().await?;
-        return Ok(Applied::Stale);
+        return Ok(Applied::Stale { user_id: order.user_id });
     }
     save_statuses(&mut tx, &order).await?;
     let applied = match reply {
@@ -245,6 +257,7 @@ async fn order_created(tx: &mut Tx, id: Uuid) -> Result<OrderCreated, sqlx::Erro
         order_status: view.order_status,
         saga_status: view.saga_status,
         payment_method: view.payment_method,
+        client: EventClient { client_id: view.user_id, client_name: view.client_name },
         address: view.address,
         serial_number: view.serial_number,
         products: view
@@ -279,6 +292,13 @@ pub async fn sweep_timeouts(db: &PgPool, timeout: Duration, max_retries: i32) ->
     let due = sqlx::query!(
         "SELECT id, user_id, order_status, saga_status, deleted_at, saga_retries, total_price FROM orders
           WHERE saga_status = 'Pending' AND saga_requested_at < now() - make_interval(secs => $1)
+            -- The wait counts from when the request left: not while the relay or the broker
+            -- is down and the request still sits in the outbox.
+            AND NOT EXISTS (SELECT 1 FROM outbox
+                             WHERE outbox.aggregate_id = orders.id
+                               AND outbox.event_type = 'OrderCreateSaga'
+                               AND (outbox.published_at IS NULL
+                                    OR outbox.published_at > now() - make_interval(secs => $1)))
           ORDER BY saga_requested_at
           LIMIT 100
             FOR UPDATE SKIP LOCKED",
@@ -312,14 +332,20 @@ pub async fn sweep_timeouts(db: &PgPool, timeout: Duration, max_retries: i32) ->
             tracing::info!(order.id = %row.id, retry = row.saga_retries + 1, "saga timed out, customer check requested again");
             swept.re_requested += 1;
         } else {
+            let corrupt = |e| sqlx::Error::Decode(Box::new(e));
             let mut order = Order {
                 id: row.id,
                 user_id: row.user_id,
-                order_status: row.order_status.parse().unwrap_or(OrderStatus::New),
-                saga_status: row.saga_status.parse().unwrap_or(SagaStatus::Pending),
+                order_status: row.order_status.parse().map_err(corrupt)?,
+                saga_status: row.saga_status.parse().map_err(corrupt)?,
                 deleted_at: row.deleted_at,
             };
-            if order.reject().is_err() {
+            if let Err(refused) = order.reject() {
+                // Pending but not cancelable: leave it for a person, and out of the next sweeps.
+                tracing::error!(order.id = %order.id, %refused, "timed-out order cannot be canceled");
+                sqlx::query!("UPDATE orders SET saga_requested_at = now() WHERE id = $1", order.id)
+                    .execute(&mut *tx)
+                    .await?;
                 continue;
             }
             save_statuses(&mut tx, &order).await?;
@@ -399,6 +425,7 @@ mod tests {
     #[test]
     fn a_reply_without_id_is_keyed_by_order_and_answer() {
         let id = Uuid::parse_str(ID).unwrap();
-        assert_eq!(SagaReply::Approved { order_id: id }.default_key(), format!("{ID}:Approved"));
+        assert_eq!(SagaReply::Approved { order_id: id }.inbox_key(None), format!("{ID}:Approved"));
+        assert_eq!(SagaReply::Approved { order_id: id }.inbox_key(Some("m-1")), format!("{ID}:m-1"));
     }
 }

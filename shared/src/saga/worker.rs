@@ -52,13 +52,15 @@ pub struct SagaWorker {
     pub broker_up: Arc<AtomicBool>,
 }
 
-/// In-place attempts of a reply while the database fails, before it goes back to the queue.
+/// In-place attempts of a reply that fails for another reason than an outage, before it
+/// goes back to the queue.
 const ATTEMPTS: u32 = 5;
 
 impl SagaWorker {
     /// Runs until `shutdown` turns true; the reply in hand is finished first.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let sweeper = tokio::spawn(sweep_loop(self.db.clone(), self.cache.clone(), self.timeouts.clone()));
+        let sweeper =
+            tokio::spawn(sweep_loop(self.db.clone(), self.cache.clone(), self.timeouts.clone(), shutdown.clone()));
         let mut backoff = Duration::from_millis(500);
         'connect: while !*shutdown.borrow() {
             let connected = async {
@@ -105,7 +107,8 @@ impl SagaWorker {
                 continue 'connect;
             }
         }
-        sweeper.abort();
+        // The sweep stops between runs, never inside its transaction.
+        let _ = sweeper.await;
         tracing::info!("saga worker stopped");
     }
 
@@ -144,21 +147,25 @@ impl SagaWorker {
         shutdown: &watch::Receiver<bool>,
         started: Instant,
     ) -> Result<(), amqprs::error::Error> {
-        let key = delivery.message_id().map_or_else(|| reply.default_key(), str::to_owned);
+        let key = reply.inbox_key(delivery.message_id());
         let mut delay = Duration::from_millis(500);
-        for attempt in 1..=ATTEMPTS {
+        let mut failures = 0;
+        loop {
             match apply(&self.db, &key, reply, trace).await {
                 Ok(applied) => {
-                    consumer.ack(delivery.tag).await?;
+                    let acked = consumer.ack(delivery.tag).await;
+                    // Every outcome invalidates (one INCR): a duplicate may be the
+                    // redelivery of a reply whose first worker died before it could.
+                    self.cache.invalidate_after_commit(applied.user_id()).await;
+                    acked?;
                     metrics::counter!("saga_replies_total", "outcome" => applied.label()).increment(1);
                     metrics::histogram!("saga_reply_duration_seconds").record(started.elapsed().as_secs_f64());
                     match applied {
-                        Applied::Approved { user_id } | Applied::Rejected { user_id } => {
+                        Applied::Approved { .. } | Applied::Rejected { .. } => {
                             tracing::info!(outcome = applied.label(), "saga reply applied");
-                            self.cache.invalidate_after_commit(user_id).await;
                         }
-                        Applied::Duplicate => tracing::info!("duplicate saga reply ignored"),
-                        Applied::Stale => tracing::info!("saga reply for an order no longer pending ignored"),
+                        Applied::Duplicate { .. } => tracing::info!("duplicate saga reply ignored"),
+                        Applied::Stale { .. } => tracing::info!("saga reply for an order no longer pending ignored"),
                     }
                     return Ok(());
                 }
@@ -166,12 +173,24 @@ impl SagaWorker {
                     return self.dead_letter(consumer, dead_letters, delivery, &poison).await;
                 }
                 Err(SagaError::Database(e)) => {
-                    tracing::warn!(attempt, error.cause = %chain(&e), retry_in_ms = delay.as_millis() as u64, "cannot apply saga reply");
-                    if attempt == ATTEMPTS || *shutdown.borrow() {
+                    metrics::counter!("saga_apply_failures_total").increment(1);
+                    // PostgreSQL away: hold the reply (and with it the consumer) and wait,
+                    // however long; the broker redelivers it if this process dies. Any other
+                    // error gets a few tries, then goes back to the broker, which counts it.
+                    let outage = crate::error::is_unavailable(&e);
+                    failures += 1;
+                    tracing::warn!(
+                        attempt = failures,
+                        outage,
+                        error.cause = %chain(&e),
+                        retry_in_ms = delay.as_millis() as u64,
+                        "cannot apply saga reply"
+                    );
+                    if (!outage && failures >= ATTEMPTS) || *shutdown.borrow() {
                         break;
                     }
                     tokio::time::sleep(delay).await;
-                    delay *= 2;
+                    delay = (delay * 2).min(Duration::from_secs(30));
                 }
             }
         }
@@ -221,16 +240,19 @@ impl SagaWorker {
 }
 
 /// The saga timeout, on its cron schedule, plus pruning the inbox once an hour.
-async fn sweep_loop(db: PgPool, cache: OrderCache, settings: TimeoutSettings) {
+async fn sweep_loop(db: PgPool, cache: OrderCache, settings: TimeoutSettings, mut shutdown: watch::Receiver<bool>) {
     let mut last_prune = Instant::now();
-    loop {
+    while !*shutdown.borrow() {
         let wait = settings
             .schedule
             .upcoming(Utc)
             .next()
             .and_then(|at| (at - Utc::now()).to_std().ok())
             .unwrap_or(Duration::from_secs(30));
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => break,
+        }
         match sweep_timeouts(&db, settings.after, settings.max_retries).await {
             Ok(swept) => {
                 metrics::counter!("saga_timeouts_total", "action" => "re_requested")

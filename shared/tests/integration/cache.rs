@@ -132,3 +132,65 @@ async fn with_redis_down_the_list_is_served_from_postgres(db: PgPool) {
     let reply = app.get("/readyz").await;
     assert_eq!((reply.status.as_u16(), reply.body), (503, json!({"status": "redis unavailable"})));
 }
+
+/// A Redis server of the test's own, on a free port, so it can be stopped and started
+/// again without disturbing the other tests.
+struct OwnRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs");
+        OwnRedis { port, child: Some(child) }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_api_carries_on_through_a_redis_restart(db: PgPool) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut redis = OwnRedis::start(port);
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let cache = OrderCache::new(&url, "restart", Duration::from_secs(60)).unwrap();
+    assert!(crate::broker::eventually(Duration::from_secs(10), || async { cache.ping().await.is_ok() }).await);
+    let app = TestApp::with_cache(db, cache.clone());
+    let phone = app.create_product("Phone", 10.0, 0).await;
+    let (user, _, order) = app.place_order(&[phone]).await;
+    app.approve(order).await;
+    let path = format!("/api/v1/orders/user/{user}");
+    assert_eq!(ids(&app.get(&path).await.body), [json!(order)]);
+
+    redis.stop();
+    let reply = app.get(&path).await;
+    assert_eq!((reply.status.as_u16(), ids(&reply.body)), (200, vec![json!(order)]), "served from PostgreSQL");
+
+    let _redis = OwnRedis::start(port);
+    // Back by itself: the next reads fill and then hit the cache again.
+    assert!(
+        crate::broker::eventually(Duration::from_secs(10), || async {
+            let _ = app.get(&path).await;
+            matches!(cache.read(user, &page()).await, Ok(Lookup::Hit(_)))
+        })
+        .await,
+        "the cache did not come back"
+    );
+    assert_eq!(ids(&app.get(&path).await.body), [json!(order)]);
+}

@@ -36,6 +36,24 @@ impl Drop for Processes {
     }
 }
 
+/// A RabbitMQ vhost of the test's own, deleted afterwards even when the test fails.
+struct Vhost(String);
+
+impl Vhost {
+    fn create() -> Self {
+        let name = format!("e2e-{}", Uuid::new_v4().simple());
+        rabbitmqctl(&["add_vhost", &name]);
+        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
+        Vhost(name)
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl").args(["delete_vhost", &self.0, "-q"]).status();
+    }
+}
+
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -72,9 +90,8 @@ async fn a_saga_runs_end_to_end_through_real_processes(db: PgPool) {
     }
     let database = db.connect_options().get_database().unwrap().to_owned();
     let database_url = format!("postgres://postgres@127.0.0.1:5432/{database}");
-    let vhost = format!("e2e-{}", Uuid::new_v4().simple());
-    rabbitmqctl(&["add_vhost", &vhost]);
-    rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
+    let vhost = Vhost::create();
+    let vhost = vhost.0.as_str();
     let amqp_url = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
     let api_port = free_port();
     let api = format!("http://127.0.0.1:{api_port}");
@@ -153,6 +170,27 @@ async fn a_saga_runs_end_to_end_through_real_processes(db: PgPool) {
     assert_eq!(ids(curl("GET", &format!("{api}/api/v1/orders/"), None).1), [json!(approved)]);
     assert_eq!(ids(curl("GET", &format!("{api}/api/v1/orders/user/{user}"), None).1), [json!(approved)]);
 
+    // The saga's outcomes were published on `Orders` (bound to `Order.*`).
+    let args =
+        order_service::amqp::connection_args(&format!("amqp://guest:guest@127.0.0.1:5672/{vhost}"), "e2e-reader")
+            .unwrap();
+    let connection = order_service::amqp::connect(&args).await.unwrap();
+    let channel = connection.open_channel(None).await.unwrap();
+    let types = std::cell::RefCell::new(Vec::new());
+    let mut get = amqprs::channel::BasicGetArguments::new("Orders");
+    get.no_ack = true;
+    let arrived = eventually(Duration::from_secs(10), || async {
+        while let Some((_, properties, _)) = channel.basic_get(get.clone()).await.unwrap() {
+            types.borrow_mut().push(properties.message_type().cloned().unwrap_or_default());
+        }
+        types.borrow().len() >= 2
+    })
+    .await;
+    let mut types = types.into_inner();
+    assert!(arrived, "events on Orders: {types:?}");
+    types.sort();
+    assert_eq!(types, ["OrderCanceled", "OrderCreated"]);
+    let _ = connection.close().await;
+
     drop(processes);
-    rabbitmqctl(&["delete_vhost", &vhost]);
 }
