@@ -7,18 +7,37 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 
 export DATABASE_URL
 
-.PHONY: run demo test services migrate fmt lint sqlx-prepare sqlx-check
+.PHONY: run run-demo up demo down logs ps test services migrate fmt lint sqlx-prepare sqlx-check
 
 ## Start the whole system (api, outbox-relay, saga-worker) against the local services.
 run: services migrate
 	scripts/run.sh
 
 ## The same, with the customer simulator answering every saga (CREDIT_LIMIT, default 1000).
-demo: services migrate
+run-demo: services migrate
 	scripts/run.sh --demo
+
+## With Docker: build the image and start everything (see README, "With Docker").
+up:
+	docker compose up -d --build
+
+## With Docker, plus the customer simulator (profile demo).
+demo:
+	docker compose --profile demo up -d --build
+
+down:
+	docker compose --profile demo down
+
+logs:
+	docker compose logs -f --tail=100
+
+ps:
+	docker compose ps
 
 ## Run every test (unit and integration, against the real servers).
 test: services
+	# The deployment files, with real tools (compose schema, promtool, cross-checks).
+	scripts/check-deploy.sh
 	# The end-to-end test runs the real binaries: build them first.
 	cargo build --workspace --bins --examples
 	DATABASE_URL=$(TEST_DATABASE_URL) cargo test --workspace --all-targets

@@ -44,7 +44,7 @@ fn default_credit_limit() -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config: Config = envy::from_env()?;
-    telemetry::init_tracing(&config.log)?;
+    let _loki = telemetry::init_tracing(&config.log, "customer-simulator")?;
     let limit = Decimal::from_str(config.credit_limit.trim())
         .map_err(|e| anyhow::anyhow!("CREDIT_LIMIT must be a number, not {:?}: {e}", config.credit_limit))?;
     let queue_type = match config.amqp_queue_type.as_deref().map(str::to_ascii_lowercase).as_deref() {

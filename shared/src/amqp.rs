@@ -530,6 +530,13 @@ impl Consumer {
         }
     }
 
+    /// Messages ready on `queue`, asked of the broker (a passive declare).
+    pub async fn queue_depth(&self, queue: &str) -> Result<u32, amqprs::error::Error> {
+        let mut args = QueueDeclareArguments::new(queue);
+        args.passive(true);
+        Ok(self.channel.queue_declare(args).await?.map_or(0, |(_, messages, _)| messages))
+    }
+
     pub async fn ack(&self, tag: u64) -> Result<(), amqprs::error::Error> {
         self.channel.basic_ack(amqprs::channel::BasicAckArguments::new(tag, false)).await
     }

@@ -47,6 +47,9 @@ pub struct LogConfig {
     pub rust_log: Option<String>,
     #[serde(default, deserialize_with = "log_format")]
     pub log_format: LogFormat,
+    /// Loki base URL (e.g. `http://loki:3100`); unset, logs are not pushed.
+    #[serde(default, deserialize_with = "loki_url")]
+    pub loki_url: Option<url::Url>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -385,6 +388,16 @@ fn api_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     parse_var(d, "API_ADDR", "a socket address such as 0.0.0.0:8000")
 }
 
+fn loki_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<url::Url>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    url::Url::parse(text.trim()).ok().filter(|url| matches!(url.scheme(), "http" | "https")).map(Some).ok_or_else(
+        || D::Error::custom(format!("LOKI_URL must be an http(s) URL such as http://loki:3100, not {text:?}")),
+    )
+}
+
 fn log_format<'de, D: Deserializer<'de>>(d: D) -> Result<LogFormat, D::Error> {
     match String::deserialize(d)?.to_ascii_lowercase().as_str() {
         "json" => Ok(LogFormat::Json),
@@ -444,6 +457,7 @@ mod tests {
             ("LOG_FORMAT", "xml"),
             ("LOG_LEVEL", "verbose"),
             ("LOG_LEVEL", "info,sqlx=loud"),
+            ("LOKI_URL", "loki:3100"),
         ] {
             let error = ApiConfig::from_vars(vars(&[(var, value)])).unwrap_err().to_string();
             assert!(error.contains(var), "{error}");

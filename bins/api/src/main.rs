@@ -10,7 +10,7 @@ use order_service::{cache, config::ApiConfig, db, http, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = ApiConfig::from_env()?;
-    telemetry::init_tracing(&config.log)?;
+    let loki = telemetry::init_tracing(&config.log, "api")?;
     db::create_database_if_missing(&config.database_url).await?;
     let db = db::connect(&config.database_url, config.db_max_connections)?;
     db::migrate(&db).await?;
@@ -18,11 +18,15 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("migrations applied");
         return Ok(());
     }
+    telemetry::register_metrics("api");
     let cache = cache::OrderCache::new(&config.redis_url, "order-service", config.cache_ttl)?;
     let state =
         http::AppState { db: db.clone(), cache, metrics: telemetry::metrics(), max_body_bytes: config.max_body_bytes };
     http::serve(config.api_addr, state, Duration::from_secs(config.shutdown_grace_secs)).await?;
     db.close().await;
     tracing::info!("api stopped");
+    if let Some(loki) = loki {
+        loki.flush().await;
+    }
     Ok(())
 }

@@ -15,8 +15,9 @@ use tokio::sync::watch;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = RelayConfig::from_env()?;
-    telemetry::init_tracing(&config.log)?;
+    let loki = telemetry::init_tracing(&config.log, "outbox-relay")?;
     let metrics = telemetry::metrics();
+    telemetry::register_metrics("outbox-relay");
     let db = db::connect(&config.database_url, config.db_max_connections)?;
     // Every process applies pending migrations (under the migrator's advisory lock), so
     // any of them may start first; this also waits for PostgreSQL to come up.
@@ -52,5 +53,8 @@ async fn main() -> anyhow::Result<()> {
     relay.run(stopped).await;
     ops.await??;
     db.close().await;
+    if let Some(loki) = loki {
+        loki.flush().await;
+    }
     Ok(())
 }

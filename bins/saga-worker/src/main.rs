@@ -16,8 +16,9 @@ use tokio::sync::watch;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = WorkerConfig::from_env()?;
-    telemetry::init_tracing(&config.log)?;
+    let loki = telemetry::init_tracing(&config.log, "saga-worker")?;
     let metrics = telemetry::metrics();
+    telemetry::register_metrics("saga-worker");
     let db = db::connect(&config.database_url, config.db_max_connections)?;
     // Every process applies pending migrations (under the migrator's advisory lock).
     db::create_database_if_missing(&config.database_url).await?;
@@ -57,5 +58,8 @@ async fn main() -> anyhow::Result<()> {
     worker.run(stopped).await;
     ops.await??;
     db.close().await;
+    if let Some(loki) = loki {
+        loki.flush().await;
+    }
     Ok(())
 }

@@ -85,9 +85,17 @@ impl SagaWorker {
             tracing::info!(queue = %self.topology.customer_saga_queue, "consuming saga replies");
             self.broker_up.store(true, Ordering::Relaxed);
             backoff = Duration::from_millis(500);
+            let mut gauge_every = tokio::time::interval(Duration::from_secs(15));
             loop {
                 let delivery = tokio::select! {
                     delivery = consumer.next() => delivery,
+                    _ = gauge_every.tick() => {
+                        match consumer.queue_depth(&self.topology.dead_letter_queue).await {
+                            Ok(depth) => metrics::gauge!("saga_dead_letter_queue_depth").set(f64::from(depth)),
+                            Err(e) => tracing::warn!(error.cause = %e, "cannot read the dead-letter queue depth"),
+                        }
+                        continue;
+                    }
                     _ = shutdown.changed() => None,
                 };
                 let Some(delivery) = delivery else { break };

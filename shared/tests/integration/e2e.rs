@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::broker::eventually;
 
 /// Kills the processes it started, also when the test fails.
-struct Processes(Vec<(String, Child)>);
+pub struct Processes(pub Vec<(String, Child)>);
 
 impl Drop for Processes {
     fn drop(&mut self) {
@@ -54,14 +54,14 @@ impl Drop for Vhost {
     }
 }
 
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")))
         .join("debug")
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -93,7 +93,7 @@ async fn a_saga_runs_end_to_end_through_real_processes(db: PgPool) {
     let vhost = Vhost::create();
     let vhost = vhost.0.as_str();
     let amqp_url = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
-    let api_port = free_port();
+    let (api_port, relay_port, worker_port) = (free_port(), free_port(), free_port());
     let api = format!("http://127.0.0.1:{api_port}");
 
     let env: Vec<(&str, String)> = vec![
@@ -106,8 +106,8 @@ async fn a_saga_runs_end_to_end_through_real_processes(db: PgPool) {
     let mut processes = Processes(Vec::new());
     for (name, extra) in [
         ("api", vec![("API_ADDR", format!("127.0.0.1:{api_port}"))]),
-        ("outbox-relay", vec![("METRICS_ADDR", format!("127.0.0.1:{}", free_port()))]),
-        ("saga-worker", vec![("METRICS_ADDR", format!("127.0.0.1:{}", free_port()))]),
+        ("outbox-relay", vec![("METRICS_ADDR", format!("127.0.0.1:{relay_port}"))]),
+        ("saga-worker", vec![("METRICS_ADDR", format!("127.0.0.1:{worker_port}"))]),
         ("examples/customer_simulator", vec![]),
     ] {
         let child = Command::new(bin.join(name))
@@ -192,5 +192,99 @@ async fn a_saga_runs_end_to_end_through_real_processes(db: PgPool) {
     assert_eq!(types, ["OrderCanceled", "OrderCreated"]);
     let _ = connection.close().await;
 
+    // Observability, against these live processes: every metric the dashboard queries
+    // is exported, and Prometheus with the deployment's scrape settings reads all three.
+    let exported = [api_port, relay_port, worker_port]
+        .map(|port| curl_text(&format!("http://127.0.0.1:{port}/metrics")))
+        .join("\n");
+    for metric in dashboard_metrics() {
+        assert!(
+            exported
+                .lines()
+                .any(|line| line.starts_with(&format!("{metric}{{")) || line.starts_with(&format!("{metric} "))),
+            "the dashboard queries {metric}, which no process exports"
+        );
+    }
+    scrape_with_prometheus(api_port, relay_port, worker_port).await;
+
     drop(processes);
+}
+
+fn curl_text(url: &str) -> String {
+    let output = Command::new("curl").args(["-s", url]).output().expect("curl runs");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Metric names in the dashboard's Prometheus queries: the identifiers with an
+/// underscore, less PromQL's functions; a histogram's name is checked by its buckets.
+fn dashboard_metrics() -> Vec<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../grafana/dashboards/order-service.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut names = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        if panel["datasource"]["type"] != "prometheus" {
+            continue;
+        }
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            // Drop quoted label values first ("4..|5..").
+            let unquoted: String = expr.split('"').step_by(2).collect::<Vec<_>>().join(" ");
+            for token in unquoted.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if token.contains('_')
+                    && !["histogram_quantile", "label_replace"].contains(&token)
+                    && !names.iter().any(|n| n == token)
+                {
+                    names.push(token.to_owned());
+                }
+            }
+        }
+    }
+    assert!(names.len() >= 8, "found only {names:?}");
+    names
+}
+
+/// Runs Debian's Prometheus on loopback with prometheus/prometheus.yml, its Docker DNS
+/// discovery swapped for these processes' addresses, and reads a metric of each back.
+async fn scrape_with_prometheus(api_port: u16, relay_port: u16, worker_port: u16) {
+    let mut config =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../prometheus/prometheus.yml")).unwrap();
+    for (service, port, local) in
+        [("api", 8000, api_port), ("outbox-relay", 9101, relay_port), ("saga-worker", 9102, worker_port)]
+    {
+        let discovered =
+            format!("dns_sd_configs:\n      - names: [\"{service}\"]\n        type: A\n        port: {port}");
+        assert!(config.contains(&discovered), "prometheus.yml no longer discovers {service} as expected");
+        config = config.replace(&discovered, &format!("static_configs:\n      - targets: [\"127.0.0.1:{local}\"]"));
+    }
+    let dir = std::env::temp_dir().join(format!("e2e-prometheus-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+    let port = free_port();
+    let prometheus = Command::new("prometheus")
+        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("Debian's prometheus is installed (scripts/tools.sh)");
+    let _prometheus = Processes(vec![("prometheus".into(), prometheus)]);
+    let query = |q: &str| {
+        let url = format!("http://127.0.0.1:{port}/api/v1/query?query={q}");
+        async move {
+            serde_json::from_str::<Value>(&curl_text(&url)).unwrap_or(Value::Null)["data"]["result"]
+                .as_array()
+                .map_or(0, Vec::len)
+        }
+    };
+    for (job, metric) in [
+        ("api", "http_requests_total"),
+        ("outbox-relay", "outbox_published_total"),
+        ("saga-worker", "saga_replies_total"),
+    ] {
+        let q = format!("{metric}%7Bjob%3D%22{job}%22%7D");
+        let scraped = eventually(Duration::from_secs(30), || async { query(&q).await > 0 }).await;
+        assert!(scraped, "Prometheus has no {metric} from {job}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

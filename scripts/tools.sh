@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The tools the deployment checks use, installed where missing:
+#   - check-jsonschema (PyPI), in a virtualenv under target/tools;
+#   - playwright (PyPI), to drive Debian's Chromium;
+#   - promtool and prometheus (Debian's prometheus package) and chromium, as root on Debian.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=target/tools/venv
+if [ ! -x "$venv/bin/check-jsonschema" ] || [ ! -x "$venv/bin/playwright" ]; then
+    python3 -m venv "$venv"
+    # playwright drives Debian's Chromium; it downloads no browser of its own.
+    "$venv/bin/pip" install -q check-jsonschema playwright
+fi
+
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v chromium >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -q
+        # policy-rc.d keeps the package from starting a system Prometheus of its own.
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus chromium
+        rm -f /usr/sbin/policy-rc.d
+    else
+        echo "tools.sh: promtool or chromium is missing; install Debian's prometheus and chromium packages" >&2
+        exit 1
+    fi
+fi
