@@ -6,7 +6,8 @@ WORKDIR /src
 ENV CARGO_TERM_COLOR=never
 
 # 1. Dependencies only, cached until a manifest or the lock file changes: build the
-#    workspace with empty sources.
+#    workspace with empty sources, with the same flags as the real build below (the
+#    example turns on dev-dependencies, and different features would rebuild them).
 COPY Cargo.toml Cargo.lock ./
 COPY shared/Cargo.toml shared/
 COPY bins/api/Cargo.toml bins/api/
@@ -18,7 +19,7 @@ RUN mkdir -p shared/src shared/examples bins/api/src bins/outbox-relay/src bins/
     && for b in api outbox-relay saga-worker; do echo 'fn main() {}' > bins/$b/src/main.rs; done \
     && echo 'fn main() {}' > shared/examples/customer_simulator.rs \
     && echo 'fn main() {}' > shared/examples/saga_reply.rs \
-    && cargo build --release --workspace --bins \
+    && cargo build --release --locked --workspace --bins --example customer_simulator \
     && rm -rf shared bins
 
 # 2. The sources. SQL is checked against the committed .sqlx/ (SQLX_OFFLINE, set in
@@ -31,7 +32,7 @@ COPY bins bins
 # COPY keeps the files' own times, which can be older than the placeholders built
 # above: touch them so cargo rebuilds our crates.
 RUN find shared bins -name '*.rs' -exec touch {} + \
-    && cargo build --release --workspace --bins --example customer_simulator \
+    && cargo build --release --locked --workspace --bins --example customer_simulator \
     && mkdir /out \
     && cp target/release/api target/release/outbox-relay target/release/saga-worker /out/ \
     && cp target/release/examples/customer_simulator /out/customer-simulator

@@ -7,7 +7,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 
 export DATABASE_URL
 
-.PHONY: run run-demo up demo down logs ps test services migrate fmt lint sqlx-prepare sqlx-check
+.PHONY: bench run run-demo up demo down clean logs ps test services migrate fmt lint sqlx-prepare sqlx-check
 
 ## Start the whole system (api, outbox-relay, saga-worker) against the local services.
 run: services migrate
@@ -27,6 +27,11 @@ demo:
 
 down:
 	docker compose --profile demo down
+
+## Down, and delete the volumes (data, queues); needed after changing credentials in .env,
+## which the containers read only when their volume is first created.
+clean:
+	docker compose --profile demo down -v
 
 logs:
 	docker compose logs -f --tail=100
@@ -48,6 +53,10 @@ services:
 ## Create the database if missing and apply the migrations.
 migrate: services
 	cargo run -q -p api -- migrate
+
+## Every hot path next to a baseline measured in the same run (bench/RESULTS.md).
+bench: services
+	python3 scripts/bench.py
 
 fmt:
 	cargo fmt --all

@@ -44,7 +44,10 @@ fn default_credit_limit() -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config: Config = envy::from_env()?;
-    let _loki = telemetry::init_tracing(&config.log, "customer-simulator")?;
+    let loki = telemetry::init_tracing(&config.log, "customer-simulator")?;
+    // SIGTERM (docker stop) as well as Ctrl-C.
+    let stop = order_service::shutdown_signal();
+    tokio::pin!(stop);
     let limit = Decimal::from_str(config.credit_limit.trim())
         .map_err(|e| anyhow::anyhow!("CREDIT_LIMIT must be a number, not {:?}: {e}", config.credit_limit))?;
     let queue_type = match config.amqp_queue_type.as_deref().map(str::to_ascii_lowercase).as_deref() {
@@ -75,7 +78,14 @@ async fn main() -> anyhow::Result<()> {
         loop {
             let delivery = tokio::select! {
                 delivery = consumer.next() => delivery,
-                _ = tokio::signal::ctrl_c() => return Ok(()),
+                () = &mut stop => {
+                    consumer.close().await;
+                    publisher.close().await;
+                    if let Some(loki) = loki {
+                        loki.flush().await;
+                    }
+                    return Ok(());
+                }
             };
             let Some(delivery) = delivery else { break };
             let request: Value = serde_json::from_slice(&delivery.body).unwrap_or(Value::Null);

@@ -1,0 +1,190 @@
+"""`make bench`: every hot path measured next to a baseline taken in the same run.
+
+Builds release binaries, creates a fresh bench database (bench/seed.sql: 1,000 products,
+10,000 users, 100,000 orders, five users with 400 orders each), starts api,
+outbox-relay, saga-worker and the customer simulator on a RabbitMQ vhost of its own,
+runs the scenarios (wrk, pgbench, redis-benchmark, and examples/bench_flow.rs), stops
+everything and prints one markdown table, also written to bench/RESULTS.md.
+"""
+
+import datetime
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "target/release"
+DB = "orders_bench"
+PG = "postgres://postgres@127.0.0.1:5432"
+VHOST = "bench"
+API_PORT, RELAY_PORT, WORKER_PORT = 18000, 19101, 19102
+API = f"http://127.0.0.1:{API_PORT}"
+DURATION = os.environ.get("BENCH_SECONDS", "10")
+HEAVY_USER = "10000000-0000-4000-8000-000000000001"
+
+
+def run(*args, **kwargs):
+    return subprocess.run(args, check=True, text=True, capture_output=True, **kwargs).stdout
+
+
+def psql(database, *args):
+    return run("psql", f"{PG}/{database}", "-v", "ON_ERROR_STOP=1", "-qAt", *args)
+
+
+def wait_for(url, seconds=60):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    sys.exit(f"bench: {url} did not come up")
+
+
+def wrk(path, connections, script=None):
+    args = ["wrk", "-t", str(min(connections, 2)), "-c", str(connections), "-d", f"{DURATION}s", "--latency"]
+    if script:
+        args += ["-s", str(script)]
+    out = run(*args, f"{API}{path}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        sys.exit(f"bench: {errors.group(1)} failed requests on {path}:\n{out}")
+
+    def ms(label):
+        value, unit = re.search(rf"\s{label}%\s+([\d.]+)(us|ms|s)", out).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    return {"rps": rps, "p50": ms("50"), "p99": ms("99")}
+
+
+def pgbench(script, clients):
+    out = run("pgbench", "-n", "-M", "simple", "-c", str(clients), "-j", str(min(clients, 2)), "-T", DURATION,
+              "-f", str(ROOT / "bench" / script), f"{PG}/{DB}")
+    return float(re.search(r"tps = ([\d.]+) \(without initial connection time\)", out).group(1))
+
+
+def flow(*args):
+    env = dict(os.environ, DATABASE_URL=f"{PG}/{DB}", AMQP_URL=f"amqp://guest:guest@127.0.0.1:5672/{VHOST}")
+    return json.loads(run(str(BIN / "examples/bench_flow"), *args, env=env).strip().splitlines()[-1])
+
+
+def peak_rss_mb(pid):
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+
+
+def main():
+    subprocess.run([str(ROOT / "scripts/services.sh")], check=True)
+    if not shutil.which("wrk"):
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            sys.exit("bench: wrk is missing; install Debian's wrk package")
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    subprocess.run(["cargo", "build", "--release", "--workspace", "--bins", "--examples"], check=True, cwd=ROOT)
+
+    print("bench: seeding", DB, file=sys.stderr)
+    psql("postgres", "-c", f"DROP DATABASE IF EXISTS {DB}", "-c", f"CREATE DATABASE {DB}")
+    env = dict(os.environ, DATABASE_URL=f"{PG}/{DB}", LOG_LEVEL="warn", LOG_FORMAT="json")
+    subprocess.run([str(BIN / "api"), "migrate"], check=True, env=env, stdout=subprocess.DEVNULL)
+    psql(DB, "-f", str(ROOT / "bench/seed.sql"))
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", VHOST], capture_output=True)
+    run("rabbitmqctl", "-q", "add_vhost", VHOST)
+    run("rabbitmqctl", "-q", "set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
+    run("redis-cli", "-n", "1", "flushdb")
+
+    env.update(AMQP_URL=f"amqp://guest:guest@127.0.0.1:5672/{VHOST}", REDIS_URL="redis://127.0.0.1:6379/1",
+               CREDIT_LIMIT="1000000")
+    procs = {}
+    for name, extra in [("api", {"API_ADDR": f"127.0.0.1:{API_PORT}", "DB_MAX_CONNECTIONS": "32"}),
+                        ("outbox-relay", {"METRICS_ADDR": f"127.0.0.1:{RELAY_PORT}"}),
+                        ("saga-worker", {"METRICS_ADDR": f"127.0.0.1:{WORKER_PORT}"}),
+                        ("examples/customer_simulator", {})]:
+        procs[name] = subprocess.Popen([str(BIN / name)], env=dict(env, **extra), stdout=subprocess.DEVNULL)
+    rows = []
+    try:
+        wait_for(f"{API}/healthcheck/")
+        wait_for(f"http://127.0.0.1:{RELAY_PORT}/readyz")
+        wait_for(f"http://127.0.0.1:{WORKER_PORT}/readyz")
+
+        for c in (1, 16, 64):
+            ours = wrk("/api/v1/orders/", c, ROOT / "bench/post_order.lua")
+            base = pgbench("pgbench_order.sql", c)
+            rows.append((f"POST /api/v1/orders/ (3 products), {c} conn", f"{ours['rps']:.0f} req/s (p50 {ours['p50']:.2f} ms, p99 {ours['p99']:.2f} ms)",
+                         f"pgbench same transaction {base:.0f} tps", ours["rps"] / base, 0.70))
+
+        page = f"/api/v1/orders/user/{HEAVY_USER}?limit=20"
+        body = urllib.request.urlopen(f"{API}{page}").read()  # fills the cache
+        cached = wrk(page, 64)
+        health = wrk("/healthcheck/", 64)
+        redis = run("redis-benchmark", "-q", "-n", "200000", "-c", "64", "-d", str(len(body)), "-t", "get")
+        redis_rps = float(re.search(r"GET: ([\d.]+) requests per second", redis).group(1))
+        rows.append((f"GET user's orders, cache hit, 20 orders ({len(body)} B), 64 conn",
+                     f"{cached['rps']:.0f} req/s (p99 {cached['p99']:.2f} ms)",
+                     f"/healthcheck/ {health['rps']:.0f} req/s; redis-benchmark GET {redis_rps:.0f}/s",
+                     cached["rps"] / health["rps"], 0.50))
+        rows.append(("  same, p99 latency", f"{cached['p99']:.2f} ms", "—", None, "< 5 ms", cached["p99"] < 5.0))
+
+        listed = wrk("/api/v1/orders/?limit=20", 16)
+        base = pgbench("pgbench_list.sql", 16)
+        rows.append(("GET /api/v1/orders/?limit=20 (SQL), 16 conn", f"{listed['rps']:.0f} req/s (p99 {listed['p99']:.2f} ms)",
+                     f"pgbench same SELECT {base:.0f} tps", listed["rps"] / base, 0.70))
+
+        raw = flow("raw-publish", "20000")["raw_publish_per_s"]
+        relay = flow("relay", "20000")
+        rows.append(("relay: events/s (20,000-row backlog)", f"{relay['relay_per_s']:.0f}/s",
+                     f"raw publish with confirms {raw:.0f}/s", relay["relay_per_s"] / raw, 0.70))
+        rows.append(("  relay: commit → publish p50 / p99", f"{relay['commit_to_publish_p50_ms']:.1f} / {relay['commit_to_publish_p99_ms']:.1f} ms",
+                     "—", None, "p50 < 20 ms", relay["commit_to_publish_p50_ms"] < 20))
+
+        saga = flow("saga", "5000")["saga_per_s"]
+        base = pgbench("pgbench_saga.sql", 1)
+        rows.append(("saga-worker: replies applied/s", f"{saga:.0f}/s", f"pgbench same transaction, 1 client {base:.0f} tps",
+                     saga / base, 0.50))
+
+        e2e = flow("e2e", "200", API)
+        rows.append(("end to end: POST → Approved in the user's list", f"p50 {e2e['e2e_p50_ms']:.1f} ms, p99 {e2e['e2e_p99_ms']:.1f} ms",
+                     "—", None, "p50 < 100 ms", e2e["e2e_p50_ms"] < 100))
+
+        for name, limit in [("api", 64), ("outbox-relay", 32), ("saga-worker", 32)]:
+            rss = peak_rss_mb(procs[name].pid)
+            rows.append((f"peak RSS under load: {name}", f"{rss:.1f} MB", "—", None, f"≤ {limit} MB", rss <= limit))
+    finally:
+        for proc in procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", VHOST], capture_output=True)
+
+    lines = ["| scenario | ours | baseline (same run) | ratio | target | met |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        scenario, ours, baseline, ratio, target = row[:5]
+        if ratio is None:
+            met = row[5]
+            lines.append(f"| {scenario} | {ours} | {baseline} | — | {target} | {'yes' if met else 'NO'} |")
+        else:
+            lines.append(f"| {scenario} | {ours} | {baseline} | {ratio:.0%} | ≥ {target:.0%} | {'yes' if ratio >= target else 'NO'} |")
+    cores = os.cpu_count()
+    memory = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1)) / 1024 / 1024
+    header = (f"Measured {datetime.date.today().isoformat()} on this machine: {cores} cores, {memory:.0f} GiB, "
+              f"PostgreSQL, Redis and RabbitMQ local; {DURATION} s per load; release build.")
+    table = "\n".join(lines)
+    (ROOT / "bench/RESULTS.md").write_text(f"# Benchmark results\n\n{header}\n\n{table}\n")
+    print(header)
+    print()
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
