@@ -104,7 +104,7 @@ def main():
     env.update(AMQP_URL=f"amqp://guest:guest@127.0.0.1:5672/{VHOST}", REDIS_URL="redis://127.0.0.1:6379/1",
                CREDIT_LIMIT="1000000")
     procs = {}
-    for name, extra in [("api", {"API_ADDR": f"127.0.0.1:{API_PORT}", "DB_MAX_CONNECTIONS": "32"}),
+    for name, extra in [("api", {"API_ADDR": f"127.0.0.1:{API_PORT}", "DB_MAX_CONNECTIONS": "16"}),
                         ("outbox-relay", {"METRICS_ADDR": f"127.0.0.1:{RELAY_PORT}"}),
                         ("saga-worker", {"METRICS_ADDR": f"127.0.0.1:{WORKER_PORT}"}),
                         ("examples/customer_simulator", {})]:

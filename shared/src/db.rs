@@ -17,10 +17,20 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 /// every connection is recycled after half an hour.
 /// Connects lazily: the process starts even while PostgreSQL is still coming up.
 pub fn connect(database_url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    connect_with(database_url, max_connections, &[])
+}
+
+/// [`connect`], with extra session settings.
+pub fn connect_with(
+    database_url: &str,
+    max_connections: u32,
+    settings: &[(&str, &str)],
+) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = database_url.parse()?;
     let options = options
         .application_name("order-service")
-        .options([("idle_in_transaction_session_timeout", "10s"), ("statement_timeout", "30s")]);
+        .options([("idle_in_transaction_session_timeout", "10s"), ("statement_timeout", "30s")])
+        .options(settings.iter().copied());
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(3))

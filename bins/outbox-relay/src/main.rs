@@ -18,7 +18,11 @@ async fn main() -> anyhow::Result<()> {
     let loki = telemetry::init_tracing(&config.log, "outbox-relay")?;
     let metrics = telemetry::metrics();
     telemetry::register_metrics("outbox-relay");
-    let db = db::connect(&config.database_url, config.db_max_connections)?;
+    // The outbox swings from empty to a large backlog and back: a plan cached while it
+    // was empty (sqlx prepares statements) turns the claim into a quadratic scan once it
+    // is not. Plan each claim with the table as it is now.
+    let db =
+        db::connect_with(&config.database_url, config.db_max_connections, &[("plan_cache_mode", "force_custom_plan")])?;
     // Every process applies pending migrations (under the migrator's advisory lock), so
     // any of them may start first; this also waits for PostgreSQL to come up.
     db::create_database_if_missing(&config.database_url).await?;
