@@ -1,9 +1,9 @@
 //! The Redis read side (CQRS): pages of a user's orders, cache-aside.
 //!
-//! A page is stored under the user's current *generation*. Invalidating a user bumps the
-//! generation (`INCR`), so every page stored before becomes unreachable at once — no
-//! `KEYS`, no scan — and expires by its TTL. A refill is fenced: a reader remembers the
-//! generation it missed under, and the script that stores the page refuses if the
+//! A page is stored tagged with the user's current *generation*. Invalidating a user
+//! bumps the generation (`INCR`), so every page stored before stops matching at once —
+//! no `KEYS`, no scan — and expires by its TTL. A refill is fenced: a reader remembers
+//! the generation it missed under, and the script that stores the page refuses if the
 //! generation moved meanwhile. So a reader that queried PostgreSQL before a saga
 //! transition committed, and tries to store its (now stale) page after the worker
 //! invalidated, stores nothing.
@@ -22,7 +22,7 @@ pub struct OrderCache {
     ttl: Duration,
 }
 
-/// The generation a read found, to fence the refill of a miss.
+/// The generation a read found (empty: none yet), to fence the refill of a miss.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Generation(String);
 
@@ -33,20 +33,34 @@ pub enum Lookup {
     Miss(Generation),
 }
 
-// One round trip each. KEYS[1] is the user's key base; pages live under
-// `<base>:page:<generation>:<limit>:<offset>:<order>`.
-const READ: &str = r"
-local generation = redis.call('GET', KEYS[1] .. ':gen') or '0'
-return {generation, redis.call('GET', KEYS[1] .. ':page:' .. generation .. ':' .. ARGV[1])}
-";
-
+// A page is stored as `<generation>|<body>` under a key without the generation, so a
+// read is a plain MGET of the generation and the page — one round trip, no script —
+// and a hit is a page whose prefix is the current generation.
+//
+// A user's generation starts from the server's clock, not 0 or 1: should the key ever
+// be lost (evicted, flushed), no page stored under an old generation can match again.
 const FILL: &str = r"
-local generation = redis.call('GET', KEYS[1] .. ':gen') or '0'
-if generation ~= ARGV[1] then
+local generation = redis.call('GET', KEYS[1])
+if ARGV[1] == '' then
+    if generation then
+        return 0
+    end
+    local now = redis.call('TIME')
+    generation = now[1] .. string.format('%06d', now[2])
+    redis.call('SET', KEYS[1], generation)
+elseif generation ~= ARGV[1] then
     return 0
 end
-redis.call('SET', KEYS[1] .. ':page:' .. generation .. ':' .. ARGV[2], ARGV[3], 'EX', ARGV[4])
+redis.call('SET', KEYS[2], generation .. '|' .. ARGV[2], 'EX', ARGV[3])
 return 1
+";
+
+const INVALIDATE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+    local now = redis.call('TIME')
+    redis.call('SET', KEYS[1], now[1] .. string.format('%06d', now[2]))
+end
+return redis.call('INCR', KEYS[1])
 ";
 
 impl OrderCache {
@@ -63,37 +77,38 @@ impl OrderCache {
         Ok(OrderCache { redis, prefix: prefix.to_owned(), ttl })
     }
 
-    fn user_key(&self, user_id: Uuid) -> String {
-        format!("{}:user:{user_id}", self.prefix)
+    fn generation_key(&self, user_id: Uuid) -> String {
+        format!("{}:user:{user_id}:gen", self.prefix)
     }
 
-    fn page_key(page: &Page) -> String {
+    fn page_key(&self, user_id: Uuid, page: &Page) -> String {
         let order = match page.order {
             SortOrder::Asc => "asc",
             SortOrder::Desc => "desc",
         };
-        format!("{}:{}:{order}", page.limit, page.offset)
+        format!("{}:user:{user_id}:page:{}:{}:{order}", self.prefix, page.limit, page.offset)
     }
 
     pub async fn read(&self, user_id: Uuid, page: &Page) -> redis::RedisResult<Lookup> {
-        let (generation, body): (String, Option<Vec<u8>>) = Script::new(READ)
-            .key(self.user_key(user_id))
-            .arg(Self::page_key(page))
-            .invoke_async(&mut self.redis.clone())
-            .await?;
-        Ok(match body {
-            Some(body) => Lookup::Hit(body),
-            None => Lookup::Miss(Generation(generation)),
-        })
+        let (generation, stored): (Option<String>, Option<Vec<u8>>) =
+            self.redis.clone().mget(&[self.generation_key(user_id), self.page_key(user_id, page)]).await?;
+        if let (Some(generation), Some(mut stored)) = (&generation, stored) {
+            let prefix = generation.len();
+            if stored.len() > prefix && stored.starts_with(generation.as_bytes()) && stored[prefix] == b'|' {
+                stored.drain(..=prefix);
+                return Ok(Lookup::Hit(stored));
+            }
+        }
+        Ok(Lookup::Miss(Generation(generation.unwrap_or_default())))
     }
 
     /// Stores a page read after a miss, unless the user was invalidated since.
     /// Returns whether it was stored.
     pub async fn fill(&self, user_id: Uuid, page: &Page, seen: &Generation, body: &[u8]) -> redis::RedisResult<bool> {
         let stored: i32 = Script::new(FILL)
-            .key(self.user_key(user_id))
+            .key(self.generation_key(user_id))
+            .key(self.page_key(user_id, page))
             .arg(&seen.0)
-            .arg(Self::page_key(page))
             .arg(body)
             .arg(self.ttl.as_secs().max(1))
             .invoke_async(&mut self.redis.clone())
@@ -103,7 +118,8 @@ impl OrderCache {
 
     /// Makes every cached page of the user unreachable.
     pub async fn invalidate(&self, user_id: Uuid) -> redis::RedisResult<()> {
-        let _: i64 = self.redis.clone().incr(format!("{}:gen", self.user_key(user_id)), 1).await?;
+        let _: i64 =
+            Script::new(INVALIDATE).key(self.generation_key(user_id)).invoke_async(&mut self.redis.clone()).await?;
         Ok(())
     }
 

@@ -138,6 +138,9 @@ pub struct RelayConfig {
     /// Rows claimed per batch.
     #[serde(default = "default_relay_batch_size")]
     pub relay_batch_size: u32,
+    /// Relays side by side in this process, each with its own connection.
+    #[serde(default = "default_relay_lanes")]
+    pub relay_lanes: u16,
     /// How long published rows are kept, e.g. `7d`, `12h`.
     #[serde(default = "default_outbox_retention", deserialize_with = "outbox_retention")]
     pub outbox_retention: Duration,
@@ -158,6 +161,7 @@ impl RelayConfig {
         let config: Self = envy::from_iter(vars).map_err(|e| ConfigError(e.to_string()))?;
         at_least_one("DB_MAX_CONNECTIONS", config.db_max_connections.into())?;
         at_least_one("RELAY_BATCH_SIZE", config.relay_batch_size.into())?;
+        at_least_one("RELAY_LANES", config.relay_lanes.into())?;
         // A batch is published and confirmed inside the claim's transaction, which
         // PostgreSQL kills after 10 s idle: keep batches to what confirms in a few seconds.
         if config.relay_batch_size > 5000 {
@@ -179,6 +183,7 @@ impl fmt::Debug for RelayConfig {
             .field("metrics_addr", &self.metrics_addr)
             .field("relay_schedule", &self.relay_schedule.to_string())
             .field("relay_batch_size", &self.relay_batch_size)
+            .field("relay_lanes", &self.relay_lanes)
             .field("outbox_retention", &self.outbox_retention)
             .field("amqp_queue_type", &self.amqp_queue_type)
             .field("log", &self.log)
@@ -315,6 +320,10 @@ fn default_relay_metrics_addr() -> SocketAddr {
 
 fn default_relay_schedule() -> cron::Schedule {
     "*/1 * * * * *".parse().expect("the default schedule parses")
+}
+
+fn default_relay_lanes() -> u16 {
+    2
 }
 
 fn default_relay_batch_size() -> u32 {

@@ -36,7 +36,9 @@ pub fn connect_with(
         .acquire_timeout(Duration::from_secs(3))
         .max_lifetime(Duration::from_secs(30 * 60))
         .idle_timeout(Duration::from_secs(10 * 60))
-        .test_before_acquire(true)
+        // No ping before every acquire (a round trip per request): a connection that died
+        // with a PostgreSQL restart fails its next query, which answers 503 and drops it.
+        .test_before_acquire(false)
         .connect_lazy_with(options))
 }
 

@@ -49,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
         settings: RelaySettings {
             batch_size: config.relay_batch_size.into(),
             retention: config.outbox_retention,
+            lanes: config.relay_lanes.into(),
             ..RelaySettings::default()
         },
         schedule: config.relay_schedule,

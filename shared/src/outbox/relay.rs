@@ -41,6 +41,8 @@ pub struct RelaySettings {
     pub confirm_timeout: Duration,
     /// Published rows older than this are deleted.
     pub retention: Duration,
+    /// Relays run side by side in this process (`RELAY_LANES`).
+    pub lanes: usize,
 }
 
 impl Default for RelaySettings {
@@ -49,6 +51,7 @@ impl Default for RelaySettings {
             batch_size: 500,
             confirm_timeout: Duration::from_secs(5),
             retention: Duration::from_secs(7 * 86400),
+            lanes: 2,
         }
     }
 }
@@ -236,11 +239,31 @@ pub struct Relay {
 
 impl Relay {
     /// Runs until `shutdown` turns true; the batch in hand is finished first.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let wake = Arc::new(Notify::new());
         let listener = tokio::spawn(listen(self.db.clone(), wake.clone()));
         // Backlog gauges and retention keep going while the broker is away.
         let housekeeping = tokio::spawn(housekeeping(self.db.clone(), self.settings.retention));
+        // Lanes are relays inside one process, each with its own connection: while one
+        // waits for its confirms, another claims and marks. What makes several relays
+        // safe (SKIP LOCKED, one head per aggregate) makes lanes safe.
+        let relay = Arc::new(self);
+        let lanes: Vec<_> = (0..relay.settings.lanes.max(1))
+            .map(|_| {
+                let (relay, wake, shutdown) = (relay.clone(), wake.clone(), shutdown.clone());
+                tokio::spawn(async move { relay.run_lane(&wake, shutdown).await })
+            })
+            .collect();
+        for lane in lanes {
+            let _ = lane.await;
+        }
+        relay.broker_up.store(false, Ordering::Relaxed);
+        listener.abort();
+        housekeeping.abort();
+        tracing::info!("relay stopped");
+    }
+
+    async fn run_lane(&self, wake: &Notify, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::default();
         'connect: while !*shutdown.borrow() {
             let mut publisher = match Publisher::connect(&self.amqp, &self.topology).await {
@@ -312,10 +335,6 @@ impl Relay {
                 }
             }
         }
-        self.broker_up.store(false, Ordering::Relaxed);
-        listener.abort();
-        housekeeping.abort();
-        tracing::info!("relay stopped");
     }
 }
 
@@ -374,6 +393,9 @@ async fn listen(db: PgPool, wake: Arc<Notify>) {
             listener.listen(CHANNEL).await?;
             loop {
                 listener.recv().await?;
+                // Every waiting lane; and a permit for one that is between its drain and
+                // its wait, so that no commit waits for the next tick.
+                wake.notify_waiters();
                 wake.notify_one();
             }
         };
