@@ -30,6 +30,17 @@ pub mod trace_context;
 pub mod users;
 pub mod validate;
 
+/// A flag that turns true on SIGINT or SIGTERM, for loops that finish their work in
+/// hand before they stop.
+pub fn shutdown_flag() -> tokio::sync::watch::Receiver<bool> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    stopped
+}
+
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (`docker stop`).
 pub async fn shutdown_signal() {
     let interrupt = async {

@@ -10,7 +10,6 @@ use order_service::{
     outbox::relay::{Relay, RelaySettings},
     telemetry,
 };
-use tokio::sync::watch;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -30,17 +29,9 @@ async fn main() -> anyhow::Result<()> {
     let connection_name = format!("outbox-relay@{}", std::process::id());
     let amqp = amqp::connection_args(&config.amqp_url, &connection_name).map_err(anyhow::Error::msg)?;
 
-    let (stop, stopped) = watch::channel(false);
-    tokio::spawn(async move {
-        order_service::shutdown_signal().await;
-        let _ = stop.send(true);
-    });
+    let stopped = order_service::shutdown_flag();
     let broker_up = Arc::new(AtomicBool::new(false));
-    let acceptor = http::ops::bind(config.metrics_addr).await?;
-    let mut ops_stopped = stopped.clone();
-    let ops = tokio::spawn(http::ops::serve(acceptor, db.clone(), broker_up.clone(), metrics, async move {
-        let _ = ops_stopped.wait_for(|stop| *stop).await;
-    }));
+    let ops = http::ops::spawn(config.metrics_addr, db.clone(), broker_up.clone(), metrics, stopped.clone()).await?;
 
     let relay = Relay {
         db: db.clone(),

@@ -11,7 +11,6 @@ use order_service::{
     saga::worker::{SagaWorker, TimeoutSettings},
     telemetry,
 };
-use tokio::sync::watch;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -29,17 +28,9 @@ async fn main() -> anyhow::Result<()> {
         amqp::connection_args(&config.amqp_url, &format!("{name}-dead-letters")).map_err(anyhow::Error::msg)?;
     let cache = OrderCache::new(&config.redis_url, "order-service", config.cache_ttl)?;
 
-    let (stop, stopped) = watch::channel(false);
-    tokio::spawn(async move {
-        order_service::shutdown_signal().await;
-        let _ = stop.send(true);
-    });
+    let stopped = order_service::shutdown_flag();
     let broker_up = Arc::new(AtomicBool::new(false));
-    let acceptor = http::ops::bind(config.metrics_addr).await?;
-    let mut ops_stopped = stopped.clone();
-    let ops = tokio::spawn(http::ops::serve(acceptor, db.clone(), broker_up.clone(), metrics, async move {
-        let _ = ops_stopped.wait_for(|stop| *stop).await;
-    }));
+    let ops = http::ops::spawn(config.metrics_addr, db.clone(), broker_up.clone(), metrics, stopped.clone()).await?;
 
     let worker = SagaWorker {
         db: db.clone(),

@@ -81,3 +81,18 @@ pub async fn serve(
     tracing::info!(addr = ?acceptor.local_addr(), "health and metrics listening");
     Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(app, shutdown, Some(Duration::from_secs(2))).await
 }
+
+/// Binds `addr` (failing now if it is taken) and serves [`app`] in a task until
+/// `stopped` turns true.
+pub async fn spawn(
+    addr: SocketAddr,
+    db: PgPool,
+    broker_up: Arc<AtomicBool>,
+    metrics_handle: PrometheusHandle,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let acceptor = bind(addr).await?;
+    Ok(tokio::spawn(serve(acceptor, db, broker_up, metrics_handle, async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    })))
+}
