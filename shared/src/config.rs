@@ -70,11 +70,20 @@ impl ApiConfig {
         let config: Self = envy::from_iter(vars).map_err(|e| ConfigError(e.to_string()))?;
         at_least_one("DB_MAX_CONNECTIONS", config.db_max_connections.into())?;
         at_least_one("MAX_BODY_BYTES", config.max_body_bytes as u64)?;
-        redis::Client::open(config.redis_url.as_str())
-            .map_err(|e| ConfigError(format!("REDIS_URL is not a valid redis:// URL: {e}")))?;
+        valid_redis_url(&config.redis_url)?;
         config.log.filter()?;
         Ok(config)
     }
+}
+
+fn valid_amqp_url(url: &str) -> Result<(), ConfigError> {
+    crate::amqp::connection_args(url, "check")
+        .map(drop)
+        .map_err(|e| ConfigError(format!("AMQP_URL is not a valid amqp:// URL: {e}")))
+}
+
+fn valid_redis_url(url: &str) -> Result<(), ConfigError> {
+    redis::Client::open(url).map(drop).map_err(|e| ConfigError(format!("REDIS_URL is not a valid redis:// URL: {e}")))
 }
 
 fn at_least_one(var: &str, value: u64) -> Result<(), ConfigError> {
@@ -167,8 +176,7 @@ impl RelayConfig {
         if config.relay_batch_size > 5000 {
             return Err(ConfigError("RELAY_BATCH_SIZE must be at most 5000".into()));
         }
-        crate::amqp::connection_args(&config.amqp_url, "check")
-            .map_err(|e| ConfigError(format!("AMQP_URL is not a valid amqp:// URL: {e}")))?;
+        valid_amqp_url(&config.amqp_url)?;
         config.log.filter()?;
         Ok(config)
     }
@@ -249,10 +257,8 @@ impl WorkerConfig {
         let config: Self = envy::from_iter(vars).map_err(|e| ConfigError(e.to_string()))?;
         at_least_one("DB_MAX_CONNECTIONS", config.db_max_connections.into())?;
         at_least_one("SAGA_PREFETCH", config.saga_prefetch.into())?;
-        crate::amqp::connection_args(&config.amqp_url, "check")
-            .map_err(|e| ConfigError(format!("AMQP_URL is not a valid amqp:// URL: {e}")))?;
-        redis::Client::open(config.redis_url.as_str())
-            .map_err(|e| ConfigError(format!("REDIS_URL is not a valid redis:// URL: {e}")))?;
+        valid_amqp_url(&config.amqp_url)?;
+        valid_redis_url(&config.redis_url)?;
         config.log.filter()?;
         Ok(config)
     }

@@ -85,3 +85,22 @@ pub async fn create_database_if_missing(database_url: &str) -> anyhow::Result<()
     }
     unreachable!("the loop returns")
 }
+
+/// Runs `batch` (one bounded DELETE, returning the rows it removed) until a batch
+/// removes fewer than `size` rows, at most `max_batches` times: housekeeping that never
+/// holds many locks or runs long. Returns how many rows went.
+pub async fn delete_in_batches<F, Fut>(size: u64, max_batches: usize, mut batch: F) -> Result<u64, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, sqlx::Error>>,
+{
+    let mut deleted = 0;
+    for _ in 0..max_batches {
+        let removed = batch().await?;
+        deleted += removed;
+        if removed < size {
+            break;
+        }
+    }
+    Ok(deleted)
+}

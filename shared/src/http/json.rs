@@ -1,6 +1,10 @@
 //! JSON at the edge: request bodies with case-insensitive keys, and exact decimals.
 
-use std::borrow::Cow;
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    sync::{Arc, LazyLock, RwLock},
+};
 
 use poem_openapi::{
     payload::Payload,
@@ -52,10 +56,10 @@ impl<T: ParseFromJSON> ParseFromJSON for CaseInsensitive<T> {
         let Some(Value::Object(object)) = value else {
             return Err(ParseError::custom("the body must be a JSON object"));
         };
-        let mut registry = Registry::new();
-        T::register(&mut registry);
+        let registry = registry_of::<T>();
+        let registry = registry.as_ref();
         let schema_ref = T::schema_ref();
-        let Some(schema) = resolve(&schema_ref, &registry) else {
+        let Some(schema) = resolve(&schema_ref, registry) else {
             return T::parse_from_json(Some(Value::Object(object))).map(Self).map_err(ParseError::propagate);
         };
         let object = canonical_keys(object, schema);
@@ -66,11 +70,26 @@ impl<T: ParseFromJSON> ParseFromJSON for CaseInsensitive<T> {
         }
         for (name, property) in &schema.properties {
             if let Some(value) = object.get(*name) {
-                check_type(name, value, property, &registry).map_err(ParseError::custom)?;
+                check_type(name, value, property, registry).map_err(ParseError::custom)?;
             }
         }
         T::parse_from_json(Some(Value::Object(object))).map(Self).map_err(ParseError::propagate)
     }
+}
+
+/// The schemas `T` registers, built once per type (at its first request), not per request.
+fn registry_of<T: Type>() -> Arc<Registry> {
+    // One map for every `T`: a static in a generic function is shared by all of them.
+    static REGISTRIES: LazyLock<RwLock<HashMap<String, Arc<Registry>>>> = LazyLock::new(Default::default);
+    let name = T::name();
+    if let Some(registry) = REGISTRIES.read().unwrap_or_else(|e| e.into_inner()).get(name.as_ref()) {
+        return registry.clone();
+    }
+    let mut registry = Registry::new();
+    T::register(&mut registry);
+    let registry = Arc::new(registry);
+    REGISTRIES.write().unwrap_or_else(|e| e.into_inner()).insert(name.into_owned(), registry.clone());
+    registry
 }
 
 /// Renames each key onto the declared property it matches: exact first, then ignoring case.

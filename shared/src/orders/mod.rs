@@ -214,20 +214,24 @@ pub struct OrderById(pub Uuid);
 
 impl OrderById {
     pub async fn fetch(self, db: &PgPool) -> Result<OrderView, AppError> {
-        sqlx::query_as!(
-            OrderView,
-            r#"SELECT id AS "id!", user_id AS "user_id!", order_status AS "order_status!",
-                      saga_status AS "saga_status!", payment_method AS "payment_method!",
-                      serial_number AS "serial_number!", total_price AS "total_price!",
-                      created_at AS "created_at!", client_name AS "client_name!", address AS "address!",
-                      products AS "products!: Json<Vec<OrderLineView>>"
-                 FROM order_views WHERE id = $1 AND NOT deleted"#,
-            self.0
-        )
-        .fetch_optional(db)
-        .await?
-        .ok_or_else(|| AppError::not_found(NOT_FOUND, self.0))
+        view_by_id(db, self.0).await?.ok_or_else(|| AppError::not_found(NOT_FOUND, self.0))
     }
+}
+
+/// One order's read model, unless deleted; on a pool or inside a transaction.
+pub async fn view_by_id<'e>(db: impl sqlx::PgExecutor<'e>, id: Uuid) -> Result<Option<OrderView>, sqlx::Error> {
+    sqlx::query_as!(
+        OrderView,
+        r#"SELECT id AS "id!", user_id AS "user_id!", order_status AS "order_status!",
+                  saga_status AS "saga_status!", payment_method AS "payment_method!",
+                  serial_number AS "serial_number!", total_price AS "total_price!",
+                  created_at AS "created_at!", client_name AS "client_name!", address AS "address!",
+                  products AS "products!: Json<Vec<OrderLineView>>"
+             FROM order_views WHERE id = $1 AND NOT deleted"#,
+        id
+    )
+    .fetch_optional(db)
+    .await
 }
 
 /// A page of approved, live orders, by creation time then id.

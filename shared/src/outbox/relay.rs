@@ -213,9 +213,8 @@ pub async fn record_backlog(db: &PgPool) -> Result<(), sqlx::Error> {
 /// statement holds many locks or runs long, and at most `RETENTION_BATCHES` batches a
 /// pass; relays running it together skip each other's rows. Returns how many went.
 pub async fn delete_published(db: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
-    let mut deleted = 0;
-    for _ in 0..RETENTION_BATCHES {
-        let batch = sqlx::query!(
+    crate::db::delete_in_batches(1000, RETENTION_BATCHES, || async {
+        Ok(sqlx::query!(
             "DELETE FROM outbox WHERE id IN (
                  SELECT id FROM outbox
                   WHERE published_at < now() - make_interval(secs => $1)
@@ -226,13 +225,9 @@ pub async fn delete_published(db: &PgPool, retention: Duration) -> Result<u64, s
         )
         .execute(db)
         .await?
-        .rows_affected();
-        deleted += batch;
-        if batch < 1000 {
-            break;
-        }
-    }
-    Ok(deleted)
+        .rows_affected())
+    })
+    .await
 }
 
 const RETENTION_BATCHES: usize = 10;

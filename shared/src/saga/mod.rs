@@ -18,7 +18,6 @@ use uuid::Uuid;
 use crate::{
     bus::Tx,
     orders::{
-        OrderView,
         domain::Order,
         events::{EventClient, OrderCanceled, OrderCreateSaga, OrderCreated, OrderLine},
     },
@@ -239,18 +238,8 @@ async fn save_statuses(tx: &mut Tx, order: &Order) -> Result<(), sqlx::Error> {
 
 /// The order's full data, read back inside the transaction that approved it.
 async fn order_created(tx: &mut Tx, id: Uuid) -> Result<OrderCreated, sqlx::Error> {
-    let view = sqlx::query_as!(
-        OrderView,
-        r#"SELECT id AS "id!", user_id AS "user_id!", order_status AS "order_status!",
-                  saga_status AS "saga_status!", payment_method AS "payment_method!",
-                  serial_number AS "serial_number!", total_price AS "total_price!",
-                  created_at AS "created_at!", client_name AS "client_name!", address AS "address!",
-                  products AS "products!: sqlx::types::Json<Vec<crate::orders::OrderLineView>>"
-             FROM order_views WHERE id = $1"#,
-        id
-    )
-    .fetch_one(&mut **tx)
-    .await?;
+    // The order is pending (never deleted) and locked by this transaction.
+    let view = crate::orders::view_by_id(&mut **tx, id).await?.ok_or(sqlx::Error::RowNotFound)?;
     Ok(OrderCreated {
         order_id: view.id,
         user_id: view.user_id,
@@ -290,7 +279,10 @@ pub struct Swept {
 pub async fn sweep_timeouts(db: &PgPool, timeout: Duration, max_retries: i32) -> Result<Swept, sqlx::Error> {
     let mut tx = db.begin().await?;
     let due = sqlx::query!(
-        "SELECT id, user_id, order_status, saga_status, deleted_at, saga_retries, total_price FROM orders
+        r#"SELECT id, user_id, order_status, saga_status, deleted_at, saga_retries, total_price,
+                (SELECT array_agg(product_id ORDER BY position) FROM order_products
+                  WHERE order_id = orders.id) AS "products_ids!: Vec<Uuid>"
+           FROM orders
           WHERE saga_status = 'Pending' AND saga_requested_at < now() - make_interval(secs => $1)
             -- The wait counts from when the request left: not while the relay or the broker
             -- is down and the request still sits in the outbox.
@@ -301,7 +293,7 @@ pub async fn sweep_timeouts(db: &PgPool, timeout: Duration, max_retries: i32) ->
                                     OR outbox.published_at > now() - make_interval(secs => $1)))
           ORDER BY saga_requested_at
           LIMIT 100
-            FOR UPDATE SKIP LOCKED",
+            FOR UPDATE SKIP LOCKED"#,
         timeout.as_secs_f64()
     )
     .fetch_all(&mut *tx)
@@ -310,16 +302,10 @@ pub async fn sweep_timeouts(db: &PgPool, timeout: Duration, max_retries: i32) ->
     for row in due {
         let trace = TraceContext::new_root();
         if row.saga_retries < max_retries {
-            let products_ids = sqlx::query_scalar!(
-                "SELECT product_id FROM order_products WHERE order_id = $1 ORDER BY position",
-                row.id
-            )
-            .fetch_all(&mut *tx)
-            .await?;
             let event = OrderCreateSaga {
                 order_id: row.id,
                 user_id: row.user_id,
-                products_ids,
+                products_ids: row.products_ids,
                 total_price: Money::from_db(row.total_price),
             };
             outbox::append(&mut tx, &event, trace).await?;
@@ -365,9 +351,8 @@ pub async fn sweep_timeouts(db: &PgPool, timeout: Duration, max_retries: i32) ->
 
 /// Deletes inbox rows older than `retention`, in bounded batches.
 pub async fn prune_inbox(db: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
-    let mut deleted = 0;
-    for _ in 0..10 {
-        let batch = sqlx::query!(
+    crate::db::delete_in_batches(1000, 10, || async {
+        Ok(sqlx::query!(
             "DELETE FROM saga_inbox WHERE message_id IN (
                  SELECT message_id FROM saga_inbox
                   WHERE received_at < now() - make_interval(secs => $1)
@@ -377,13 +362,9 @@ pub async fn prune_inbox(db: &PgPool, retention: Duration) -> Result<u64, sqlx::
         )
         .execute(db)
         .await?
-        .rows_affected();
-        deleted += batch;
-        if batch < 1000 {
-            break;
-        }
-    }
-    Ok(deleted)
+        .rows_affected())
+    })
+    .await
 }
 
 #[cfg(test)]
