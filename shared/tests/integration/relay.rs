@@ -21,6 +21,18 @@ fn settings() -> RelaySettings {
     RelaySettings { batch_size: 500, confirm_timeout: Duration::from_secs(5), ..RelaySettings::default() }
 }
 
+/// A relay on the test's database and topology, with its own connection name.
+fn test_relay(db: &PgPool, broker: &TestBroker, batch_size: i64, schedule: &str, broker_up: Arc<AtomicBool>) -> Relay {
+    Relay {
+        db: db.clone(),
+        amqp: broker.args("relay"),
+        topology: broker.topology.clone(),
+        settings: RelaySettings { batch_size, ..settings() },
+        schedule: schedule.parse().unwrap(),
+        broker_up,
+    }
+}
+
 async fn unpublished(db: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(db).await.unwrap()
 }
@@ -193,15 +205,7 @@ async fn a_row_committed_late_is_still_published(db: PgPool) {
 async fn the_relay_resumes_by_itself_when_the_broker_drops_its_connection(db: PgPool) {
     let broker = TestBroker::new().await;
     let (stop, stopped) = watch::channel(false);
-    let relay = Relay {
-        db: db.clone(),
-        amqp: broker.args("relay"),
-        topology: broker.topology.clone(),
-        settings: RelaySettings { batch_size: 50, ..settings() },
-        schedule: "*/1 * * * * *".parse().unwrap(),
-        broker_up: Arc::new(AtomicBool::new(false)),
-    };
-    let running = tokio::spawn(relay.run(stopped));
+    let running = tokio::spawn(test_relay(&db, &broker, 50, "*/1 * * * * *", Arc::default()).run(stopped));
 
     let mut written = HashSet::new();
     for round in 0..6 {
@@ -257,15 +261,7 @@ async fn retention_deletes_old_published_rows_only(db: PgPool) {
 async fn the_relay_carries_on_when_its_database_connections_are_killed(db: PgPool) {
     let broker = TestBroker::new().await;
     let (stop, stopped) = watch::channel(false);
-    let relay = Relay {
-        db: db.clone(),
-        amqp: broker.args("relay"),
-        topology: broker.topology.clone(),
-        settings: RelaySettings { batch_size: 50, ..settings() },
-        schedule: "*/1 * * * * *".parse().unwrap(),
-        broker_up: Arc::new(AtomicBool::new(false)),
-    };
-    let running = tokio::spawn(relay.run(stopped));
+    let running = tokio::spawn(test_relay(&db, &broker, 50, "*/1 * * * * *", Arc::default()).run(stopped));
     let mut written = HashSet::new();
     for _ in 0..4 {
         for ids in seed_events(&db, 100, 1).await.into_values() {
@@ -412,15 +408,8 @@ async fn a_commit_wakes_the_relay_before_its_schedule(db: PgPool) {
     let broker = TestBroker::new().await;
     let (stop, stopped) = watch::channel(false);
     let broker_up = Arc::new(AtomicBool::new(false));
-    let relay = Relay {
-        db: db.clone(),
-        amqp: broker.args("relay"),
-        topology: broker.topology.clone(),
-        settings: settings(),
-        // Hourly: only NOTIFY can explain a quick publish.
-        schedule: "0 0 * * * *".parse().unwrap(),
-        broker_up: broker_up.clone(),
-    };
+    // Hourly: only NOTIFY can explain a quick publish.
+    let relay = test_relay(&db, &broker, settings().batch_size, "0 0 * * * *", broker_up.clone());
     let running = tokio::spawn(relay.run(stopped));
     assert!(
         eventually(Duration::from_secs(10), || async { broker_up.load(std::sync::atomic::Ordering::Relaxed) }).await
