@@ -84,6 +84,49 @@ def flow(*args):
     return json.loads(run(str(BIN / "examples/bench_flow"), *args, env=env).strip().splitlines()[-1])
 
 
+class Profile:
+    """Where the CPU went while a scenario ran (perf sampling every process on the
+    machine, summed by command name) and how many WAL flushes PostgreSQL did: the
+    evidence for a target that is missed. Without perf, only the WAL counts."""
+
+    def __init__(self, label):
+        self.label = label
+        self.transactions = None  # set by the caller, for WAL flushes per transaction
+
+    def __enter__(self):
+        self.wal = self.wal_syncs()
+        self.started = time.time()
+        self.perf = None
+        if shutil.which("perf"):
+            self.data = ROOT / f"target/bench/{re.sub(r'[^a-z0-9]+', '-', self.label.lower())}.perf"
+            self.data.parent.mkdir(parents=True, exist_ok=True)
+            self.perf = subprocess.Popen(["perf", "record", "-a", "-e", "cpu-clock", "-F", "499", "-o", str(self.data)],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return self
+
+    def __exit__(self, *exc):
+        seconds = time.time() - self.started
+        self.syncs = self.wal_syncs() - self.wal
+        self.split = {}
+        if self.perf:
+            self.perf.send_signal(signal.SIGINT)
+            self.perf.wait()
+            report = subprocess.run(["perf", "report", "-i", str(self.data), "--sort", "comm", "--stdio"],
+                                    capture_output=True, text=True).stdout
+            for share, comm in re.findall(r"^\s+([\d.]+)%\s+(\S.*?)\s*$", report, re.M):
+                # Of both cores: 100% here is the whole machine busy.
+                self.split[comm] = float(share)
+        self.seconds = seconds
+        PROFILES.append(self)
+
+    @staticmethod
+    def wal_syncs():
+        return int(psql(DB, "-c", "SELECT wal_sync FROM pg_stat_wal").strip())
+
+
+PROFILES = []
+
+
 def settle(limit=240):
     """Waits for the work a scenario left behind (sagas to answer, events to publish) to
     finish, so the next scenario is not measured against it."""
@@ -136,8 +179,12 @@ def main():
         wait_for(f"http://127.0.0.1:{WORKER_PORT}/readyz")
 
         for c in (1, 16, 64) if want("post") else ():
-            ours = wrk("/api/v1/orders/", c, ROOT / "bench/post_order.lua")
-            base = pgbench("pgbench_order.sql", c)
+            with Profile(f"POST {c} conn: api") as profile:
+                ours = wrk("/api/v1/orders/", c, ROOT / "bench/post_order.lua")
+            profile.transactions = ours["rps"] * int(DURATION)
+            with Profile(f"POST {c} conn: pgbench") as profile:
+                base = pgbench("pgbench_order.sql", c)
+            profile.transactions = base * int(DURATION)
             rows.append((f"POST /api/v1/orders/ (3 products), {c} conn", f"{ours['rps']:.0f} req/s (p50 {ours['p50']:.2f} ms, p99 {ours['p99']:.2f} ms)",
                          f"pgbench same transaction {base:.0f} tps", ours["rps"] / base, 0.70))
 
@@ -164,8 +211,10 @@ def main():
 
         settle()
         if want("relay"):
-            raw = flow("raw-publish", "20000")["raw_publish_per_s"]
-            relay = flow("relay", "20000")
+            with Profile("relay: raw publish"):
+                raw = flow("raw-publish", "20000")["raw_publish_per_s"]
+            with Profile("relay: 20,000-row backlog, then 500 single rows"):
+                relay = flow("relay", "20000")
             rows.append(("relay: events/s (20,000-row backlog)", f"{relay['relay_per_s']:.0f}/s",
                      f"raw publish with confirms {raw:.0f}/s", relay["relay_per_s"] / raw, 0.70))
             rows.append(("  relay: commit → publish p50 / p99", f"{relay['commit_to_publish_p50_ms']:.1f} / {relay['commit_to_publish_p99_ms']:.1f} ms",
@@ -210,6 +259,14 @@ def main():
     header = (f"Measured {datetime.date.today().isoformat()} on this machine: {cores} cores, {memory:.0f} GiB, "
               f"PostgreSQL, Redis and RabbitMQ local; {DURATION} s per load; release build.")
     table = "\n".join(lines)
+    if PROFILES:
+        table += ("\n\n## Where the time went (perf, every process on the machine by command; 100% = both cores)\n\n"
+                  "| scenario | seconds | WAL flushes | per transaction | CPU by command |\n|---|---|---|---|---|\n")
+        for p in PROFILES:
+            busy = ", ".join(f"{comm} {share:.0f}%" for comm, share in sorted(p.split.items(), key=lambda kv: -kv[1])
+                             if share >= 1.0)
+            per = f"{p.syncs / p.transactions:.2f}" if p.transactions else "—"
+            table += f"| {p.label} | {p.seconds:.1f} | {p.syncs} | {per} | {busy or 'perf not available'} |\n"
     if not ONLY:
         (ROOT / "bench/RESULTS.md").write_text(f"# Benchmark results\n\n{header}\n\n{table}\n")
     print(header)

@@ -2,15 +2,18 @@
 # The tools the deployment checks use, installed where missing:
 #   - check-jsonschema (PyPI), in a virtualenv under target/tools;
 #   - playwright (PyPI), to drive Debian's Chromium;
+#   - schemathesis (PyPI), the OpenAPI fuzzer, and pika (PyPI), the chaos ledger's
+#     independent AMQP consumer;
 #   - promtool and prometheus (Debian's prometheus package) and chromium, as root on Debian.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=target/tools/venv
-if [ ! -x "$venv/bin/check-jsonschema" ] || [ ! -x "$venv/bin/playwright" ]; then
+if [ ! -x "$venv/bin/check-jsonschema" ] || [ ! -x "$venv/bin/playwright" ] || [ ! -x "$venv/bin/schemathesis" ] \
+    || ! "$venv/bin/python" -c "import pika" 2>/dev/null; then
     python3 -m venv "$venv"
     # playwright drives Debian's Chromium; it downloads no browser of its own.
-    "$venv/bin/pip" install -q check-jsonschema playwright
+    "$venv/bin/pip" install -q check-jsonschema playwright schemathesis==4.32.5 pika==1.4.4
 fi
 
 if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v chromium >/dev/null; then

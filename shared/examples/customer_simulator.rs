@@ -91,7 +91,9 @@ async fn main() -> anyhow::Result<()> {
             let request: Value = serde_json::from_slice(&delivery.body).unwrap_or(Value::Null);
             let (Some(order_id), Some(total)) = (request["orderID"].as_str(), request["totalPrice"].as_number()) else {
                 tracing::warn!("not an OrderCreateSaga request; dropped");
-                consumer.ack(delivery.tag).await?;
+                if consumer.ack(delivery.tag).await.is_err() {
+                    break;
+                }
                 continue;
             };
             let total = Decimal::from_str(&total.to_string()).unwrap_or(Decimal::MAX);
@@ -106,13 +108,12 @@ async fn main() -> anyhow::Result<()> {
                 body: json!({"orderID": order_id, "orderType": answer}).to_string().into_bytes(),
             };
             match publisher.publish_all(std::slice::from_ref(&reply), Duration::from_secs(5)).await.remove(0) {
-                Ok(()) => {
-                    consumer.ack(delivery.tag).await?;
-                    tracing::info!(order.id = order_id, %total, answer, "answered");
-                }
+                // A lost ack means a redelivery, answered again with the same reply id.
+                Ok(()) if consumer.ack(delivery.tag).await.is_err() => break,
+                Ok(()) => tracing::info!(order.id = order_id, %total, answer, "answered"),
                 Err(e) => {
                     tracing::warn!(error = %e, "reply not confirmed; the request goes back to the queue");
-                    consumer.requeue(delivery.tag).await?;
+                    let _ = consumer.requeue(delivery.tag).await;
                     break;
                 }
             }

@@ -277,6 +277,23 @@ pub async fn connect(args: &OpenConnectionArguments) -> Result<Connection, amqpr
     Ok(connection)
 }
 
+/// Messages ready on `queue`, asked of the broker on a connection of its own (a passive
+/// declare), before anything consumes them.
+pub async fn queue_depth(args: &OpenConnectionArguments, queue: &str) -> Result<u32, amqprs::error::Error> {
+    let asked = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        let connection = connect(args).await?;
+        let channel = connection.open_channel(None).await?;
+        let mut declare = QueueDeclareArguments::new(queue);
+        declare.passive(true);
+        let depth = channel.queue_declare(declare).await?.map_or(0, |(_, messages, _)| messages);
+        let _ = channel.close().await;
+        let _ = connection.close().await;
+        Ok(depth)
+    })
+    .await;
+    asked.map_err(|_| amqprs::error::Error::NetworkError(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+}
+
 /// A confirm-mode channel on its own connection. Dropping it closes both.
 ///
 /// Once a batch went unconfirmed or the channel closed, the publisher is *broken*: it

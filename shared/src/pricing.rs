@@ -219,4 +219,57 @@ mod tests {
         assert_eq!(parse("-5"), d("-5"));
         assert!(Money::price(parse("0.125")).is_err());
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Any amount a client may set: whole cents from 0 to [`MAX_PRICE`].
+        fn price() -> impl Strategy<Value = Money> {
+            (0i64..=9_999_999_999).prop_map(|cents| Money::price(Decimal::new(cents, 2)).unwrap())
+        }
+
+        fn discount() -> impl Strategy<Value = Discount> {
+            (0i64..=99).prop_map(|p| Discount::try_from(p).unwrap())
+        }
+
+        proptest! {
+            #[test]
+            fn negative_prices_are_refused(cents in -9_999_999_999i64..=-1) {
+                prop_assert_eq!(Money::price(Decimal::new(cents, 2)), Err(PriceError::Negative));
+            }
+
+            #[test]
+            fn a_discounted_price_is_never_negative_nor_above_the_price(p in price(), d in discount()) {
+                let actual = p.discounted(d);
+                prop_assert!(actual >= Money::ZERO && actual <= p);
+                prop_assert!(actual.amount().scale() <= 2);
+                // Off the exact product by at most half a cent (the rounding).
+                let exact = p.amount() * Decimal::from(100 - u32::from(d.percent())) / Decimal::ONE_HUNDRED;
+                prop_assert!((actual.amount() - exact).abs() <= Decimal::new(5, 3));
+            }
+
+            #[test]
+            fn totals_are_exact_sums_of_cents(lines in proptest::collection::vec((price(), discount()), 1..200)) {
+                let actual: Vec<Money> = lines.iter().map(|(p, d)| p.discounted(*d)).collect();
+                let total = Money::sum(actual.iter().copied());
+                let cents: i64 = actual.iter().map(|m| (m.amount() * Decimal::ONE_HUNDRED).to_i64().unwrap()).sum();
+                prop_assert_eq!(total.amount(), Decimal::new(cents, 2).normalize());
+                prop_assert!(total >= Money::ZERO);
+            }
+
+            #[test]
+            fn amounts_survive_json_exactly(cents in 0i64..=99_999_999_990_000) {
+                // Up to the largest total: MAX_ORDER_LINES lines at MAX_PRICE.
+                let amount = Decimal::new(cents, 2).normalize();
+                prop_assert_eq!(decimal_from_json(&json_number(amount)), Some(amount));
+            }
+
+            #[test]
+            fn discounts_outside_0_to_99_are_refused(percent in prop_oneof![i64::MIN..0, 100..i64::MAX]) {
+                prop_assert_eq!(Discount::try_from(percent), Err(DiscountError));
+            }
+        }
+    }
 }

@@ -86,8 +86,9 @@ pub fn app(state: AppState) -> impl Endpoint {
     let docs = api.swagger_ui();
     Route::new()
         .nest("/", api)
-        .at("/openapi.json", spec)
-        .nest("/docs", docs)
+        // The spec and Swagger UI answer any method on their own: GET only, like the rest.
+        .at("/openapi.json", poem::get(spec))
+        .nest("/docs", poem::get(docs))
         .with(observe::BodyLimit(state.max_body_bytes))
         .with(observe::Observe::new(routes))
         .catch_all_error(|e| async move { errors::framework_error(e) })

@@ -278,4 +278,84 @@ mod tests {
         assert!("card".parse::<PaymentMethod>().is_err());
         assert!("Shipped".parse::<OrderStatus>().is_err());
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// The legal edges, written out once more as data, independently of `can_become`.
+        const ORDER_EDGES: [(OrderStatus, OrderStatus); 6] = [
+            (OrderStatus::New, OrderStatus::InProcessing),
+            (OrderStatus::InProcessing, OrderStatus::Processed),
+            (OrderStatus::Processed, OrderStatus::Delivered),
+            (OrderStatus::New, OrderStatus::Canceled),
+            (OrderStatus::InProcessing, OrderStatus::Canceled),
+            (OrderStatus::Processed, OrderStatus::Canceled),
+        ];
+
+        #[derive(Debug, Clone, Copy)]
+        enum Command {
+            Approve,
+            Reject,
+            Delete,
+        }
+
+        proptest! {
+            #[test]
+            fn order_status_moves_only_along_legal_edges(targets in proptest::collection::vec(0usize..5, 0..20)) {
+                let mut status = OrderStatus::New;
+                for target in targets {
+                    let next = ALL_ORDER[target];
+                    match status.transition(next) {
+                        Ok(moved) => {
+                            prop_assert!(ORDER_EDGES.contains(&(status, next)));
+                            prop_assert!(!status.is_closed());
+                            status = moved;
+                        }
+                        Err(_) => prop_assert!(!ORDER_EDGES.contains(&(status, next))),
+                    }
+                }
+            }
+
+            #[test]
+            fn the_saga_decides_once_and_deletion_needs_approval(
+                commands in proptest::collection::vec(prop_oneof![
+                    Just(Command::Approve), Just(Command::Reject), Just(Command::Delete)
+                ], 0..12)
+            ) {
+                let mut order = Order {
+                    id: Uuid::nil(), user_id: Uuid::nil(), order_status: OrderStatus::New,
+                    saga_status: SagaStatus::Pending, deleted_at: None,
+                };
+                let mut decided = None;
+                for command in commands {
+                    let before = order.clone();
+                    let result = match command {
+                        Command::Approve => order.approve(),
+                        Command::Reject => order.reject(),
+                        Command::Delete => order.delete(Utc::now()),
+                    };
+                    if result.is_err() {
+                        // A refused move changes nothing.
+                        prop_assert_eq!(&order, &before);
+                        continue;
+                    }
+                    match command {
+                        Command::Approve | Command::Reject => {
+                            prop_assert_eq!(decided, None, "the saga decided twice");
+                            decided = Some(order.saga_status);
+                        }
+                        Command::Delete => {
+                            prop_assert_eq!(before.saga_status, SagaStatus::Approved);
+                            prop_assert!(before.deleted_at.is_none());
+                        }
+                    }
+                    if order.saga_status == SagaStatus::Rejected {
+                        prop_assert_eq!(order.order_status, OrderStatus::Canceled);
+                    }
+                }
+            }
+        }
+    }
 }

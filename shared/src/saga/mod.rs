@@ -5,8 +5,10 @@
 //! (refused by the domain type when the order is no longer `Pending`), the event it
 //! emits into the outbox, and a row in `saga_inbox` that makes a redelivery a no-op.
 //! [`sweep_timeouts`] re-requests orders the customer service has not answered, and
-//! cancels them after the last try. `worker` runs both in the `saga-worker` process.
+//! cancels them after the last try. `worker` runs both in the `saga-worker` process;
+//! `dlq` is its operator's side (`saga-worker dlq list|replay`).
 
+pub mod dlq;
 pub mod worker;
 
 use std::time::Duration;

@@ -9,6 +9,7 @@ mod broker;
 mod cache;
 mod e2e;
 mod helpers;
+mod hostile;
 mod loki;
 mod openapi;
 mod orders;

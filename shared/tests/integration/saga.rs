@@ -8,7 +8,7 @@ use std::{
 use order_service::{
     amqp::{Consumer, Outgoing},
     saga::{
-        self, SagaReply,
+        self, SagaReply, dlq,
         worker::{SagaWorker, TimeoutSettings},
     },
     trace_context::TraceContext,
@@ -347,4 +347,48 @@ async fn a_database_failure_is_retried_not_lost(db: PgPool) {
 
 async fn settled_within(app: &TestApp, order: Uuid, limit: Duration) -> bool {
     eventually(limit, || async { saga_status(app, order).await.0 != "Pending" }).await
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_dead_letter_queue_is_listed_then_replayed_once_the_cause_is_fixed(db: PgPool) {
+    let app = TestApp::new(db);
+    let broker = TestBroker::new().await;
+    // A reply that came before its order existed, and one that can never apply.
+    let early = Uuid::new_v4();
+    send_reply(&broker, &reply(early, "Approved"), "early").await;
+    send_reply(&broker, "{not json", "garbage").await;
+    let worker = RunningWorker::start(&app, &broker);
+    let dlq = &broker.topology.dead_letter_queue;
+    assert!(eventually(Duration::from_secs(10), || async { broker.queue_depth(dlq).await == 2 }).await);
+
+    // Listing leaves the messages where they are, and says why each is there.
+    let args = broker.args("dlq");
+    let listed = dlq::list(&args, &broker.topology, 100).await.unwrap();
+    let mut kinds: Vec<_> = listed.iter().map(|l| (l.message_id.clone().unwrap(), l.kind.clone())).collect();
+    kinds.sort();
+    assert_eq!(kinds, [("early".to_owned(), "unknown_order".to_owned()), ("garbage".into(), "malformed_json".into())]);
+    assert!(listed.iter().all(|l| !l.reason.is_empty()));
+    assert_eq!(dlq::list(&args, &broker.topology, 1).await.unwrap().len(), 1);
+    assert!(eventually(Duration::from_secs(5), || async { broker.queue_depth(dlq).await == 2 }).await);
+
+    // The cause is fixed: the order now exists. Replay moves both back; the early reply
+    // applies, the garbage is dead-lettered again, and nothing is replayed twice.
+    let product = app.create_product("Replayed", 10.0, 0).await;
+    let address = app.create_address().await;
+    let user = app.create_user("late", address).await;
+    let created = app
+        .post(
+            "/api/v1/orders/",
+            &json!({"orderID": early, "paymentMethod": "Card", "productsIds": [product], "userID": user, "deliveryAddress": address}),
+        )
+        .await;
+    assert_eq!(created.status.as_u16(), 204, "{}", created.body);
+    let moved = dlq::replay(&args, &broker.args("dlq-publish"), &broker.topology, 100).await.unwrap();
+    assert_eq!(moved.len(), 2);
+    assert!(settled(&app, early, "Approved").await, "the replayed reply was applied");
+    assert!(eventually(Duration::from_secs(10), || async { broker.queue_depth(dlq).await == 1 }).await);
+    worker.stop().await;
+    let left = broker.drain(dlq).await;
+    assert_eq!(left.iter().map(|m| m.message_id()).collect::<Vec<_>>(), ["garbage"]);
+    broker.cleanup().await;
 }

@@ -1,0 +1,667 @@
+"""`make chaos`: faults injected into the running system, then a ledger says what happened.
+
+Runs api, two outbox-relays, two saga-workers and the customer simulator as real
+processes (target/debug) against the local PostgreSQL and RabbitMQ (a database and a
+vhost of its own) and a Redis server of its own (so restarting it disturbs nothing
+else). Several clients create orders while a seeded fault schedule SIGKILLs relays and
+workers, closes RabbitMQ connections from the broker, stops and starts the RabbitMQ
+application, restarts Redis, terminates the service's PostgreSQL connections and
+injects poison replies. Then everything heals, the system drains (bounded), and the
+ledger is checked: nothing lost, nothing duplicated, nothing stuck. A second part
+loads the api at saturation, then again while its PostgreSQL connections are killed.
+
+CHAOS_SHORT=1 is the variant `make test` runs (about two minutes); CHAOS_SEED fixes the
+schedule (printed at the start); CHAOS_ORDERS, CHAOS_CLIENTS and CHAOS_SECONDS override
+the sizes. Exits non-zero on any violation. Needs pika (scripts/tools.sh installs it).
+"""
+
+import collections
+import datetime
+import decimal
+import http.client
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+from pathlib import Path
+
+import pika
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "target/debug"
+WORK = ROOT / "target/chaos"
+SHORT = os.environ.get("CHAOS_SHORT") == "1"
+SEED = int(os.environ.get("CHAOS_SEED", random.randrange(1 << 31)))
+ORDERS = int(os.environ.get("CHAOS_ORDERS", 2000 if SHORT else 4000))
+CLIENTS = int(os.environ.get("CHAOS_CLIENTS", 8))
+SECONDS = float(os.environ.get("CHAOS_SECONDS", 40 if SHORT else 120))
+LOAD_SECONDS = int(os.environ.get("CHAOS_LOAD_SECONDS", 10 if SHORT else 60))
+DRAIN_SECONDS = 180
+
+DB = "orders_chaos"
+# Trust auth ignores it; it is here so the logs can be searched for it.
+DB_PASSWORD = "chaos-Secret-4f1d9c"
+PG = "postgres://postgres@127.0.0.1:5432"
+DATABASE_URL = f"postgres://postgres:{DB_PASSWORD}@127.0.0.1:5432/{DB}"
+VHOST = "chaos"
+AMQP_URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
+REDIS_PORT = 16390
+API_PORT = 18300
+API = f"127.0.0.1:{API_PORT}"
+CREDIT_LIMIT = decimal.Decimal(1000)
+LEDGER_QUEUE = "chaos.ledger"
+PRODUCTS, USERS = 24, 40
+
+
+def log(*args):
+    print(f"chaos {datetime.datetime.now():%H:%M:%S}:", *args, file=sys.stderr, flush=True)
+
+
+def run(*args, check=True):
+    return subprocess.run(args, check=check, text=True, capture_output=True).stdout
+
+
+def psql(sql, database=DB):
+    return run("psql", f"{PG}/{database}", "-v", "ON_ERROR_STOP=1", "-qAt", "-F", "\t", "-c", sql)
+
+
+def rows(sql):
+    return [line.split("\t") for line in psql(sql).splitlines() if line]
+
+
+# --- processes ---------------------------------------------------------------------
+
+
+class Proc:
+    """One process of the system, restarted whenever it is not running."""
+
+    def __init__(self, name, command, env):
+        self.name, self.command, self.env = name, command, env
+        self.log = (WORK / "logs" / f"{name}.log").open("ab")
+        self.proc = None
+        self.killed = False  # by the fault schedule: restart without counting a crash
+        self.held = False  # kept down on purpose for a moment
+        self.crashes = []
+        self.starts = 0
+
+    def start(self):
+        self.proc = subprocess.Popen(self.command, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.starts += 1
+
+    def kill9(self):
+        self.killed, self.held = True, True
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def check(self):
+        if self.held or self.proc.poll() is None:
+            return
+        if not self.killed:
+            self.crashes.append(self.proc.returncode)
+            log(f"{self.name} exited by itself with {self.proc.returncode}; restarting")
+        self.killed = False
+        self.start()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.crashes.append("no exit within 15 s of SIGTERM")
+
+
+class Redis:
+    """A Redis server of this run's own, so that restarting it touches nothing else."""
+
+    def __init__(self):
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(WORK)], stdout=subprocess.DEVNULL)
+        for _ in range(50):
+            if run("redis-cli", "-p", str(REDIS_PORT), "ping", check=False).strip() == "PONG":
+                return
+            time.sleep(0.1)
+        raise SystemExit("chaos: redis-server did not start")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def system(redis_url):
+    common = dict(os.environ, DATABASE_URL=DATABASE_URL, AMQP_URL=AMQP_URL, REDIS_URL=redis_url, LOG_FORMAT="json",
+                  LOG_LEVEL="info", CREDIT_LIMIT=str(CREDIT_LIMIT))
+    common.pop("LOKI_URL", None)
+    procs = [Proc("api", [str(BIN / "api")], dict(common, API_ADDR=API))]
+    for i in (1, 2):
+        procs.append(Proc(f"outbox-relay-{i}", [str(BIN / "outbox-relay")],
+                          dict(common, METRICS_ADDR=f"127.0.0.1:{18310 + i}")))
+        procs.append(Proc(f"saga-worker-{i}", [str(BIN / "saga-worker")],
+                          dict(common, METRICS_ADDR=f"127.0.0.1:{18320 + i}")))
+    procs.append(Proc("customer-simulator", [str(BIN / "examples/customer_simulator")], common))
+    return {p.name: p for p in procs}
+
+
+def supervise(procs, stop):
+    while not stop.wait(0.25):
+        for proc in procs.values():
+            proc.check()
+
+
+# --- HTTP ----------------------------------------------------------------------------
+
+
+class Client:
+    def __init__(self):
+        self.conn = None
+
+    def call(self, method, path, body=None):
+        """(status, parsed body); status 0 when the connection failed."""
+        for _ in range(2):
+            try:
+                if self.conn is None:
+                    self.conn = http.client.HTTPConnection(API, timeout=30)
+                headers = {"Content-Type": "application/json"} if body is not None else {}
+                self.conn.request(method, path, json.dumps(body) if body is not None else None, headers)
+                response = self.conn.getresponse()
+                data = response.read()
+                return response.status, (json.loads(data) if data else None)
+            except (OSError, http.client.HTTPException):
+                if self.conn:
+                    self.conn.close()
+                self.conn = None
+        return 0, None
+
+
+def wait_http(url, seconds=120):
+    deadline = time.time() + seconds
+    client = Client()
+    while time.time() < deadline:
+        status, _ = client.call("GET", url)
+        if status == 200:
+            return
+        time.sleep(0.3)
+    raise SystemExit(f"chaos: {url} did not answer 200 within {seconds} s")
+
+
+def product_id(i):
+    return f"00000000-0000-4000-8000-{i:012d}"
+
+
+def user_id(i):
+    return f"10000000-0000-4000-8000-{i:012d}"
+
+
+def address_id(i):
+    return f"20000000-0000-4000-8000-{i:012d}"
+
+
+def seed(rng):
+    client = Client()
+    prices = {}
+    for i in range(1, PRODUCTS + 1):
+        price = decimal.Decimal(rng.randrange(5000, 60000)) / 100
+        prices[product_id(i)] = price
+        status, body = client.call("POST", "/api/v1/products/", {"productID": product_id(i), "name": f"Chaos {i}",
+                                                                 "price": float(price), "discount": 0,
+                                                                 "description": "chaos"})
+        assert status == 204, (status, body)
+    for i in range(1, USERS + 1):
+        status, body = client.call("POST", "/api/v1/address/", {"addressID": address_id(i), "buildingNumber": i,
+                                                                "streetName": "Main", "city": "Chaos",
+                                                                "country": "Testland"})
+        assert status == 204, (status, body)
+        status, body = client.call("POST", "/api/v1/users/", {"userID": user_id(i), "username": f"user{i}",
+                                                              "addressID": address_id(i)})
+        assert status == 204, (status, body)
+    return prices
+
+
+# --- the order stream -----------------------------------------------------------------
+
+
+def clients(prices, stop_at, results):
+    """CLIENTS threads create ORDERS orders, paced over SECONDS, and read the users'
+    cached lists between them (so the cache is filled while statuses change)."""
+    per_client = ORDERS // CLIENTS
+    interval = SECONDS / per_client
+
+    def client(n):
+        rng = random.Random(SEED * 100 + n)
+        http_client = Client()
+        start = time.time()
+        for k in range(per_client):
+            delay = start + k * interval - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            products = rng.sample(sorted(prices), 3)
+            user = rng.randrange(1, USERS + 1)
+            order = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+            status, body = http_client.call("POST", "/api/v1/orders/", {
+                "orderID": order, "paymentMethod": rng.choice(["Online", "Card"]), "productsIds": products,
+                "userID": user_id(user), "deliveryAddress": address_id(user)})
+            results.append({"order": order, "status": status, "body": body, "user": user_id(user),
+                            "total": sum(prices[p] for p in products), "products": products})
+            if k % 4 == 0:
+                http_client.call("GET", f"/api/v1/orders/user/{user_id(rng.randrange(1, USERS + 1))}?limit=1000")
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+# --- faults ---------------------------------------------------------------------------
+
+
+def rabbit_connections():
+    out = run("rabbitmqctl", "-q", "list_connections", "-p", VHOST, "--no-table-headers", "name", check=False)
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def publish_confirmed(messages, queue="CustomerSaga", deadline=120):
+    """Publishes straight to a queue with confirms, retrying while the broker is down."""
+    end = time.time() + deadline
+    while True:
+        try:
+            params = pika.URLParameters(AMQP_URL)
+            params.connection_attempts, params.retry_delay = 1, 0
+            with pika.BlockingConnection(params) as connection:
+                channel = connection.channel()
+                channel.confirm_delivery()
+                for message_id, body in messages:
+                    channel.basic_publish("", queue, body, pika.BasicProperties(
+                        message_id=message_id, delivery_mode=2, content_type="application/json"), mandatory=True)
+                return
+        except pika.exceptions.AMQPError as e:
+            if time.time() > end:
+                raise
+            log(f"publish failed ({type(e).__name__}), retrying")
+            time.sleep(1)
+
+
+def poison_messages():
+    messages = []
+    for n in range(3):
+        messages += [
+            (f"chaos-poison-malformed-{n}", b"{not json"),
+            (f"chaos-poison-missing-{n}", json.dumps({"orderID": str(uuid.uuid4())}).encode()),
+            (f"chaos-poison-bad-id-{n}", json.dumps({"orderID": "not-a-uuid", "orderType": "Approved"}).encode()),
+            (f"chaos-poison-bad-type-{n}", json.dumps({"orderID": str(uuid.uuid4()), "orderType": "Maybe"}).encode()),
+            (f"chaos-poison-unknown-order-{n}",
+             json.dumps({"orderID": str(uuid.uuid4()), "orderType": "Approved"}).encode()),
+        ]
+    return messages
+
+
+def fault_schedule(rng, procs, redis, injected, poison):
+    """(at seconds, kind, action) in time order, over the order stream."""
+    def kill(name):
+        def act():
+            procs[name].kill9()
+            time.sleep(rng.uniform(0.5, 3))
+            procs[name].held = False  # the supervisor restarts it
+        return act
+
+    def close_connections():
+        for name in rabbit_connections():
+            run("rabbitmqctl", "-q", "close_connection", name, "chaos: closed from the broker", check=False)
+
+    def rabbit_restart():
+        run("rabbitmqctl", "-q", "stop_app")
+        time.sleep(rng.uniform(1, 4))
+        run("rabbitmqctl", "-q", "start_app")
+        run("rabbitmqctl", "-q", "await_startup")
+
+    def redis_restart():
+        redis.stop()
+        time.sleep(rng.uniform(0.5, 2))
+        redis.start()
+
+    def pg_terminate():
+        psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+             f"WHERE datname = '{DB}' AND application_name = 'order-service' AND pid <> pg_backend_pid()")
+
+    def inject_poison():
+        publish_confirmed(poison)
+
+    rounds = 1 if SHORT else 2
+    faults = []
+    for _ in range(rounds):
+        faults += [("sigkill relay", kill(f"outbox-relay-{rng.choice((1, 2))}")),
+                   ("sigkill worker", kill(f"saga-worker-{rng.choice((1, 2))}")),
+                   ("broker closes connections", close_connections),
+                   ("rabbitmq stop_app/start_app", rabbit_restart),
+                   ("redis restart", redis_restart),
+                   ("pg_terminate_backend", pg_terminate),
+                   ("pg_terminate_backend", pg_terminate)]
+    faults.append(("poison replies", inject_poison))
+    rng.shuffle(faults)
+    # Spread over the stream, with a little jitter, leaving its last tenth quiet.
+    step = SECONDS * 0.9 / len(faults)
+    return [(i * step + rng.uniform(0, step / 2), kind, act) for i, (kind, act) in enumerate(faults)]
+
+
+def inject(schedule, start, injected):
+    for at, kind, act in schedule:
+        delay = start + at - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        log(f"fault at {time.time() - start:5.1f} s: {kind}")
+        act()
+        injected[kind] += 1
+
+
+# --- the ledger ---------------------------------------------------------------------
+
+
+def queue_depths():
+    out = run("rabbitmqctl", "-q", "list_queues", "-p", VHOST, "--no-table-headers", "name", "messages")
+    return {name: int(count) for name, count in (line.split() for line in out.splitlines() if line.strip())}
+
+
+def drain(deadline):
+    """Waits until no order is Pending, every outbox row is published and the saga
+    queues are empty; returns what is still busy at the deadline."""
+    while True:
+        pending = int(psql("SELECT count(*) FROM orders WHERE saga_status = 'Pending'"))
+        unpublished = int(psql("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
+        depths = queue_depths()
+        busy = {"pending orders": pending, "unpublished outbox rows": unpublished,
+                "CustomerSaga": depths.get("CustomerSaga", 0), "OrderSaga": depths.get("OrderSaga", 0)}
+        if not any(busy.values()) or time.time() > deadline:
+            return busy
+        time.sleep(1)
+
+
+def drain_ledger_queue():
+    """Every message the independent consumer's queue holds: (message_id, type, orderID)."""
+    seen = []
+    with pika.BlockingConnection(pika.URLParameters(AMQP_URL)) as connection:
+        channel = connection.channel()
+        while True:
+            method, properties, body = channel.basic_get(LEDGER_QUEUE, auto_ack=True)
+            if method is None:
+                break
+            order = json.loads(body).get("orderID")
+            seen.append((properties.message_id, properties.type, order))
+    return seen
+
+
+def check_ledger(results, poison, violations):
+    by_order = {r["order"]: r for r in results}
+    statuses = collections.Counter(r["status"] for r in results)
+    for r in results:
+        if r["status"] not in (204, 503):
+            violations.append(f"order {r['order']}: answered {r['status']} {r['body']}")
+
+    db_orders = {o: (status, int(lines), total, int(retries)) for o, status, lines, total, retries in rows(
+        "SELECT o.id, o.saga_status, (SELECT count(*) FROM order_products p WHERE p.order_id = o.id), "
+        "o.total_price, o.saga_retries FROM orders o")}
+    outbox = collections.defaultdict(list)
+    for event_id, aggregate, event_type, published in rows(
+            "SELECT event_id, aggregate_id, event_type, published_at IS NOT NULL FROM outbox ORDER BY id"):
+        outbox[aggregate].append((event_id, event_type))
+        if published != "t":
+            violations.append(f"outbox event {event_id} ({event_type}) never published")
+
+    lost = half_written = duplicate_effects = stuck = 0
+    for order, r in by_order.items():
+        row = db_orders.get(order)
+        if row is None:
+            if r["status"] == 204:
+                lost += 1
+                violations.append(f"order {order} answered 204 but does not exist")
+            elif outbox.get(order):
+                half_written += 1
+                violations.append(f"order {order} answered {r['status']}: no order row, but outbox rows")
+            continue
+        status, lines, total, retries = row
+        if lines != 3 or decimal.Decimal(total) != r["total"]:
+            half_written += 1
+            violations.append(f"order {order}: {lines} lines, total {total} (expected 3 lines, {r['total']})")
+        if status == "Pending":
+            stuck += 1
+            violations.append(f"order {order} still Pending")
+        elif status != ("Rejected" if r["total"] > CREDIT_LIMIT else "Approved") and retries == 0:
+            violations.append(f"order {order} is {status} for a total of {r['total']}")
+        events = collections.Counter(event_type for _, event_type in outbox.get(order, []))
+        want = collections.Counter({"OrderCreateSaga": 1 + retries,
+                                    "OrderCreated" if status == "Approved" else "OrderCanceled": 1})
+        if status != "Pending" and events != want:
+            duplicate_effects += 1
+            violations.append(f"order {order} ({status}): outbox events {dict(events)}, expected {dict(want)}")
+    for order in set(db_orders) - set(by_order):
+        violations.append(f"order {order} exists but no client created it")
+
+    # The independent consumer: every event at least once, each order's in outbox order.
+    seen = drain_ledger_queue()
+    first_seen = {}
+    for i, (message_id, _, _) in enumerate(seen):
+        first_seen.setdefault(message_id, i)
+    redelivered = len(seen) - len(first_seen)
+    unseen = 0
+    for order, events in outbox.items():
+        missing = [e for e, _ in events if e not in first_seen]
+        unseen += len(missing)
+        for event_id in missing:
+            violations.append(f"event {event_id} of order {order} never reached the Order.* consumer")
+        arrival = sorted((first_seen[e], e) for e, _ in events if e in first_seen)
+        if [e for _, e in arrival] != [e for e, _ in events if e in first_seen]:
+            violations.append(f"order {order}: events arrived out of order")
+
+    # Saga queues empty, and the DLQ holds exactly the poison (read with our own tool).
+    depths = queue_depths()
+    for queue in ("CustomerSaga", "OrderSaga"):
+        if depths.get(queue, 0):
+            violations.append(f"{queue} still holds {depths[queue]} messages")
+    env = dict(os.environ, AMQP_URL=AMQP_URL, DATABASE_URL=DATABASE_URL)
+    listed = subprocess.run([str(BIN / "saga-worker"), "dlq", "list"], env=env, check=True, text=True,
+                            capture_output=True).stdout
+    letters = [json.loads(line) for line in listed.splitlines() if line.strip()]
+    in_dlq = collections.Counter(letter["message_id"] for letter in letters)
+    injected = {message_id for message_id, _ in poison}
+    if set(in_dlq) != injected:
+        violations.append(f"DLQ holds {sorted(set(in_dlq) - injected)} not injected, "
+                          f"misses {sorted(injected - set(in_dlq))}")
+    dlq_duplicates = sum(n - 1 for n in in_dlq.values())
+    return {"statuses": statuses, "lost": lost, "half_written": half_written, "duplicate_effects": duplicate_effects,
+            "stuck": stuck, "events": sum(len(e) for e in outbox.values()), "events_unseen": unseen,
+            "redelivered": redelivered, "dlq": len(letters), "dlq_duplicates": dlq_duplicates,
+            "kinds": collections.Counter(letter["kind"] for letter in letters)}
+
+
+def check_cache(violations):
+    """Every user's list through the api (Redis, filled on a miss) equals PostgreSQL's."""
+    client = Client()
+    approved = collections.defaultdict(set)
+    for order, user in rows("SELECT id, user_id FROM orders WHERE saga_status = 'Approved' AND NOT deleted"):
+        approved[user].add(order)
+    mismatched = 0
+    for i in range(1, USERS + 1):
+        for attempt in ("first read", "second read"):
+            status, body = client.call("GET", f"/api/v1/orders/user/{user_id(i)}?limit=1000")
+            cached = {o["OrderID"] for o in body["orders"]} if status == 200 else None
+            if cached != approved[user_id(i)]:
+                mismatched += 1
+                violations.append(f"user {user_id(i)} ({attempt}): cache says {status} with "
+                                  f"{len(cached or ())} orders, PostgreSQL {len(approved[user_id(i)])}")
+    return mismatched
+
+
+def check_logs(violations):
+    for path in sorted((WORK / "logs").glob("*.log")):
+        text = path.read_text(errors="replace")
+        if DB_PASSWORD in text:
+            violations.append(f"{path.name} contains the database password")
+        if "panicked at" in text:
+            violations.append(f"{path.name} records a panic")
+
+
+# --- load with faults -------------------------------------------------------------------
+
+
+def load_phase(kill_connections, violations):
+    """wrk at saturation on a mix of routes; with kill_connections, the api's PostgreSQL
+    connections are terminated every 200 ms meanwhile."""
+    env = dict(os.environ, CHAOS_USERS=str(USERS), CHAOS_PRODUCTS=str(PRODUCTS))
+    stop = threading.Event()
+    kills = 0
+
+    def killer():
+        nonlocal kills
+        while not stop.wait(0.2):
+            kills += int(psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = "
+                              f"'{DB}' AND application_name = 'order-service' AND pid <> pg_backend_pid()"))
+
+    thread = threading.Thread(target=killer)
+    if kill_connections:
+        thread.start()
+    out = subprocess.run(["wrk", "-t", "2", "-c", "32", "-d", f"{LOAD_SECONDS}s", "-s",
+                          str(ROOT / "scripts/chaos_load.lua"), f"http://{API}"],
+                         check=True, text=True, capture_output=True, env=env).stdout
+    stop.set()
+    if kill_connections:
+        thread.join()
+    counts = {int(s): int(n) for s, n in re.findall(r"^status (\d+) (\d+)$", out, re.M)}
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    allowed = {200, 204, 503} if kill_connections else {200, 204}
+    for status, n in counts.items():
+        if status not in allowed:
+            violations.append(f"load{' with kills' if kill_connections else ''}: {n} answers {status}")
+    # The api recovers by itself: a fresh order goes through at once.
+    client = Client()
+    order = str(uuid.uuid4())
+    status, body = client.call("POST", "/api/v1/orders/", {"orderID": order, "paymentMethod": "Cash",
+                                                           "productsIds": [product_id(1)], "userID": user_id(1),
+                                                           "deliveryAddress": address_id(1)})
+    if status != 204:
+        violations.append(f"after the load{' with kills' if kill_connections else ''}: POST answered {status} {body}")
+    return {"rps": rps, "statuses": counts, "kills": kills}
+
+
+def half_written_orders(violations):
+    broken = rows("SELECT o.id FROM orders o WHERE NOT EXISTS (SELECT 1 FROM order_products p WHERE p.order_id = o.id)"
+                  " OR NOT EXISTS (SELECT 1 FROM outbox x WHERE x.aggregate_id = o.id "
+                  "AND x.event_type = 'OrderCreateSaga')")
+    for (order,) in broken:
+        violations.append(f"order {order} is half-written (no lines or no OrderCreateSaga event)")
+    return len(broken)
+
+
+def peak_rss_mb(pid):
+    return int(re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text()).group(1)) / 1024
+
+
+# --- main -----------------------------------------------------------------------------
+
+
+def setup():
+    shutil.rmtree(WORK, ignore_errors=True)
+    (WORK / "logs").mkdir(parents=True)
+    psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)", database="postgres")
+    psql(f"CREATE DATABASE {DB}", database="postgres")
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", VHOST], capture_output=True)
+    run("rabbitmqctl", "-q", "add_vhost", VHOST)
+    run("rabbitmqctl", "-q", "set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
+    # The independent consumer's queue, bound before the first event: it keeps every
+    # Order.* and Order.Saga.* event until the ledger reads it at the end.
+    with pika.BlockingConnection(pika.URLParameters(AMQP_URL)) as connection:
+        channel = connection.channel()
+        channel.exchange_declare("Orders", "topic", durable=True)
+        channel.queue_declare(LEDGER_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
+        for key in ("Order.*", "Order.Saga.*"):
+            channel.queue_bind(LEDGER_QUEUE, "Orders", key)
+
+
+def main():
+    rng = random.Random(SEED)
+    log(f"seed {SEED}; {ORDERS} orders from {CLIENTS} clients over {SECONDS:.0f} s"
+        f"{' (short variant)' if SHORT else ''}")
+    setup()
+    redis = Redis()
+    redis.start()
+    procs = system(f"redis://127.0.0.1:{REDIS_PORT}/0")
+    for proc in procs.values():
+        proc.start()
+    stop_supervisor = threading.Event()
+    supervisor = threading.Thread(target=supervise, args=(procs, stop_supervisor))
+    supervisor.start()
+    violations, injected = [], collections.Counter()
+    started = time.time()
+    try:
+        wait_http("/readyz")
+        prices = seed(rng)
+        poison = poison_messages()
+        schedule = fault_schedule(rng, procs, redis, injected, poison)
+        results = []
+        start = time.time()
+        threads = clients(prices, start + SECONDS, results)
+        inject(schedule, start, injected)
+        for t in threads:
+            t.join()
+        log(f"{len(results)} orders sent in {time.time() - start:.0f} s; healing and draining")
+        # Heal: everything running (the supervisor restarts), the broker up.
+        run("rabbitmqctl", "-q", "await_startup")
+        busy = drain(time.time() + DRAIN_SECONDS)
+        if any(busy.values()):
+            violations.append(f"not drained within {DRAIN_SECONDS} s: {busy}")
+        ledger = check_ledger(results, poison, violations)
+        mismatched = check_cache(violations)
+
+        log(f"load: {LOAD_SECONDS} s at saturation, then {LOAD_SECONDS} s while PostgreSQL connections are killed")
+        plain = load_phase(False, violations)
+        killed = load_phase(True, violations)
+        half = half_written_orders(violations)
+        rss = {name: peak_rss_mb(p.proc.pid) for name, p in procs.items() if not name.startswith("customer")}
+        if rss["api"] > 64:
+            violations.append(f"api peak RSS {rss['api']:.1f} MB (bound 64 MB)")
+    finally:
+        stop_supervisor.set()
+        supervisor.join()
+        for proc in procs.values():
+            proc.stop()
+        redis.stop()
+    crashes = {name: p.crashes for name, p in procs.items() if p.crashes}
+    for name, codes in crashes.items():
+        if name != "customer-simulator":
+            violations.append(f"{name} exited by itself: {codes}")
+    check_logs(violations)
+
+    statuses = ", ".join(f"{s or 'no answer'}: {n}" for s, n in sorted(ledger["statuses"].items()))
+    summary = [
+        f"chaos summary (seed {SEED}{', short' if SHORT else ''}, {time.time() - started:.0f} s)",
+        f"  orders: {len(results)} sent by {CLIENTS} clients ({statuses})",
+        "  faults: " + ", ".join(f"{kind} ×{n}" for kind, n in sorted(injected.items())),
+        f"  restarts: " + ", ".join(f"{n} {p.starts - 1}" for n, p in procs.items() if p.starts > 1),
+        f"  events: {ledger['events']} written, all seen by the Order.* consumer: {ledger['events_unseen'] == 0}"
+        f" ({ledger['redelivered']} seen more than once)",
+        f"  DLQ: {ledger['dlq']} dead letters ({dict(ledger['kinds'])}), {len(poison)} injected,"
+        f" {ledger['dlq_duplicates']} duplicates",
+        f"  lost {ledger['lost']}, duplicate effects {ledger['duplicate_effects']}, stuck {ledger['stuck']},"
+        f" half-written {ledger['half_written'] + half}, cache mismatches {mismatched}",
+        f"  load: {plain['rps']:.0f} req/s {plain['statuses']}; with {killed['kills']} connections killed:"
+        f" {killed['rps']:.0f} req/s {killed['statuses']}",
+        "  peak RSS: " + ", ".join(f"{n} {mb:.1f} MB" for n, mb in rss.items()),
+        f"  violations: {len(violations)}",
+    ]
+    print("\n".join(summary))
+    for v in violations[:50]:
+        print("  -", v)
+    sys.exit(1 if violations else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+//! Operating the dead-letter queue (`saga-worker dlq list|replay`): see what was
+//! dead-lettered and why, and send replies back to `CustomerSaga` once their cause is
+//! fixed (an order that was missing now exists, a bug in the worker is deployed away).
+//!
+//! A replayed reply leaves the DLQ only after the broker confirmed its copy on
+//! `CustomerSaga`: a crash in between leaves it in both, and the worker's inbox makes
+//! the second copy a no-op.
+
+use std::time::Duration;
+
+use amqprs::connection::OpenConnectionArguments;
+use serde::Serialize;
+
+use crate::amqp::{Consumer, Delivery, Outgoing, Publisher, Topology, queue_depth};
+
+/// How long to wait for the next message the broker said it holds.
+const NEXT_MESSAGE: Duration = Duration::from_secs(5);
+
+/// One dead-lettered reply, as `dlq list` prints it (a JSON line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadLetter {
+    pub message_id: Option<String>,
+    /// The worker's poison kind (`malformed_json`, `unknown_order`, ...), or the broker's
+    /// dead-letter reason (`delivery_limit` when a reply failed ten times).
+    pub kind: String,
+    pub reason: String,
+    pub body: String,
+}
+
+impl DeadLetter {
+    fn of(delivery: &Delivery) -> Self {
+        let (kind, reason) = match delivery.header("x-poison-kind") {
+            Some(kind) => (kind, delivery.header("x-poison-reason").unwrap_or_default()),
+            // Dead-lettered by the broker itself, not by the worker.
+            None => {
+                let reason = delivery.header("x-first-death-reason").unwrap_or_else(|| "unknown".into());
+                let queue = delivery.header("x-first-death-queue").unwrap_or_default();
+                (reason.clone(), format!("{reason} on {queue}"))
+            }
+        };
+        DeadLetter {
+            message_id: delivery.message_id().map(str::to_owned),
+            kind,
+            reason,
+            body: String::from_utf8_lossy(&delivery.body).into_owned(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] amqprs::error::Error),
+    #[error("the broker said {expected} messages were waiting, but only {got} came")]
+    Missing { expected: u32, got: u32 },
+    #[error("message {message_id:?} was not republished ({error}); it stays in the dead-letter queue")]
+    NotRepublished { message_id: Option<String>, error: String },
+}
+
+/// The first `limit` dead-lettered replies, left in the queue: they are taken unacked
+/// and go back when the channel closes.
+pub async fn list(
+    args: &OpenConnectionArguments,
+    topology: &Topology,
+    limit: u16,
+) -> Result<Vec<DeadLetter>, DlqError> {
+    // Counted before consuming: a consumer's prefetched messages are no longer "ready".
+    let expected = queue_depth(args, &topology.dead_letter_queue).await?.min(u32::from(limit));
+    let mut consumer = Consumer::connect(args, topology, &topology.dead_letter_queue, limit.max(1)).await?;
+    let mut listed = Vec::with_capacity(expected as usize);
+    while (listed.len() as u32) < expected {
+        match tokio::time::timeout(NEXT_MESSAGE, consumer.next()).await {
+            Ok(Some(delivery)) => listed.push(DeadLetter::of(&delivery)),
+            _ => break,
+        }
+    }
+    consumer.close().await;
+    let got = listed.len() as u32;
+    if got < expected {
+        return Err(DlqError::Missing { expected, got });
+    }
+    Ok(listed)
+}
+
+/// Moves up to `limit` dead-lettered replies back to `CustomerSaga`, one at a time: each
+/// is published straight to the queue, confirmed, and only then acked on the DLQ. Only
+/// the messages waiting when it starts are moved, so a reply that is dead-lettered again
+/// at once is not replayed in a loop. Returns what it moved.
+pub async fn replay(
+    consume: &OpenConnectionArguments,
+    publish: &OpenConnectionArguments,
+    topology: &Topology,
+    limit: u32,
+) -> Result<Vec<DeadLetter>, DlqError> {
+    let todo = queue_depth(consume, &topology.dead_letter_queue).await?.min(limit);
+    let mut consumer = Consumer::connect(consume, topology, &topology.dead_letter_queue, 1).await?;
+    let mut publisher = Publisher::connect(publish, topology).await?;
+    let mut moved = Vec::with_capacity(todo as usize);
+    let outcome = async {
+        while (moved.len() as u32) < todo {
+            let Ok(Some(delivery)) = tokio::time::timeout(NEXT_MESSAGE, consumer.next()).await else {
+                return Err(DlqError::Missing { expected: todo, got: moved.len() as u32 });
+            };
+            let letter = DeadLetter::of(&delivery);
+            let copy = back_to_queue(&delivery, topology);
+            match publisher.publish_all(std::slice::from_ref(&copy), Duration::from_secs(5)).await.remove(0) {
+                Ok(()) => {
+                    consumer.ack(delivery.tag).await?;
+                    tracing::info!(message.id = ?letter.message_id, kind = %letter.kind, reason = %letter.reason,
+                        queue = %topology.customer_saga_queue, "dead letter replayed");
+                    moved.push(letter);
+                }
+                Err(error) => {
+                    consumer.requeue(delivery.tag).await?;
+                    return Err(DlqError::NotRepublished { message_id: letter.message_id, error: error.to_string() });
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    consumer.close().await;
+    publisher.close().await;
+    outcome.map(|()| moved)
+}
+
+/// The reply as the customer service sent it: same id, type and body, without the
+/// dead-letter headers (a fresh failure writes its own).
+fn back_to_queue(delivery: &Delivery, topology: &Topology) -> Outgoing {
+    let headers = ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|name| delivery.header(name).map(|value| (name.to_owned(), value)))
+        .collect();
+    Outgoing {
+        // The default exchange routes to the queue of that name (SPEC: "or straight to
+        // the queue").
+        exchange: String::new(),
+        routing_key: topology.customer_saga_queue.clone(),
+        message_id: delivery.message_id().map_or_else(|| format!("replayed-{}", uuid::Uuid::new_v4()), str::to_owned),
+        message_type: delivery.properties.message_type().cloned().unwrap_or_else(|| "CustomerSagaReply".into()),
+        timestamp: delivery.properties.timestamp().unwrap_or_default(),
+        headers,
+        body: delivery.body.clone(),
+    }
+}
