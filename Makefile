@@ -7,7 +7,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 
 export DATABASE_URL
 
-.PHONY: bench run run-demo up demo down clean logs ps test services migrate fmt lint sqlx-prepare sqlx-check
+.PHONY: bench chaos run run-demo up demo down clean logs ps test services migrate fmt lint sqlx-prepare sqlx-check
 
 ## Start the whole system (api, outbox-relay, saga-worker) against the local services.
 run: services migrate
@@ -46,6 +46,8 @@ test: services
 	# The end-to-end test runs the real binaries: build them first.
 	cargo build --workspace --bins --examples
 	DATABASE_URL=$(TEST_DATABASE_URL) cargo test --workspace --all-targets
+	# The chaos suite's short variant: real processes, injected faults, a ledger.
+	CHAOS_SHORT=1 target/tools/venv/bin/python scripts/chaos.py
 
 services:
 	@scripts/services.sh
@@ -53,6 +55,14 @@ services:
 ## Create the database if missing and apply the migrations.
 migrate: services
 	cargo run -q -p api -- migrate
+
+## Faults injected into the running system (api, 2 relays, 2 workers, simulator), then a
+## ledger: nothing lost, nothing duplicated, nothing stuck (scripts/chaos.py). Stops and
+## starts the local RabbitMQ application: run it alone.
+chaos: services
+	scripts/tools.sh
+	cargo build --workspace --bins --examples
+	target/tools/venv/bin/python scripts/chaos.py
 
 ## Every hot path next to a baseline measured in the same run (bench/RESULTS.md).
 bench: services

@@ -4,7 +4,8 @@
 #   - playwright (PyPI), to drive Debian's Chromium;
 #   - schemathesis (PyPI), the OpenAPI fuzzer, and pika (PyPI), the chaos ledger's
 #     independent AMQP consumer;
-#   - promtool and prometheus (Debian's prometheus package) and chromium, as root on Debian.
+#   - promtool and prometheus (Debian's prometheus package), chromium, and wrk (the load
+#     generator of `make chaos` and `make bench`), as root on Debian.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,15 +17,16 @@ if [ ! -x "$venv/bin/check-jsonschema" ] || [ ! -x "$venv/bin/playwright" ] || [
     "$venv/bin/pip" install -q check-jsonschema playwright schemathesis==4.32.5 pika==1.4.4
 fi
 
-if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v chromium >/dev/null; then
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v chromium >/dev/null \
+    || ! command -v wrk >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         apt-get update -q
         # policy-rc.d keeps the package from starting a system Prometheus of its own.
         printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus chromium
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus chromium wrk
         rm -f /usr/sbin/policy-rc.d
     else
-        echo "tools.sh: promtool or chromium is missing; install Debian's prometheus and chromium packages" >&2
+        echo "tools.sh: promtool, chromium or wrk is missing; install Debian's prometheus, chromium and wrk packages" >&2
         exit 1
     fi
 fi

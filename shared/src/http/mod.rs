@@ -82,16 +82,17 @@ pub fn app(state: AppState) -> impl Endpoint {
     let routes = observe::RouteNames::from_spec_paths(
         spec["paths"].as_object().into_iter().flat_map(|paths| paths.keys().map(String::as_str)),
     );
-    let spec = api.spec_endpoint();
+    let spec_endpoint = api.spec_endpoint();
     let docs = api.swagger_ui();
     Route::new()
         .nest("/", api)
         // The spec and Swagger UI answer any method on their own: GET only, like the rest.
-        .at("/openapi.json", poem::get(spec))
+        .at("/openapi.json", poem::get(spec_endpoint))
         .nest("/docs", poem::get(docs))
         .with(observe::BodyLimit(state.max_body_bytes))
         .with(observe::Observe::new(routes))
         .catch_all_error(|e| async move { errors::framework_error(e) })
+        .with(observe::AllowHeader(std::sync::Arc::new(observe::AllowedMethods::from_spec(&spec))))
         // Trims a trailing slash in place (no redirect): `/api/v1/products/` is `/api/v1/products`.
         .with(NormalizePath::new(TrailingSlash::Trim))
 }

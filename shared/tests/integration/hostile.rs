@@ -237,6 +237,7 @@ async fn unknown_routes_and_methods_answer_json(db: PgPool) {
         let request = app.client.request(method.parse().unwrap(), "/api/v1/orders/");
         let response = request.send().await.0;
         assert_eq!(response.status().as_u16(), 405, "{method}");
+        assert_eq!(response.headers().get("allow").map(|v| v.to_str().unwrap()), Some("DELETE, GET, POST"));
         let body: Value = serde_json::from_str(&response.into_body().into_string().await.unwrap()).unwrap();
         assert_eq!(body["message"], json!("Method not allowed"), "{method}");
     }

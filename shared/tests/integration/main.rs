@@ -16,5 +16,6 @@ mod orders;
 mod products;
 mod relay;
 mod saga;
+mod schemathesis;
 mod swagger;
 mod users;
