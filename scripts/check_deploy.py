@@ -4,7 +4,9 @@
   address a program needs (database, broker, cache, Loki) is set;
 - the Grafana provisioning files and the dashboard parse, and every panel's datasource
   is a provisioned one;
-- the Vector, Loki and Prometheus files parse.
+- the Vector, Loki and Prometheus files parse;
+- the image runs its programs as a user that is not root, and compose does not
+  override that for them.
 
 Run by scripts/check-deploy.sh with the tools virtualenv's Python (ruamel.yaml).
 """
@@ -102,6 +104,18 @@ for path in (ROOT / "grafana/dashboards").glob("*.json"):
 
 for path in ["vector/vector.yaml", "loki/loki.yaml", "prometheus/prometheus.yml"]:
     yaml.load((ROOT / path).read_text())
+
+# Non-root: the runtime stage (the last FROM) switches to a named, non-root user, and no
+# service built from this image asks for another one.
+dockerfile = (ROOT / "Dockerfile").read_text()
+runtime = dockerfile.rsplit("\nFROM ", 1)[-1]
+users = re.findall(r"^USER\s+(\S+)", runtime, re.M)
+if not users or users[-1] in ("root", "0", "0:0"):
+    fail(f"Dockerfile: the runtime stage runs as {users[-1] if users else 'root (no USER)'}")
+for name, service in yaml.load((ROOT / "compose.yaml").read_text())["services"].items():
+    if "build" in service or str(service.get("image", "")).startswith("order-service"):
+        if str(service.get("user", "")).split(":")[0] in ("root", "0"):
+            fail(f"compose.yaml: service {name} runs as root")
 
 if failures:
     print("\n".join(f"check_deploy: {f}" for f in failures), file=sys.stderr)

@@ -242,3 +242,58 @@ async fn unknown_routes_and_methods_answer_json(db: PgPool) {
         assert_eq!(body["message"], json!("Method not allowed"), "{method}");
     }
 }
+
+/// Racing duplicates: only a constraint can refuse the second of two requests that both
+/// looked first and found nothing.
+#[sqlx::test(migrations = "../migrations")]
+async fn every_uniqueness_rule_holds_under_racing_duplicates(db: PgPool) {
+    let app = std::sync::Arc::new(TestApp::new(db));
+    let product = app.create_product("Racer", 1.0, 0).await;
+    let address = app.create_address().await;
+    let user = app.create_user("racer", address).await;
+    let (order, taken_id) = (Uuid::new_v4(), Uuid::new_v4());
+    let cases: Vec<(&str, Vec<Value>)> = vec![
+        // The same name under ten ids, and one id under ten names.
+        ("/api/v1/products/", (0..10).map(|_| json!({"productID": Uuid::new_v4(), "price": 1, "discount": 0, "name": "Twin"})).collect()),
+        ("/api/v1/products/", (0..10).map(|i| json!({"productID": taken_id, "price": 1, "discount": 0, "name": format!("Name {i}")})).collect()),
+        ("/api/v1/address/", (0..10).map(|_| json!({"addressID": taken_id, "buildingNumber": 1, "streetName": "s", "city": "c", "country": "k"})).collect()),
+        ("/api/v1/users/", (0..10).map(|_| json!({"userID": taken_id, "username": "twin", "addressID": address})).collect()),
+        ("/api/v1/orders/", (0..10).map(|_| json!({"orderID": order, "paymentMethod": "Card", "productsIds": [product], "userID": user, "deliveryAddress": address})).collect()),
+    ];
+    for (path, bodies) in cases {
+        let mut tasks = tokio::task::JoinSet::new();
+        for body in bodies {
+            let app = app.clone();
+            tasks.spawn(async move { app.post(path, &body).await.status.as_u16() });
+        }
+        let mut statuses = Vec::new();
+        while let Some(status) = tasks.join_next().await {
+            statuses.push(status.unwrap());
+        }
+        statuses.sort_unstable();
+        assert_eq!(statuses, [204, 409, 409, 409, 409, 409, 409, 409, 409, 409], "{path}");
+    }
+    assert_eq!(app.order_tables().await, (1, 1, 1), "one order, one line, one event");
+
+    let constraints: Vec<String> = sqlx::query_scalar(
+        "SELECT conrelid::regclass || '(' || string_agg(a.attname, ',' ORDER BY k.n) || ')'
+           FROM pg_constraint c CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, n)
+           JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
+          WHERE c.contype IN ('p', 'u') GROUP BY c.oid, conrelid ORDER BY 1",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    for expected in [
+        "products(id)",
+        "products(name)",
+        "addresses(id)",
+        "users(id)",
+        "orders(id)",
+        "order_products(order_id,product_id)",
+        "outbox(event_id)",
+        "saga_inbox(message_id)",
+    ] {
+        assert!(constraints.iter().any(|c| c == expected), "no constraint on {expected}: {constraints:?}");
+    }
+}
