@@ -258,6 +258,37 @@ async fn retention_deletes_old_published_rows_only(db: PgPool) {
 }
 
 #[sqlx::test(migrations = "../migrations")]
+async fn the_relay_vacuums_the_outbox_once_published_rows_pile_up(db: PgPool) {
+    use order_service::outbox::relay::{VACUUM_AFTER_DEAD_ROWS, vacuum_if_needed};
+    let dead_rows = || async {
+        sqlx::query_scalar::<_, i64>("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'outbox'")
+            .fetch_one(&db)
+            .await
+            .unwrap()
+    };
+    // As where autovacuum is off (it is on this machine), so that only the relay vacuums.
+    sqlx::query("ALTER TABLE outbox SET (autovacuum_enabled = false)").execute(&db).await.unwrap();
+    // A few dead rows: not worth a vacuum.
+    seed_events(&db, 100, 1).await;
+    sqlx::query("UPDATE outbox SET published_at = now()").execute(&db).await.unwrap();
+    assert!(eventually(Duration::from_secs(5), || async { dead_rows().await >= 100 }).await);
+    assert_eq!(vacuum_if_needed(&db).await.unwrap(), None);
+    // Past the threshold, as a busy relay leaves them: vacuumed, and the claim's index is
+    // clean again.
+    seed_events(&db, VACUUM_AFTER_DEAD_ROWS as usize, 1).await;
+    sqlx::query("UPDATE outbox SET published_at = now() WHERE published_at IS NULL").execute(&db).await.unwrap();
+    assert!(eventually(Duration::from_secs(5), || async { dead_rows().await >= VACUUM_AFTER_DEAD_ROWS }).await);
+    assert!(vacuum_if_needed(&db).await.unwrap().is_some());
+    let vacuumed: bool =
+        sqlx::query_scalar("SELECT last_vacuum IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'outbox'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert!(vacuumed);
+    assert!(eventually(Duration::from_secs(5), || async { dead_rows().await == 0 }).await);
+}
+
+#[sqlx::test(migrations = "../migrations")]
 async fn the_relay_carries_on_when_its_database_connections_are_killed(db: PgPool) {
     let broker = TestBroker::new().await;
     let (stop, stopped) = watch::channel(false);
