@@ -224,8 +224,10 @@ def main():
         settle()
         if want("cache"):
             body = urllib.request.urlopen(f"{API}{page}").read()  # fills the cache
-            cached = wrk(page, 64)
-            health = wrk("/healthcheck/", 64)
+            with Profile("GET user's orders, cache hit, 64 conn"):
+                cached = wrk(page, 64)
+            with Profile("/healthcheck/, 64 conn"):
+                health = wrk("/healthcheck/", 64)
             redis = run("redis-benchmark", "-q", "-n", "200000", "-c", "64", "-d", str(len(body)), "-t", "get")
             redis_rps = float(re.search(r"GET: ([\d.]+) requests per second", redis).group(1))
             rows.append((f"GET user's orders, cache hit, 20 orders ({len(body)} B), 64 conn",

@@ -29,7 +29,7 @@ pub struct Generation(String);
 /// What a read found.
 #[derive(Debug)]
 pub enum Lookup {
-    Hit(Vec<u8>),
+    Hit(bytes::Bytes),
     Miss(Generation),
 }
 
@@ -92,11 +92,11 @@ impl OrderCache {
     pub async fn read(&self, user_id: Uuid, page: &Page) -> redis::RedisResult<Lookup> {
         let (generation, stored): (Option<String>, Option<Vec<u8>>) =
             self.redis.clone().mget(&[self.generation_key(user_id), self.page_key(user_id, page)]).await?;
-        if let (Some(generation), Some(mut stored)) = (&generation, stored) {
+        if let (Some(generation), Some(stored)) = (&generation, stored) {
             let prefix = generation.len();
             if stored.len() > prefix && stored.starts_with(generation.as_bytes()) && stored[prefix] == b'|' {
-                stored.drain(..=prefix);
-                return Ok(Lookup::Hit(stored));
+                // A view past the tag, not a copy of the page.
+                return Ok(Lookup::Hit(bytes::Bytes::from(stored).slice(prefix + 1..)));
             }
         }
         Ok(Lookup::Miss(Generation(generation.unwrap_or_default())))

@@ -185,13 +185,13 @@ fn check_type(field: &str, value: &Value, schema: &MetaSchemaRef, registry: &Reg
 /// in the spec as `T`. Serving the stored bytes as they are is what makes a cache hit
 /// cheap.
 pub struct RawJson<T> {
-    body: Vec<u8>,
+    body: bytes::Bytes,
     _schema: std::marker::PhantomData<fn() -> T>,
 }
 
 impl<T: ToJSON> RawJson<T> {
-    pub fn from_bytes(body: Vec<u8>) -> Self {
-        RawJson { body, _schema: std::marker::PhantomData }
+    pub fn from_bytes(body: impl Into<bytes::Bytes>) -> Self {
+        RawJson { body: body.into(), _schema: std::marker::PhantomData }
     }
 
     /// Serializes `value` once; the bytes can then be both sent and cached.
