@@ -65,6 +65,32 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The real api binary on the test's database and a free port, answering once this
+/// returns; it stops when the `Processes` drop. Returns its base URL.
+pub async fn spawn_api(db: &sqlx::PgPool, env: &[(&str, &str)]) -> (Processes, String) {
+    let database = db.connect_options().get_database().unwrap().to_owned();
+    let port = free_port();
+    let api = Command::new(target_dir().join("api"))
+        .env("DATABASE_URL", format!("postgres://postgres@127.0.0.1:5432/{database}"))
+        .env("API_ADDR", format!("127.0.0.1:{port}"))
+        .env("LOG_LEVEL", "warn")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("the api is built (`make test` builds it)");
+    let processes = Processes(vec![("api".into(), api)]);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    assert!(
+        crate::broker::eventually(std::time::Duration::from_secs(30), || async {
+            client.get(format!("{base}/healthcheck/")).send().await.is_ok()
+        })
+        .await,
+        "the api did not answer"
+    );
+    (processes, base)
+}
+
 fn rabbitmqctl(args: &[&str]) {
     let status = Command::new("rabbitmqctl").args(args).arg("-q").status().expect("rabbitmqctl runs");
     assert!(status.success(), "rabbitmqctl {args:?} failed");
