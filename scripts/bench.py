@@ -129,7 +129,7 @@ class Profile:
             if comm == "swapper":
                 continue
             group = ("PostgreSQL" if comm == "postgres" else
-                     "RabbitMQ" if re.search(r"scheduler|schedu|dirty_|beam|erts|^aux$|inet_", comm) else
+                     "RabbitMQ" if re.search(r"schedu|dirty_|beam|erts|^aux$|inet_", comm) else
                      "ours" if comm.startswith(("tokio", "outbox", "bench_flow", "api", "saga", "customer")) else "other")
             groups[group] += share / 100 * self.seconds * cores / events * 1e6
         return groups
@@ -256,7 +256,7 @@ def main():
                 ceiling = os.cpu_count() * 1e6 / sum(costs.values())
                 raw_costs = raw_profile.per_event_us(20000)
                 NOTES.append(
-                    f"Relay, CPU per event (perf): " + ", ".join(f"{g} {us:.0f} µs" for g, us in costs.most_common())
+                    "Relay, CPU per event (perf): " + ", ".join(f"{g} {us:.0f} µs" for g, us in costs.most_common())
                     + f"; raw publishing costs RabbitMQ {raw_costs['RabbitMQ']:.0f} µs a message. With "
                     f"{os.cpu_count()} cores the relay can do at most {ceiling:.0f} events/s; it did "
                     f"{relay['relay_per_s']:.0f}/s ({relay['relay_per_s'] / ceiling:.0%} of that ceiling).")

@@ -29,7 +29,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -232,7 +231,7 @@ def seed(rng):
 # --- the order stream -----------------------------------------------------------------
 
 
-def clients(prices, stop_at, results):
+def clients(prices, results):
     """CLIENTS threads create ORDERS orders, paced over SECONDS, and read the users'
     cached lists between them (so the cache is filled while statuses change)."""
     per_client = ORDERS // CLIENTS
@@ -292,6 +291,12 @@ def publish_confirmed(messages, queue="CustomerSaga", deadline=120):
             time.sleep(1)
 
 
+def terminate_service_sessions():
+    """Kills the service's PostgreSQL sessions on the chaos database; returns how many."""
+    return int(psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    f"WHERE datname = '{DB}' AND application_name = 'order-service' AND pid <> pg_backend_pid()"))
+
+
 def poison_messages():
     messages = []
     for n in range(3):
@@ -306,7 +311,7 @@ def poison_messages():
     return messages
 
 
-def fault_schedule(rng, procs, redis, injected, poison):
+def fault_schedule(rng, procs, redis, poison):
     """(at seconds, kind, action) in time order, over the order stream."""
     def kill(name):
         def act():
@@ -330,9 +335,6 @@ def fault_schedule(rng, procs, redis, injected, poison):
         time.sleep(rng.uniform(0.5, 2))
         redis.start()
 
-    def pg_terminate():
-        psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-             f"WHERE datname = '{DB}' AND application_name = 'order-service' AND pid <> pg_backend_pid()")
 
     def inject_poison():
         publish_confirmed(poison)
@@ -345,8 +347,8 @@ def fault_schedule(rng, procs, redis, injected, poison):
                    ("broker closes connections", close_connections),
                    ("rabbitmq stop_app/start_app", rabbit_restart),
                    ("redis restart", redis_restart),
-                   ("pg_terminate_backend", pg_terminate),
-                   ("pg_terminate_backend", pg_terminate)]
+                   ("pg_terminate_backend", terminate_service_sessions),
+                   ("pg_terminate_backend", terminate_service_sessions)]
     faults.append(("poison replies", inject_poison))
     rng.shuffle(faults)
     # Spread over the stream, with a little jitter, leaving its last tenth quiet.
@@ -523,8 +525,7 @@ def load_phase(kill_connections, violations):
     def killer():
         nonlocal kills
         while not stop.wait(0.2):
-            kills += int(psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = "
-                              f"'{DB}' AND application_name = 'order-service' AND pid <> pg_backend_pid()"))
+            kills += terminate_service_sessions()
 
     thread = threading.Thread(target=killer)
     if kill_connections:
@@ -612,10 +613,10 @@ def main():
         wait_http("/readyz")
         prices = seed(rng)
         poison = poison_messages()
-        schedule = fault_schedule(rng, procs, redis, injected, poison)
+        schedule = fault_schedule(rng, procs, redis, poison)
         results = []
         start = time.time()
-        threads = clients(prices, start + SECONDS, results)
+        threads = clients(prices, results)
         inject(schedule, start, injected)
         for t in threads:
             t.join()
@@ -652,7 +653,7 @@ def main():
         f"chaos summary (seed {SEED}{', short' if SHORT else ''}, {time.time() - started:.0f} s)",
         f"  orders: {len(results)} sent by {CLIENTS} clients ({statuses})",
         "  faults: " + ", ".join(f"{kind} ×{n}" for kind, n in sorted(injected.items())),
-        f"  restarts: " + ", ".join(f"{n} {p.starts - 1}" for n, p in procs.items() if p.starts > 1),
+        "  restarts: " + ", ".join(f"{n} {p.starts - 1}" for n, p in procs.items() if p.starts > 1),
         f"  events: {ledger['events']} written, all seen by the Order.* consumer: {ledger['events_unseen'] == 0}"
         f" ({ledger['redelivered']} seen more than once)",
         f"  DLQ: {ledger['dlq']} dead letters ({dict(ledger['kinds'])}), {len(poison)} injected,"

@@ -283,15 +283,20 @@ pub async fn queue_depth(args: &OpenConnectionArguments, queue: &str) -> Result<
     let asked = tokio::time::timeout(CONNECT_TIMEOUT, async {
         let connection = connect(args).await?;
         let channel = connection.open_channel(None).await?;
-        let mut declare = QueueDeclareArguments::new(queue);
-        declare.passive(true);
-        let depth = channel.queue_declare(declare).await?.map_or(0, |(_, messages, _)| messages);
+        let depth = ready_messages(&channel, queue).await?;
         let _ = channel.close().await;
         let _ = connection.close().await;
         Ok(depth)
     })
     .await;
     asked.map_err(|_| amqprs::error::Error::NetworkError(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+}
+
+/// Messages ready on `queue` (a passive declare: it fails if the queue does not exist).
+async fn ready_messages(channel: &Channel, queue: &str) -> Result<u32, amqprs::error::Error> {
+    let mut declare = QueueDeclareArguments::new(queue);
+    declare.passive(true);
+    Ok(channel.queue_declare(declare).await?.map_or(0, |(_, messages, _)| messages))
 }
 
 /// A confirm-mode channel on its own connection. Dropping it closes both.
@@ -549,9 +554,7 @@ impl Consumer {
 
     /// Messages ready on `queue`, asked of the broker (a passive declare).
     pub async fn queue_depth(&self, queue: &str) -> Result<u32, amqprs::error::Error> {
-        let mut args = QueueDeclareArguments::new(queue);
-        args.passive(true);
-        Ok(self.channel.queue_declare(args).await?.map_or(0, |(_, messages, _)| messages))
+        ready_messages(&self.channel, queue).await
     }
 
     pub async fn ack(&self, tag: u64) -> Result<(), amqprs::error::Error> {

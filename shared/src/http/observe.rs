@@ -218,10 +218,11 @@ impl<E: Endpoint> Endpoint for AllowHeaderEndpoint<E> {
     type Output = Response;
 
     async fn call(&self, req: Request) -> Result<Self::Output> {
-        let path = req.uri().path().to_owned();
+        // A clone of the URI shares its bytes: no copy of the path on every request.
+        let uri = req.uri().clone();
         let mut response = self.inner.call(req).await?.into_response();
         if response.status() == StatusCode::METHOD_NOT_ALLOWED
-            && let Some(methods) = self.allowed.for_path(&path)
+            && let Some(methods) = self.allowed.for_path(uri.path())
             && let Ok(value) = poem::http::HeaderValue::from_str(methods)
         {
             response.headers_mut().insert(poem::http::header::ALLOW, value);

@@ -388,30 +388,33 @@ async fn sleep_or_stop(delay: Duration, shutdown: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Every 30 s: the backlog gauges, and deleting published rows past the retention.
+/// Every 30 s: the backlog gauges, and deleting published rows past the retention;
+/// every 5 s: whether the outbox needs a vacuum.
 async fn housekeeping(db: PgPool, retention: Duration) {
     let mut every = tokio::time::interval(Duration::from_secs(30));
     let mut vacuum_check = tokio::time::interval(VACUUM_CHECK);
     loop {
         tokio::select! {
-            _ = every.tick() => {}
+            _ = every.tick() => {
+                if let Err(e) = record_backlog(&db).await {
+                    tracing::warn!(error.cause = %chain(&e), "cannot measure the outbox backlog");
+                }
+                match delete_published(&db, retention).await {
+                    Ok(0) => {}
+                    Ok(deleted) => tracing::info!(deleted, "old published outbox rows deleted"),
+                    Err(e) => tracing::warn!(error.cause = %chain(&e), "outbox retention failed"),
+                }
+            }
             _ = vacuum_check.tick() => {
                 let started = Instant::now();
                 match vacuum_if_needed(&db).await {
                     Ok(None) => {}
-                    Ok(Some(dead)) => tracing::info!(dead, duration_ms = started.elapsed().as_millis() as u64, "outbox vacuumed"),
+                    Ok(Some(dead)) => {
+                        tracing::info!(dead, duration_ms = started.elapsed().as_millis() as u64, "outbox vacuumed");
+                    }
                     Err(e) => tracing::warn!(error.cause = %chain(&e), "outbox vacuum failed"),
                 }
-                continue;
             }
-        }
-        if let Err(e) = record_backlog(&db).await {
-            tracing::warn!(error.cause = %chain(&e), "cannot measure the outbox backlog");
-        }
-        match delete_published(&db, retention).await {
-            Ok(0) => {}
-            Ok(deleted) => tracing::info!(deleted, "old published outbox rows deleted"),
-            Err(e) => tracing::warn!(error.cause = %chain(&e), "outbox retention failed"),
         }
     }
 }

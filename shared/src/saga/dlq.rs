@@ -66,6 +66,9 @@ pub async fn list(
 ) -> Result<Vec<DeadLetter>, DlqError> {
     // Counted before consuming: a consumer's prefetched messages are no longer "ready".
     let expected = queue_depth(args, &topology.dead_letter_queue).await?.min(u32::from(limit));
+    if expected == 0 {
+        return Ok(Vec::new());
+    }
     let mut consumer = Consumer::connect(args, topology, &topology.dead_letter_queue, limit.max(1)).await?;
     let mut listed = Vec::with_capacity(expected as usize);
     while (listed.len() as u32) < expected {

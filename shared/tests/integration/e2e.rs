@@ -65,6 +65,20 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Runs a checking tool (off the async runtime) and fails the test with its output
+/// unless it succeeds.
+pub async fn run_to_success(mut command: Command) {
+    let program = format!("{:?}", command.get_program());
+    let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap();
+    let output = output.unwrap_or_else(|e| panic!("{program} does not run: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// The real api binary on the test's database and a free port, answering once this
 /// returns; it stops when the `Processes` drop. Returns its base URL.
 pub async fn spawn_api(db: &sqlx::PgPool, env: &[(&str, &str)]) -> (Processes, String) {

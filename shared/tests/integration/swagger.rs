@@ -5,7 +5,7 @@ use std::process::Command;
 
 use sqlx::PgPool;
 
-use crate::e2e::spawn_api;
+use crate::e2e::{run_to_success, spawn_api};
 
 #[sqlx::test(migrations = "../migrations")]
 async fn swagger_ui_lists_every_route_and_tries_a_create(db: PgPool) {
@@ -15,16 +15,7 @@ async fn swagger_ui_lists_every_route_and_tries_a_create(db: PgPool) {
     let (_api, base) = spawn_api(&db, &[]).await;
     std::fs::create_dir_all(format!("{root}/target/artifacts")).unwrap();
     let screenshot = format!("{root}/target/artifacts/swagger-ui.png");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python).arg(format!("{root}/scripts/swagger_ui_check.py")).arg(&base).arg(&screenshot).output()
-    })
-    .await
-    .unwrap()
-    .expect("python runs");
-    assert!(
-        output.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let mut check = Command::new(python);
+    check.arg(format!("{root}/scripts/swagger_ui_check.py")).arg(&base).arg(&screenshot);
+    run_to_success(check).await;
 }
