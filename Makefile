@@ -46,8 +46,12 @@ test: services
 	# The end-to-end test runs the real binaries: build them first.
 	cargo build --workspace --bins --examples
 	DATABASE_URL=$(TEST_DATABASE_URL) cargo test --workspace --all-targets
+	# Tests that raise an alarm on the whole broker, alone.
+	DATABASE_URL=$(TEST_DATABASE_URL) cargo test --workspace --test integration -- broker_wide --ignored --test-threads=1
 	# The chaos suite's short variant: real processes, injected faults, a ledger.
 	CHAOS_SHORT=1 target/tools/venv/bin/python scripts/chaos.py
+	# The broker tests and the short chaos run again, on RabbitMQ 4 (scripts/rabbitmq4.sh).
+	TEST_DATABASE_URL=$(TEST_DATABASE_URL) scripts/test-rabbitmq4.sh
 
 services:
 	@scripts/services.sh

@@ -10,9 +10,15 @@ injects poison replies. Then everything heals, the system drains (bounded), and 
 ledger is checked: nothing lost, nothing duplicated, nothing stuck. A second part
 loads the api at saturation, then again while its PostgreSQL connections are killed.
 
+Broker faults of the second round: the broker cancels the workers' consumer (CustomerSaga
+deleted while empty, then redeclared by the workers), and a memory alarm blocks every
+publisher for a few seconds.
+
 CHAOS_SHORT=1 is the variant `make test` runs (about two minutes); CHAOS_SEED fixes the
 schedule (printed at the start); CHAOS_ORDERS, CHAOS_CLIENTS and CHAOS_SECONDS override
-the sizes. Exits non-zero on any violation. Needs pika (scripts/tools.sh installs it).
+the sizes. CHAOS_AMQP_PORT and CHAOS_RABBITMQCTL choose the broker (`make test` runs it
+on RabbitMQ 3.10, then on RabbitMQ 4 from scripts/rabbitmq4.sh). Exits non-zero on any
+violation. Needs pika (scripts/tools.sh installs it).
 """
 
 import collections
@@ -51,7 +57,9 @@ DB_PASSWORD = "chaos-Secret-4f1d9c"
 PG = "postgres://postgres@127.0.0.1:5432"
 DATABASE_URL = f"postgres://postgres:{DB_PASSWORD}@127.0.0.1:5432/{DB}"
 VHOST = "chaos"
-AMQP_URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
+AMQP_PORT = int(os.environ.get("CHAOS_AMQP_PORT", 5672))
+AMQP_URL = f"amqp://guest:guest@127.0.0.1:{AMQP_PORT}/{VHOST}"
+RABBITMQCTL = os.environ.get("CHAOS_RABBITMQCTL", "rabbitmqctl").split()
 REDIS_PORT = 16390
 API_PORT = 18300
 API = f"127.0.0.1:{API_PORT}"
@@ -66,6 +74,11 @@ def log(*args):
 
 def run(*args, check=True):
     return subprocess.run(args, check=check, text=True, capture_output=True).stdout
+
+
+def ctl(*args, check=True):
+    """rabbitmqctl of the broker under test."""
+    return run(*RABBITMQCTL, *args, check=check)
 
 
 def psql(sql, database=DB):
@@ -266,7 +279,7 @@ def clients(prices, results):
 
 
 def rabbit_connections():
-    out = run("rabbitmqctl", "-q", "list_connections", "-p", VHOST, "--no-table-headers", "name", check=False)
+    out = ctl("-q", "list_connections", "-p", VHOST, "--no-table-headers", "name", check=False)
     return [line for line in out.splitlines() if line.strip()]
 
 
@@ -311,6 +324,10 @@ def poison_messages():
     return messages
 
 
+# Seconds from each fault to the system's recovery, by fault kind.
+recovery = collections.defaultdict(list)
+
+
 def fault_schedule(rng, procs, redis, poison):
     """(at seconds, kind, action) in time order, over the order stream."""
     def kill(name):
@@ -322,13 +339,13 @@ def fault_schedule(rng, procs, redis, poison):
 
     def close_connections():
         for name in rabbit_connections():
-            run("rabbitmqctl", "-q", "close_connection", name, "chaos: closed from the broker", check=False)
+            ctl("-q", "close_connection", name, "chaos: closed from the broker", check=False)
 
     def rabbit_restart():
-        run("rabbitmqctl", "-q", "stop_app")
+        ctl("-q", "stop_app")
         time.sleep(rng.uniform(1, 4))
-        run("rabbitmqctl", "-q", "start_app")
-        run("rabbitmqctl", "-q", "await_startup")
+        ctl("-q", "start_app")
+        ctl("-q", "await_startup")
 
     def redis_restart():
         redis.stop()
@@ -339,6 +356,48 @@ def fault_schedule(rng, procs, redis, poison):
     def inject_poison():
         publish_confirmed(poison)
 
+    def cancel_consumers():
+        """Deletes CustomerSaga while it is empty (nothing is lost; replies published
+        meanwhile are unroutable and returned to the simulator, which retries them): the
+        broker cancels both workers' consumers, and they must redeclare it and consume
+        again. Records how long until two consumers are back."""
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            out = ctl("-q", "delete_queue", "-p", VHOST, "CustomerSaga", "--if-empty", check=False)
+            if "deleted" in out.lower() or "Queue was successfully deleted" in out:
+                break
+            time.sleep(0.2)
+        else:
+            log("CustomerSaga never empty for 15 s; consumers not cancelled this time")
+            return
+        cancelled = time.time()
+        while time.time() < cancelled + 60:
+            consumers = ctl("-q", "list_consumers", "-p", VHOST, "--no-table-headers", "queue_name", check=False)
+            if sum(1 for line in consumers.splitlines() if line.strip() == "CustomerSaga") >= 2:
+                recovery["consumer cancelled"].append(time.time() - cancelled)
+                return
+            time.sleep(0.1)
+        log("the workers did not consume CustomerSaga again within 60 s")
+
+    def memory_alarm():
+        """Blocks every publisher of the broker for a few seconds, then restores the
+        node's own watermark."""
+        before = ctl("eval", "vm_memory_monitor:get_vm_memory_high_watermark().").strip().strip("{}")
+        restore = ["absolute", before.split(",")[1]] if before.startswith("absolute") else [before.split(",")[-1]]
+        ctl("-q", "set_vm_memory_high_watermark", "0.0000001")
+        try:
+            time.sleep(rng.uniform(4, 10))
+        finally:
+            ctl("-q", "set_vm_memory_high_watermark", *restore)
+        cleared = time.time()
+        # How long the backlog the alarm held back takes to leave once it clears.
+        while time.time() < cleared + 60:
+            if int(psql("SELECT count(*) FROM outbox WHERE published_at IS NULL "
+                        "AND created_at < now() - interval '1 second'")) == 0:
+                recovery["memory alarm"].append(time.time() - cleared)
+                return
+            time.sleep(0.1)
+
     rounds = 1 if SHORT else 2
     faults = []
     for _ in range(rounds):
@@ -348,7 +407,9 @@ def fault_schedule(rng, procs, redis, poison):
                    ("rabbitmq stop_app/start_app", rabbit_restart),
                    ("redis restart", redis_restart),
                    ("pg_terminate_backend", terminate_service_sessions),
-                   ("pg_terminate_backend", terminate_service_sessions)]
+                   ("pg_terminate_backend", terminate_service_sessions),
+                   ("consumer cancelled", cancel_consumers),
+                   ("memory alarm", memory_alarm)]
     faults.append(("poison replies", inject_poison))
     rng.shuffle(faults)
     # Spread over the stream, with a little jitter, leaving its last tenth quiet.
@@ -369,8 +430,13 @@ def inject(schedule, start, injected):
 # --- the ledger ---------------------------------------------------------------------
 
 
+def broker_version():
+    out = ctl("-q", "eval", "rabbit_misc:version().", check=False).strip().strip('"')
+    return out or "unknown"
+
+
 def queue_depths():
-    out = run("rabbitmqctl", "-q", "list_queues", "-p", VHOST, "--no-table-headers", "name", "messages")
+    out = ctl("-q", "list_queues", "-p", VHOST, "--no-table-headers", "name", "messages")
     return {name: int(count) for name, count in (line.split() for line in out.splitlines() if line.strip())}
 
 
@@ -581,9 +647,9 @@ def setup():
     (WORK / "logs").mkdir(parents=True)
     psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)", database="postgres")
     psql(f"CREATE DATABASE {DB}", database="postgres")
-    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", VHOST], capture_output=True)
-    run("rabbitmqctl", "-q", "add_vhost", VHOST)
-    run("rabbitmqctl", "-q", "set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
+    ctl("-q", "delete_vhost", VHOST, check=False)
+    ctl("-q", "add_vhost", VHOST)
+    ctl("-q", "set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
     # The independent consumer's queue, bound before the first event: it keeps every
     # Order.* and Order.Saga.* event until the ledger reads it at the end.
     with pika.BlockingConnection(pika.URLParameters(AMQP_URL)) as connection:
@@ -622,7 +688,7 @@ def main():
             t.join()
         log(f"{len(results)} orders sent in {time.time() - start:.0f} s; healing and draining")
         # Heal: everything running (the supervisor restarts), the broker up.
-        run("rabbitmqctl", "-q", "await_startup")
+        ctl("-q", "await_startup")
         busy = drain(time.time() + DRAIN_SECONDS)
         if any(busy.values()):
             violations.append(f"not drained within {DRAIN_SECONDS} s: {busy}")
@@ -663,6 +729,9 @@ def main():
         f"  load: {plain['rps']:.0f} req/s {plain['statuses']}; with {killed['kills']} connections killed:"
         f" {killed['rps']:.0f} req/s {killed['statuses']}, then {killed['recovery_503s']} 503s before 20 orders"
         f" in a row went through",
+        "  recovery: " + (", ".join(f"{kind} {', '.join(f'{s:.1f} s' for s in times)}"
+                                    for kind, times in sorted(recovery.items())) or "none measured"),
+        f"  broker: RabbitMQ {broker_version()} on port {AMQP_PORT}",
         "  peak RSS: " + ", ".join(f"{n} {mb:.1f} MB" for n, mb in rss.items()),
         f"  violations: {len(violations)}",
     ]

@@ -12,6 +12,8 @@
 
 use std::{str::FromStr, time::Duration};
 
+use order_service::retry::Policy;
+
 use order_service::{
     amqp::{self, Consumer, Outgoing, Publisher, QueueType, Topology},
     config::LogConfig,
@@ -61,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
     let publish = amqp::connection_args(&config.amqp_url, &format!("{name}-replies")).map_err(anyhow::Error::msg)?;
     tracing::info!(credit_limit = %limit, "customer simulator answering OrderSaga");
 
+    let mut backoff = Policy::RECONNECT.backoff();
     loop {
         let connected = async {
             let consumer = Consumer::connect(&consume, &topology, &topology.order_saga_queue, 16).await?;
@@ -70,11 +73,13 @@ async fn main() -> anyhow::Result<()> {
         let (mut consumer, mut publisher) = match connected.await {
             Ok(both) => both,
             Err(e) => {
-                tracing::warn!(error.cause = %e, "cannot reach RabbitMQ, retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                let delay = backoff.next_delay();
+                tracing::warn!(error.cause = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach RabbitMQ");
+                tokio::time::sleep(delay).await;
                 continue;
             }
         };
+        backoff.reset();
         loop {
             let delivery = tokio::select! {
                 delivery = consumer.next() => delivery,
@@ -98,10 +103,13 @@ async fn main() -> anyhow::Result<()> {
             };
             let total = Decimal::from_str(&total.to_string()).unwrap_or(Decimal::MAX);
             let answer = if total > limit { "Rejected" } else { "Approved" };
+            // A re-request by the saga timeout names the first request: answer it with
+            // the same reply id, which the worker applies at most once.
+            let request_id = request["originalEventID"].as_str().or(delivery.message_id()).unwrap_or(order_id);
             let reply = Outgoing {
                 exchange: topology.exchange.clone(),
                 routing_key: "Customer.Saga.Reply".into(),
-                message_id: format!("reply-{}", delivery.message_id().unwrap_or(order_id)),
+                message_id: format!("reply-{request_id}"),
                 message_type: "CustomerSagaReply".into(),
                 timestamp: chrono::Utc::now().timestamp().max(0) as u64,
                 headers: delivery.header("traceparent").map(|t| ("traceparent".to_owned(), t)).into_iter().collect(),
@@ -113,12 +121,20 @@ async fn main() -> anyhow::Result<()> {
                 Ok(()) => tracing::info!(order.id = order_id, %total, answer, "answered"),
                 Err(e) => {
                     tracing::warn!(error = %e, "reply not confirmed; the request goes back to the queue");
-                    let _ = consumer.requeue(delivery.tag).await;
+                    if publisher.is_blocked() {
+                        // A resource alarm: wait for the broker to lift it, holding the
+                        // request, instead of failing it once a connection.
+                        publisher.unblocked().await;
+                    }
+                    let _ = consumer.reject_for_retry(delivery.tag).await;
                     break;
                 }
             }
         }
+        let why = consumer.stopped().map_or_else(|| "connection lost".to_owned(), |s| s.to_string());
+        tracing::warn!(%why, "stopped consuming OrderSaga, reconnecting");
         consumer.close().await;
         publisher.close().await;
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }

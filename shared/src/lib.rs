@@ -8,7 +8,8 @@
 //! - [`bus`]: the command bus: one transaction per command.
 //! - [`outbox`]: events written in the same transaction as the change they announce;
 //!   `outbox::relay` publishes them (the `outbox-relay` process).
-//! - [`amqp`]: RabbitMQ plumbing: topology, connections, confirmed publishing.
+//! - [`amqp`]: RabbitMQ plumbing: topology, connections, confirmed publishing, consuming.
+//! - [`retry`]: the one backoff policy (with jitter) of every retry and reconnect loop.
 //! - [`error`]: the error every command and query ends in; `http::errors` maps it.
 //! - [`config`], [`telemetry`], [`db`]: start-up plumbing shared by the binaries.
 
@@ -24,6 +25,7 @@ pub mod orders;
 pub mod outbox;
 pub mod pricing;
 pub mod products;
+pub mod retry;
 pub mod saga;
 pub mod telemetry;
 pub mod trace_context;

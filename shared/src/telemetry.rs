@@ -169,17 +169,18 @@ pub fn register_metrics(process: &str) {
         }
         "outbox-relay" => {
             metrics::counter!("outbox_published_total").absolute(0);
-            for reason in ["returned", "nacked", "timeout", "channel_closed", "send", "connect", "db"] {
+            for reason in ["returned", "nacked", "timeout", "channel_closed", "send", "blocked", "connect", "db"] {
                 metrics::counter!("outbox_publish_failures_total", "reason" => reason).absolute(0);
             }
             metrics::gauge!("outbox_pending").set(0.0);
             metrics::gauge!("outbox_oldest_unpublished_age_seconds").set(0.0);
+            metrics::gauge!("outbox_broker_blocked").set(0.0);
         }
         "saga-worker" => {
             for outcome in ["approved", "rejected", "duplicate", "stale", "dead_lettered", "retried"] {
                 metrics::counter!("saga_replies_total", "outcome" => outcome).absolute(0);
             }
-            for action in ["re_requested", "canceled"] {
+            for action in ["re_requested", "canceled", "postponed"] {
                 metrics::counter!("saga_timeouts_total", "action" => action).absolute(0);
             }
             for result in ["ok", "error"] {
@@ -187,6 +188,8 @@ pub fn register_metrics(process: &str) {
             }
             metrics::counter!("saga_apply_failures_total").absolute(0);
             metrics::gauge!("saga_dead_letter_queue_depth").set(0.0);
+            metrics::gauge!("saga_reply_queue_depth").set(0.0);
+            metrics::gauge!("saga_request_queue_depth").set(0.0);
         }
         _ => {}
     }

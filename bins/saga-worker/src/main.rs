@@ -13,7 +13,7 @@ use order_service::{
     db, http,
     saga::{
         dlq,
-        worker::{SagaWorker, TimeoutSettings},
+        worker::{APPLY_ATTEMPTS, SagaWorker, TimeoutSettings},
     },
     telemetry,
 };
@@ -63,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
             schedule: config.saga_timeout_schedule,
         },
         broker_up,
+        apply_attempts: APPLY_ATTEMPTS,
     };
     worker.run(stopped).await;
     ops.await??;

@@ -16,6 +16,10 @@ pub struct OrderCreateSaga {
     pub products_ids: Vec<Uuid>,
     #[serde(rename = "totalPrice")]
     pub total_price: Money,
+    /// On a re-request by the saga timeout only: the `eventID` of the first request, so
+    /// the customer service can answer it without checking the customer again.
+    #[serde(rename = "originalEventID", skip_serializing_if = "Option::is_none")]
+    pub original_event_id: Option<Uuid>,
 }
 
 impl Event for OrderCreateSaga {

@@ -98,14 +98,16 @@ impl Command for CreateOrder {
         }
         let total_price = Money::sum(actual_prices.iter().copied());
 
+        let saga_event_id = Uuid::now_v7();
         sqlx::query!(
-            "INSERT INTO orders (id, user_id, delivery_address_id, payment_method, total_price)
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO orders (id, user_id, delivery_address_id, payment_method, total_price, saga_event_id)
+             VALUES ($1, $2, $3, $4, $5, $6)",
             self.id,
             self.user_id,
             self.delivery_address_id,
             self.payment_method.as_str(),
             total_price.amount(),
+            saga_event_id,
         )
         .execute(&mut **tx)
         .await
@@ -139,9 +141,14 @@ impl Command for CreateOrder {
             _ => e.into(),
         })?;
 
-        let event =
-            OrderCreateSaga { order_id: self.id, user_id: self.user_id, products_ids: self.products_ids, total_price };
-        outbox::append(tx, &event, self.trace).await?;
+        let event = OrderCreateSaga {
+            order_id: self.id,
+            user_id: self.user_id,
+            products_ids: self.products_ids,
+            total_price,
+            original_event_id: None,
+        };
+        outbox::append_as(tx, &event, saga_event_id, self.trace).await?;
         tracing::info!(order.id = %self.id, order.total = %total_price, "order created, saga started");
         Ok(())
     }

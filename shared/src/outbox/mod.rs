@@ -43,7 +43,17 @@ pub fn envelope<E: Event>(event: &E, event_id: Uuid, at: DateTime<Utc>) -> serde
 
 /// Writes `event` to the outbox inside the caller's transaction; returns its `eventID`.
 pub async fn append<E: Event>(tx: &mut Tx, event: &E, trace: TraceContext) -> Result<Uuid, sqlx::Error> {
-    let event_id = Uuid::now_v7();
+    append_as(tx, event, Uuid::now_v7(), trace).await
+}
+
+/// [`append`] with an `eventID` chosen by the caller (who stored it elsewhere in the
+/// same transaction); a v7 UUID keeps the outbox's ids in time order.
+pub async fn append_as<E: Event>(
+    tx: &mut Tx,
+    event: &E,
+    event_id: Uuid,
+    trace: TraceContext,
+) -> Result<Uuid, sqlx::Error> {
     let payload = envelope(event, event_id, Utc::now()).map_err(|e| sqlx::Error::Encode(e.into()))?;
     let headers = serde_json::json!({ "traceparent": trace.child().to_string() });
     sqlx::query!(

@@ -27,6 +27,7 @@ use uuid::Uuid;
 use crate::{
     amqp::{Outgoing, Publisher, Topology},
     error::chain,
+    retry::{Backoff, Policy},
 };
 
 /// The channel `NOTIFY`-ed after every outbox insert (a trigger, see migrations/).
@@ -63,8 +64,11 @@ pub struct Outcome {
     pub claimed: usize,
     /// Rows the broker confirmed, now marked published.
     pub published: usize,
-    /// Rows not confirmed, left unpublished for a retry with backoff.
+    /// Rows the broker refused (nack, return), left unpublished for a retry with backoff.
     pub failed: usize,
+    /// Rows not confirmed for the broker's or the connection's reasons, released as
+    /// they were for the next connection.
+    pub released: usize,
     /// A confirm did not come or a frame could not be sent: reconnect before going on.
     pub reconnect: bool,
 }
@@ -139,16 +143,28 @@ pub async fn relay_batch(
 
     let mut published = Vec::with_capacity(rows.len());
     let (mut failed, mut errors) = (Vec::new(), Vec::new());
+    let mut released = 0;
     for (row, result) in rows.iter().zip(&results) {
-        match result {
-            Ok(()) => published.push(row.id),
-            Err(error) => {
-                metrics::counter!("outbox_publish_failures_total", "reason" => error.reason()).increment(1);
-                tracing::warn!(outbox.id = row.id, event.id = %row.event_id, %error, "event not published, will retry");
-                failed.push(row.id);
-                errors.push(error.to_string());
-            }
+        let Err(error) = result else {
+            published.push(row.id);
+            continue;
+        };
+        metrics::counter!("outbox_publish_failures_total", "reason" => error.reason()).increment(1);
+        if error.is_about_the_message() {
+            tracing::warn!(outbox.id = row.id, event.id = %row.event_id, %error, "event refused by the broker, will retry with backoff");
+            failed.push(row.id);
+            errors.push(error.to_string());
+        } else {
+            // The broker's or the connection's trouble (no confirm, a closed channel, an
+            // alarm) says nothing about the row: it goes back as it was, with no attempt
+            // charged, and leaves as soon as a connection works again. Charging it made a
+            // 30 s memory alarm cost every claimed row minutes of backoff.
+            released += 1;
         }
+    }
+    if released > 0 {
+        let error = results.iter().find_map(|r| r.as_ref().err().filter(|e| !e.is_about_the_message()));
+        tracing::warn!(released, error = ?error, "batch not confirmed; rows released for the next connection");
     }
     if !published.is_empty() {
         sqlx::query!(
@@ -182,11 +198,12 @@ pub async fn relay_batch(
         metrics::histogram!("outbox_publish_lag_seconds")
             .record((Utc::now() - oldest).to_std().unwrap_or_default().as_secs_f64());
     }
-    tracing::debug!(claimed = rows.len(), published = published.len(), failed = failed.len(), "outbox batch");
+    tracing::debug!(claimed = rows.len(), published = published.len(), failed = failed.len(), released, "outbox batch");
     Ok(Outcome {
         claimed: rows.len(),
         published: published.len(),
         failed: failed.len(),
+        released,
         reconnect: !publisher.is_usable(),
     })
 }
@@ -284,14 +301,16 @@ impl Relay {
         tracing::info!("relay stopped");
     }
 
+    /// One lane: connect, serve until the connection is of no more use, and again, until
+    /// shutdown.
     async fn run_lane(&self, wake: &Notify, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = Backoff::default();
-        'connect: while !*shutdown.borrow() {
+        let mut backoff = Policy::RECONNECT.backoff();
+        while !*shutdown.borrow() {
             let mut publisher = match Publisher::connect(&self.amqp, &self.topology).await {
                 Ok(publisher) => publisher,
                 Err(e) => {
                     metrics::counter!("outbox_publish_failures_total", "reason" => "connect").increment(1);
-                    let delay = backoff.next();
+                    let delay = backoff.next_delay();
                     tracing::warn!(error.cause = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach RabbitMQ");
                     sleep_or_stop(delay, &mut shutdown).await;
                     continue;
@@ -299,86 +318,114 @@ impl Relay {
             };
             tracing::info!("connected to RabbitMQ");
             self.broker_up.store(true, Ordering::Relaxed);
-            loop {
-                // Drain while rows come: an order's next event is claimable once its
-                // previous one is marked, so keep stepping while anything was claimed.
-                loop {
-                    if !publisher.is_usable() {
-                        self.broker_up.store(false, Ordering::Relaxed);
-                        let delay = backoff.next();
-                        tracing::warn!(
-                            retry_in_ms = delay.as_millis() as u64,
-                            "RabbitMQ connection unusable, reconnecting"
-                        );
-                        drop(publisher);
-                        sleep_or_stop(delay, &mut shutdown).await;
-                        continue 'connect;
+            let ended = self.serve(&mut publisher, wake, &mut shutdown, &mut backoff).await;
+            self.broker_up.store(false, Ordering::Relaxed);
+            match ended {
+                LaneEnd::Shutdown => publisher.close().await,
+                LaneEnd::Blocked => {
+                    // A resource alarm: claim nothing until the broker lifts it, then go
+                    // on at once on a fresh connection (this one's unconfirmed messages
+                    // could be confirmed late, against the wrong rows).
+                    metrics::gauge!("outbox_broker_blocked").set(1.0);
+                    tracing::warn!("RabbitMQ blocks publishing (resource alarm); claiming nothing until it lifts");
+                    tokio::select! {
+                        () = publisher.unblocked() => {}
+                        _ = shutdown.changed() => {}
                     }
-                    match relay_batch(&self.db, &mut publisher, &self.topology, &self.settings).await {
-                        Ok(outcome) => {
-                            if outcome.published > 0 || outcome.claimed == 0 {
-                                backoff.reset();
-                            }
-                            if outcome.claimed == 0 || outcome.reconnect {
-                                break;
-                            }
-                        }
-                        Err(e) => {
-                            metrics::counter!("outbox_publish_failures_total", "reason" => "db").increment(1);
-                            let delay = backoff.next();
-                            tracing::warn!(error.cause = %chain(&e), retry_in_ms = delay.as_millis() as u64, "outbox step failed");
-                            sleep_or_stop(delay, &mut shutdown).await;
-                            break;
-                        }
-                    }
-                    if *shutdown.borrow() {
-                        break;
+                    metrics::gauge!("outbox_broker_blocked").set(0.0);
+                    tracing::info!("RabbitMQ alarm lifted, publishing again");
+                    backoff.reset();
+                }
+                LaneEnd::Unusable => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(
+                        retry_in_ms = delay.as_millis() as u64,
+                        "RabbitMQ connection unusable, reconnecting"
+                    );
+                    drop(publisher);
+                    sleep_or_stop(delay, &mut shutdown).await;
+                }
+            }
+        }
+    }
+
+    /// Drains the outbox, waits for the schedule, a wake-up or trouble, and again, while
+    /// the publisher is of use.
+    async fn serve(
+        &self,
+        publisher: &mut Publisher,
+        wake: &Notify,
+        shutdown: &mut watch::Receiver<bool>,
+        backoff: &mut Backoff,
+    ) -> LaneEnd {
+        loop {
+            if let Some(end) = self.drain(publisher, shutdown, backoff).await {
+                return end;
+            }
+            let next_tick = self
+                .schedule
+                .upcoming(Utc)
+                .next()
+                .and_then(|at| (at - Utc::now()).to_std().ok())
+                .unwrap_or(Duration::from_secs(1));
+            tokio::select! {
+                () = tokio::time::sleep(next_tick) => {}
+                () = wake.notified() => {}
+                () = publisher.closed() => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Steps while rows come (an order's next event is claimable once its previous one
+    /// is marked); `Some` when the lane must stop serving on this publisher.
+    async fn drain(
+        &self,
+        publisher: &mut Publisher,
+        shutdown: &mut watch::Receiver<bool>,
+        backoff: &mut Backoff,
+    ) -> Option<LaneEnd> {
+        loop {
+            if *shutdown.borrow() {
+                return Some(LaneEnd::Shutdown);
+            }
+            // Claimed rows would only wait for confirms that cannot come.
+            if publisher.is_blocked() {
+                return Some(LaneEnd::Blocked);
+            }
+            if !publisher.is_usable() {
+                return Some(LaneEnd::Unusable);
+            }
+            match relay_batch(&self.db, publisher, &self.topology, &self.settings).await {
+                Ok(outcome) if outcome.claimed == 0 => {
+                    backoff.reset();
+                    return None;
+                }
+                Ok(outcome) => {
+                    if outcome.published > 0 {
+                        backoff.reset();
                     }
                 }
-                if !publisher.is_usable() {
-                    continue;
-                }
-                let next_tick = self
-                    .schedule
-                    .upcoming(Utc)
-                    .next()
-                    .and_then(|at| (at - Utc::now()).to_std().ok())
-                    .unwrap_or(Duration::from_secs(1));
-                tokio::select! {
-                    () = tokio::time::sleep(next_tick) => {}
-                    () = wake.notified() => {}
-                    () = publisher.closed() => {}
-                    _ = shutdown.changed() => {}
-                }
-                if *shutdown.borrow() {
-                    publisher.close().await;
-                    break 'connect;
+                Err(e) => {
+                    metrics::counter!("outbox_publish_failures_total", "reason" => "db").increment(1);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error.cause = %chain(&e), retry_in_ms = delay.as_millis() as u64, "outbox step failed");
+                    sleep_or_stop(delay, shutdown).await;
+                    return None;
                 }
             }
         }
     }
 }
 
-/// Exponential backoff, 0.5 s doubling to 30 s.
-#[derive(Debug)]
-struct Backoff(Duration);
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff(Duration::from_millis(500))
-    }
-}
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let delay = self.0;
-        self.0 = (self.0 * 2).min(Duration::from_secs(30));
-        delay
-    }
-
-    fn reset(&mut self) {
-        *self = Backoff::default();
-    }
+/// Why a lane stopped serving on its publisher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LaneEnd {
+    Shutdown,
+    /// A resource alarm blocks the connection.
+    Blocked,
+    /// The connection or channel is gone, or a batch went unconfirmed.
+    Unusable,
 }
 
 async fn sleep_or_stop(delay: Duration, shutdown: &mut watch::Receiver<bool>) {
@@ -449,11 +496,13 @@ pub async fn vacuum_if_needed(db: &PgPool) -> Result<Option<i64>, sqlx::Error> {
 /// Forwards `NOTIFY outbox` to `wake`, reconnecting as needed. A notification lost while
 /// disconnected costs at most one tick of the schedule.
 async fn listen(db: PgPool, wake: Arc<Notify>) {
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = Policy::RECONNECT.backoff();
     loop {
+        let mut listening = false;
         let listener = async {
             let mut listener = PgListener::connect_with(&db).await?;
             listener.listen(CHANNEL).await?;
+            listening = true;
             loop {
                 listener.recv().await?;
                 // Every waiting lane; and a permit for one that is between its drain and
@@ -464,8 +513,12 @@ async fn listen(db: PgPool, wake: Arc<Notify>) {
         };
         let result: Result<(), sqlx::Error> = listener.await;
         let Err(e) = result else { continue };
-        tracing::warn!(error.cause = %chain(&e), "LISTEN outbox failed, relying on the schedule meanwhile");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        // A listener that worked and then failed starts again from the first delay.
+        if listening {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        tracing::warn!(error.cause = %chain(&e), retry_in_ms = delay.as_millis() as u64, "LISTEN outbox failed, relying on the schedule meanwhile");
+        tokio::time::sleep(delay).await;
     }
 }

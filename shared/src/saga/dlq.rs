@@ -114,7 +114,7 @@ pub async fn replay(
                     moved.push(letter);
                 }
                 Err(error) => {
-                    consumer.requeue(delivery.tag).await?;
+                    consumer.reject_for_retry(delivery.tag).await?;
                     return Err(DlqError::NotRepublished { message_id: letter.message_id, error: error.to_string() });
                 }
             }

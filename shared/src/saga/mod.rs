@@ -273,15 +273,50 @@ pub struct Swept {
     pub re_requested: usize,
     /// Orders canceled after the last retry: their users, to invalidate.
     pub canceled: Vec<Uuid>,
+    /// Orders past their last retry left pending because replies were waiting.
+    pub postponed: usize,
 }
 
-/// Orders still `Pending` `timeout` after their last request get it again, up to
-/// `max_retries` times; after that they are rejected and canceled (compensation). Rows
-/// are claimed with `SKIP LOCKED`, so several workers can sweep at once.
-pub async fn sweep_timeouts(db: &PgPool, timeout: Duration, max_retries: i32) -> Result<Swept, sqlx::Error> {
+/// What the sweep knows of the replies waiting in `CustomerSaga`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyBacklog {
+    /// None waiting: an order still pending now was not answered.
+    Empty,
+    /// Some are waiting; any of them may be the answer of an order that timed out.
+    Waiting(u32),
+    /// The broker could not be asked.
+    Unknown,
+}
+
+impl ReplyBacklog {
+    pub fn of(depth: Option<u32>) -> Self {
+        match depth {
+            Some(0) => ReplyBacklog::Empty,
+            Some(waiting) => ReplyBacklog::Waiting(waiting),
+            None => ReplyBacklog::Unknown,
+        }
+    }
+}
+
+/// Orders still `Pending` `timeout` after their last request get it again (carrying the
+/// first request's `eventID`), up to `max_retries` times; after that they are rejected
+/// and canceled (compensation) — but only when no reply waits in `CustomerSaga`: an
+/// approval stuck behind a backlog of replies is not a silent customer service. Rows are
+/// claimed with `SKIP LOCKED`, so several workers can sweep at once.
+pub async fn sweep_timeouts(
+    db: &PgPool,
+    timeout: Duration,
+    max_retries: i32,
+    replies: ReplyBacklog,
+) -> Result<Swept, sqlx::Error> {
     let mut tx = db.begin().await?;
     let due = sqlx::query!(
         r#"SELECT id, user_id, order_status, saga_status, deleted_at, saga_retries, total_price,
+                -- Orders placed before the column existed: their first request's row.
+                COALESCE(saga_event_id,
+                         (SELECT event_id FROM outbox
+                           WHERE outbox.aggregate_id = orders.id AND outbox.event_type = 'OrderCreateSaga'
+                           ORDER BY outbox.id LIMIT 1)) AS original_event_id,
                 (SELECT array_agg(product_id ORDER BY position) FROM order_products
                   WHERE order_id = orders.id) AS "products_ids!: Vec<Uuid>"
            FROM orders
@@ -309,6 +344,7 @@ pub async fn sweep_timeouts(db: &PgPool, timeout: Duration, max_retries: i32) ->
                 user_id: row.user_id,
                 products_ids: row.products_ids,
                 total_price: Money::from_db(row.total_price),
+                original_event_id: row.original_event_id,
             };
             outbox::append(&mut tx, &event, trace).await?;
             sqlx::query!(
@@ -319,6 +355,10 @@ pub async fn sweep_timeouts(db: &PgPool, timeout: Duration, max_retries: i32) ->
             .await?;
             tracing::info!(order.id = %row.id, retry = row.saga_retries + 1, "saga timed out, customer check requested again");
             swept.re_requested += 1;
+        } else if replies != ReplyBacklog::Empty {
+            // Its answer may be among the replies still waiting: cancel on a later sweep,
+            // once they are applied (or the broker can be asked again).
+            swept.postponed += 1;
         } else {
             let corrupt = |e| sqlx::Error::Decode(Box::new(e));
             let mut order = Order {

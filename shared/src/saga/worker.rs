@@ -21,11 +21,12 @@ use tokio::sync::watch;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{Applied, Poison, SagaError, SagaReply, apply, prune_inbox, sweep_timeouts};
+use super::{Applied, Poison, ReplyBacklog, SagaError, SagaReply, Swept, apply, prune_inbox, sweep_timeouts};
 use crate::{
-    amqp::{Consumer, Delivery, Outgoing, Publisher, Topology},
+    amqp::{Consumer, Delivery, Outgoing, Publisher, Topology, queue_depth},
     cache::OrderCache,
     error::chain,
+    retry::Policy,
     trace_context::TraceContext,
 };
 
@@ -48,21 +49,28 @@ pub struct SagaWorker {
     pub cache: OrderCache,
     pub prefetch: u16,
     pub timeouts: TimeoutSettings,
-    /// Set while the broker connections are up: the readiness probe reads it.
+    /// Set while the worker consumes `CustomerSaga`: the readiness probe reads it.
     pub broker_up: Arc<AtomicBool>,
+    /// In-place attempts of a reply that fails for another reason than an outage, before
+    /// it goes back to the queue as a failed delivery ([`APPLY_ATTEMPTS`]).
+    pub apply_attempts: u32,
 }
 
-/// In-place attempts of a reply that fails for another reason than an outage, before it
-/// goes back to the queue.
-const ATTEMPTS: u32 = 5;
+/// The default of [`SagaWorker::apply_attempts`].
+pub const APPLY_ATTEMPTS: u32 = 5;
 
 impl SagaWorker {
     /// Runs until `shutdown` turns true; the reply in hand is finished first.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let sweeper =
-            tokio::spawn(sweep_loop(self.db.clone(), self.cache.clone(), self.timeouts.clone(), shutdown.clone()));
-        let mut backoff = Duration::from_millis(500);
-        'connect: while !*shutdown.borrow() {
+        let sweeper = tokio::spawn(sweep_loop(
+            self.db.clone(),
+            self.cache.clone(),
+            self.timeouts.clone(),
+            (self.dead_letter_amqp.clone(), self.topology.customer_saga_queue.clone()),
+            shutdown.clone(),
+        ));
+        let mut backoff = Policy::RECONNECT.backoff();
+        while !*shutdown.borrow() {
             let connected = async {
                 let consumer =
                     Consumer::connect(&self.amqp, &self.topology, &self.topology.customer_saga_queue, self.prefetch)
@@ -73,51 +81,80 @@ impl SagaWorker {
             let (mut consumer, mut dead_letters) = match connected.await {
                 Ok(both) => both,
                 Err(e) => {
-                    tracing::warn!(error.cause = %e, retry_in_ms = backoff.as_millis() as u64, "cannot reach RabbitMQ");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.changed() => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error.cause = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach RabbitMQ");
+                    sleep_or_stop(delay, &mut shutdown).await;
                     continue;
                 }
             };
             tracing::info!(queue = %self.topology.customer_saga_queue, "consuming saga replies");
             self.broker_up.store(true, Ordering::Relaxed);
-            backoff = Duration::from_millis(500);
-            let mut gauge_every = tokio::time::interval(Duration::from_secs(15));
-            loop {
-                let delivery = tokio::select! {
-                    delivery = consumer.next() => delivery,
-                    _ = gauge_every.tick() => {
-                        match consumer.queue_depth(&self.topology.dead_letter_queue).await {
-                            Ok(depth) => metrics::gauge!("saga_dead_letter_queue_depth").set(f64::from(depth)),
-                            Err(e) => tracing::warn!(error.cause = %e, "cannot read the dead-letter queue depth"),
-                        }
-                        continue;
-                    }
-                    _ = shutdown.changed() => None,
-                };
-                let Some(delivery) = delivery else { break };
-                if let Err(e) = self.handle(&consumer, &mut dead_letters, delivery, &shutdown).await {
-                    tracing::warn!(error.cause = %e, "broker trouble while handling a reply, reconnecting");
-                    break;
-                }
-                if !dead_letters.is_usable() {
-                    break;
-                }
+            if self.consume(&mut consumer, &mut dead_letters, &mut shutdown).await {
+                backoff.reset();
             }
+            // Not ready from here until a consumer runs again: the probe must not say OK
+            // for a worker whose consumer the broker cancelled.
             self.broker_up.store(false, Ordering::Relaxed);
+            let why = consumer.stopped().map_or_else(|| "the connection was lost".to_owned(), |s| s.to_string());
             consumer.close().await;
             dead_letters.close().await;
             if !*shutdown.borrow() {
-                tracing::warn!("lost the connection to RabbitMQ, reconnecting");
-                continue 'connect;
+                let delay = backoff.next_delay();
+                tracing::warn!(%why, retry_in_ms = delay.as_millis() as u64, "stopped consuming saga replies, reconnecting");
+                sleep_or_stop(delay, &mut shutdown).await;
             }
         }
         // The sweep stops between runs, never inside its transaction.
         let _ = sweeper.await;
         tracing::info!("saga worker stopped");
+    }
+
+    /// Handles replies until the consumer or the dead-letter publisher is of no more use,
+    /// or shutdown; true if it handled any (the connection was worth having).
+    async fn consume(
+        &self,
+        consumer: &mut Consumer,
+        dead_letters: &mut Publisher,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let mut handled = false;
+        let mut gauge_every = tokio::time::interval(QUEUE_GAUGES_EVERY);
+        loop {
+            let delivery = tokio::select! {
+                delivery = consumer.next() => delivery,
+                _ = gauge_every.tick() => {
+                    self.record_queue_depths(consumer).await;
+                    continue;
+                }
+                _ = shutdown.changed() => None,
+            };
+            let Some(delivery) = delivery else { return handled };
+            handled = true;
+            if let Err(e) = self.handle(consumer, dead_letters, delivery, shutdown).await {
+                tracing::warn!(error.cause = %e, "broker trouble while handling a reply, reconnecting");
+                return handled;
+            }
+            if !dead_letters.is_usable() {
+                return handled;
+            }
+        }
+    }
+
+    /// The depths of the saga's queues: replies waiting for a worker, requests waiting
+    /// for the customer service (nothing of ours drains `OrderSaga`: its depth is how an
+    /// operator sees that service fall behind or stop), dead letters.
+    async fn record_queue_depths(&self, consumer: &Consumer) {
+        let t = &self.topology;
+        for (queue, gauge) in [
+            (&t.customer_saga_queue, "saga_reply_queue_depth"),
+            (&t.order_saga_queue, "saga_request_queue_depth"),
+            (&t.dead_letter_queue, "saga_dead_letter_queue_depth"),
+        ] {
+            match consumer.queue_depth(queue).await {
+                Ok(depth) => metrics::gauge!(gauge).set(f64::from(depth)),
+                Err(e) => tracing::warn!(error.cause = %e, %queue, "cannot read a queue's depth"),
+            }
+        }
     }
 
     /// Applies one reply and settles it with the broker. An error means the broker
@@ -156,7 +193,7 @@ impl SagaWorker {
         started: Instant,
     ) -> Result<(), amqprs::error::Error> {
         let key = reply.inbox_key(delivery.message_id());
-        let mut delay = Duration::from_millis(500);
+        let mut backoff = Policy::APPLY.backoff();
         let mut failures = 0;
         loop {
             match apply(&self.db, &key, reply, trace).await {
@@ -187,6 +224,7 @@ impl SagaWorker {
                     // error gets a few tries, then goes back to the broker, which counts it.
                     let outage = crate::error::is_unavailable(&e);
                     failures += 1;
+                    let delay = backoff.next_delay();
                     tracing::warn!(
                         attempt = failures,
                         outage,
@@ -194,18 +232,18 @@ impl SagaWorker {
                         retry_in_ms = delay.as_millis() as u64,
                         "cannot apply saga reply"
                     );
-                    if (!outage && failures >= ATTEMPTS) || *shutdown.borrow() {
+                    if (!outage && failures >= self.apply_attempts) || *shutdown.borrow() {
                         break;
                     }
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(30));
                 }
             }
         }
-        // Back to the queue: the broker counts the delivery and dead-letters the reply
-        // past its delivery limit, so a reply that never gets through is kept, not lost.
+        // Back to the queue, rejected: the broker counts the failed delivery and
+        // dead-letters the reply past its delivery limit, so a reply that never gets
+        // through is kept, not lost, nor retried forever.
         metrics::counter!("saga_replies_total", "outcome" => "retried").increment(1);
-        consumer.requeue(delivery.tag).await
+        consumer.reject_for_retry(delivery.tag).await
     }
 
     /// Publishes the reply to the dead-letter exchange with its reason, confirmed, and
@@ -241,14 +279,27 @@ impl SagaWorker {
             }
             failure => {
                 tracing::warn!(reason = %poison, error = ?failure, "could not dead-letter a poison reply; it goes back to the queue");
-                consumer.requeue(delivery.tag).await
+                if dead_letters.is_blocked() {
+                    // A resource alarm: every try would fail the same way and count a
+                    // delivery. Hold the reply until the broker lifts it.
+                    dead_letters.unblocked().await;
+                }
+                consumer.reject_for_retry(delivery.tag).await
             }
         }
     }
 }
 
-/// The saga timeout, on its cron schedule, plus pruning the inbox once an hour.
-async fn sweep_loop(db: PgPool, cache: OrderCache, settings: TimeoutSettings, mut shutdown: watch::Receiver<bool>) {
+/// The saga timeout, on its cron schedule, plus pruning the inbox once an hour. Before
+/// each sweep it asks the broker how many replies wait in `CustomerSaga` (on a
+/// connection of its own: the consumer's channel is busy with deliveries).
+async fn sweep_loop(
+    db: PgPool,
+    cache: OrderCache,
+    settings: TimeoutSettings,
+    (amqp, reply_queue): (OpenConnectionArguments, String),
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut last_prune = Instant::now();
     while !*shutdown.borrow() {
         let wait = settings
@@ -261,16 +312,8 @@ async fn sweep_loop(db: PgPool, cache: OrderCache, settings: TimeoutSettings, mu
             () = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => break,
         }
-        match sweep_timeouts(&db, settings.after, settings.max_retries).await {
-            Ok(swept) => {
-                metrics::counter!("saga_timeouts_total", "action" => "re_requested")
-                    .increment(swept.re_requested as u64);
-                metrics::counter!("saga_timeouts_total", "action" => "canceled").increment(swept.canceled.len() as u64);
-                for user_id in swept.canceled {
-                    cache.invalidate_after_commit(user_id).await;
-                }
-            }
-            Err(e) => tracing::warn!(error.cause = %chain(&e), "saga timeout sweep failed"),
+        if let Err(e) = sweep_once(&db, &cache, &settings, &amqp, &reply_queue).await {
+            tracing::warn!(error.cause = %chain(&e), "saga timeout sweep failed");
         }
         if last_prune.elapsed() > Duration::from_secs(3600) {
             last_prune = Instant::now();
@@ -278,5 +321,45 @@ async fn sweep_loop(db: PgPool, cache: OrderCache, settings: TimeoutSettings, mu
                 tracing::warn!(error.cause = %chain(&e), "saga inbox pruning failed");
             }
         }
+    }
+}
+
+/// One sweep of the saga timeout: asks the broker how many replies wait in
+/// `reply_queue` (none known, none canceled), sweeps, counts, and invalidates the
+/// canceled orders' users.
+pub async fn sweep_once(
+    db: &PgPool,
+    cache: &OrderCache,
+    settings: &TimeoutSettings,
+    amqp: &OpenConnectionArguments,
+    reply_queue: &str,
+) -> Result<Swept, sqlx::Error> {
+    let replies = match queue_depth(amqp, reply_queue).await {
+        Ok(depth) => ReplyBacklog::of(Some(depth)),
+        Err(e) => {
+            tracing::warn!(error.cause = %e, "cannot ask how many saga replies wait; no cancellation this sweep");
+            ReplyBacklog::Unknown
+        }
+    };
+    let swept = sweep_timeouts(db, settings.after, settings.max_retries, replies).await?;
+    metrics::counter!("saga_timeouts_total", "action" => "re_requested").increment(swept.re_requested as u64);
+    metrics::counter!("saga_timeouts_total", "action" => "canceled").increment(swept.canceled.len() as u64);
+    metrics::counter!("saga_timeouts_total", "action" => "postponed").increment(swept.postponed as u64);
+    if swept.postponed > 0 {
+        tracing::info!(postponed = swept.postponed, ?replies, "timed-out orders not canceled while replies wait");
+    }
+    for user_id in &swept.canceled {
+        cache.invalidate_after_commit(*user_id).await;
+    }
+    Ok(swept)
+}
+
+/// How often the worker reads its queues' depths.
+const QUEUE_GAUGES_EVERY: Duration = Duration::from_secs(15);
+
+async fn sleep_or_stop(delay: Duration, shutdown: &mut watch::Receiver<bool>) {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => {}
+        _ = shutdown.changed() => {}
     }
 }

@@ -1,7 +1,11 @@
 //! `TestBroker`: the contract's topology under a unique prefix on the local RabbitMQ,
 //! and a way to read back what was published.
+//!
+//! `make test` runs the broker tests twice: against the machine's RabbitMQ 3.10 and
+//! against RabbitMQ 4 (scripts/rabbitmq4.sh), chosen by `TEST_AMQP_URL` and
+//! `TEST_RABBITMQCTL` (the command that manages that node).
 
-use std::{collections::HashMap, process::Command, time::Duration};
+use std::{collections::HashMap, process::Command, sync::LazyLock, time::Duration};
 
 use amqprs::{
     BasicProperties, FieldValue,
@@ -12,7 +16,18 @@ use order_service::amqp::{self, Publisher, QueueType, Topology};
 use serde_json::Value;
 use uuid::Uuid;
 
-pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// The broker under test: `TEST_AMQP_URL`, or the local RabbitMQ on its usual port.
+pub static AMQP_URL: LazyLock<String> =
+    LazyLock::new(|| std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()));
+
+/// `rabbitmqctl` for the broker under test (`TEST_RABBITMQCTL`, split on spaces).
+pub fn rabbitmqctl() -> Command {
+    let line = std::env::var("TEST_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
+    let mut words = line.split_whitespace();
+    let mut command = Command::new(words.next().unwrap_or("rabbitmqctl"));
+    command.args(words);
+    command
+}
 
 pub struct TestBroker {
     pub topology: Topology,
@@ -45,22 +60,35 @@ impl Received {
 }
 
 impl TestBroker {
+    /// Quorum queues, as a deployment has them.
     pub async fn new() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    /// The test's topology, adjusted by `adjust` before it is declared.
+    pub async fn with(adjust: impl FnOnce(&mut Topology)) -> Self {
         let tag = format!("test-{}", &Uuid::new_v4().simple().to_string()[..12]);
-        let topology = Topology::named(&format!("{tag}."), QueueType::Classic);
+        let mut topology = Topology::named(&format!("{tag}."), QueueType::Quorum);
+        adjust(&mut topology);
         let connection = amqp::connect(&Self::args_named(&format!("{tag}-reader"))).await.expect("RabbitMQ is up");
         let channel = connection.open_channel(None).await.unwrap();
-        topology.declare(&channel).await.unwrap();
+        let version = amqp::BrokerVersion::parse(connection.server_properties().version());
+        topology.declare(&channel, version).await.unwrap();
         TestBroker { topology, tag, connection, channel }
     }
 
     pub fn args_named(name: &str) -> OpenConnectionArguments {
-        amqp::connection_args(AMQP_URL, name).unwrap()
+        amqp::connection_args(&AMQP_URL, name).unwrap()
     }
 
     /// Connection arguments for a component under test, named after this test.
     pub fn args(&self, component: &str) -> OpenConnectionArguments {
         Self::args_named(&format!("{}-{component}", self.tag))
+    }
+
+    /// The major version of the broker under test.
+    pub fn version(&self) -> amqp::BrokerVersion {
+        amqp::BrokerVersion::parse(self.connection.server_properties().version())
     }
 
     /// A plain channel on the test's reading connection, for extra declarations.
@@ -95,7 +123,7 @@ impl TestBroker {
     /// test's tag and `component`.
     pub fn close_connections(&self, component: &str) -> usize {
         let prefix = format!("{}-{component}", self.tag);
-        let listing = Command::new("rabbitmqctl")
+        let listing = rabbitmqctl()
             .args(["list_connections", "pid", "client_properties", "-q", "--no-table-headers"])
             .output()
             .expect("rabbitmqctl runs");
@@ -103,7 +131,7 @@ impl TestBroker {
         let mut closed = 0;
         for line in text.lines().filter(|line| line.contains(&format!("\"{prefix}"))) {
             let pid = line.split_whitespace().next().unwrap_or_default();
-            let status = Command::new("rabbitmqctl")
+            let status = rabbitmqctl()
                 .args(["close_connection", pid, "closed by a chaos test", "-q"])
                 .status()
                 .expect("rabbitmqctl runs");

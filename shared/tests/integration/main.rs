@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod broker;
+mod broker_faults;
 mod cache;
 mod e2e;
 mod helpers;

@@ -23,14 +23,21 @@ use crate::{
     helpers::TestApp,
 };
 
-struct RunningWorker {
+pub(crate) struct RunningWorker {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// The readiness the worker reports (true while it consumes).
+    pub ready: Arc<AtomicBool>,
 }
 
 impl RunningWorker {
-    fn start(app: &TestApp, broker: &TestBroker) -> Self {
+    pub(crate) fn start(app: &TestApp, broker: &TestBroker) -> Self {
+        Self::start_with(app, broker, saga::worker::APPLY_ATTEMPTS)
+    }
+
+    pub(crate) fn start_with(app: &TestApp, broker: &TestBroker, apply_attempts: u32) -> Self {
         let (stop, stopped) = watch::channel(false);
+        let ready = Arc::new(AtomicBool::new(false));
         let worker = SagaWorker {
             db: app.db.clone(),
             amqp: broker.args("worker"),
@@ -43,18 +50,19 @@ impl RunningWorker {
                 max_retries: 3,
                 schedule: "0 0 0 1 1 * 2099".parse().unwrap(),
             },
-            broker_up: Arc::new(AtomicBool::new(false)),
+            broker_up: ready.clone(),
+            apply_attempts,
         };
-        RunningWorker { stop, task: tokio::spawn(worker.run(stopped)) }
+        RunningWorker { stop, task: tokio::spawn(worker.run(stopped)), ready }
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.stop.send(true).unwrap();
         self.task.await.unwrap();
     }
 }
 
-async fn send_reply(broker: &TestBroker, body: &str, message_id: &str) {
+pub(crate) async fn send_reply(broker: &TestBroker, body: &str, message_id: &str) {
     let mut publisher = broker.publisher().await;
     let message = Outgoing {
         exchange: broker.topology.exchange.clone(),
@@ -69,11 +77,11 @@ async fn send_reply(broker: &TestBroker, body: &str, message_id: &str) {
     publisher.close().await;
 }
 
-fn reply(order: Uuid, answer: &str) -> String {
+pub(crate) fn reply(order: Uuid, answer: &str) -> String {
     json!({"orderID": order, "orderType": answer}).to_string()
 }
 
-async fn saga_status(app: &TestApp, order: Uuid) -> (String, String) {
+pub(crate) async fn saga_status(app: &TestApp, order: Uuid) -> (String, String) {
     sqlx::query_as("SELECT saga_status, order_status FROM orders WHERE id = $1")
         .bind(order)
         .fetch_one(&app.db)
@@ -81,7 +89,7 @@ async fn saga_status(app: &TestApp, order: Uuid) -> (String, String) {
         .unwrap()
 }
 
-async fn events(app: &TestApp, event_type: &str) -> Vec<Value> {
+pub(crate) async fn events(app: &TestApp, event_type: &str) -> Vec<Value> {
     sqlx::query_scalar("SELECT payload::jsonb FROM outbox WHERE event_type = $1 ORDER BY id")
         .bind(event_type)
         .fetch_all(&app.db)
@@ -89,7 +97,7 @@ async fn events(app: &TestApp, event_type: &str) -> Vec<Value> {
         .unwrap()
 }
 
-async fn settled(app: &TestApp, order: Uuid, saga: &str) -> bool {
+pub(crate) async fn settled(app: &TestApp, order: Uuid, saga: &str) -> bool {
     eventually(Duration::from_secs(10), || async { saga_status(app, order).await.0 == saga }).await
 }
 
@@ -276,18 +284,32 @@ async fn a_pending_order_is_re_requested_then_canceled_after_the_last_retry(db: 
             .unwrap();
     };
     // Not due yet.
-    assert_eq!(saga::sweep_timeouts(&app.db, timeout, 2).await.unwrap(), saga::Swept::default());
+    assert_eq!(
+        saga::sweep_timeouts(&app.db, timeout, 2, saga::ReplyBacklog::Empty).await.unwrap(),
+        saga::Swept::default()
+    );
     // Nor while its request has not left the outbox (the relay or the broker is down).
     age_order().await;
-    assert_eq!(saga::sweep_timeouts(&app.db, timeout, 2).await.unwrap(), saga::Swept::default());
+    assert_eq!(
+        saga::sweep_timeouts(&app.db, timeout, 2, saga::ReplyBacklog::Empty).await.unwrap(),
+        saga::Swept::default()
+    );
     for retry in 1..=2 {
         age().await;
-        let swept = saga::sweep_timeouts(&app.db, timeout, 2).await.unwrap();
+        let swept = saga::sweep_timeouts(&app.db, timeout, 2, saga::ReplyBacklog::Empty).await.unwrap();
         assert_eq!((swept.re_requested, swept.canceled.len()), (1, 0), "retry {retry}");
         assert_eq!(events(&app, "OrderCreateSaga").await.len(), 1 + retry);
     }
+    // Each re-request names the first request, so the customer service can tell it
+    // from a new order.
+    let requests = events(&app, "OrderCreateSaga").await;
+    assert!(requests[0].get("originalEventID").is_none(), "{}", requests[0]);
+    for again in &requests[1..] {
+        assert_eq!(again["originalEventID"], requests[0]["eventID"], "{again}");
+        assert_ne!(again["eventID"], requests[0]["eventID"]);
+    }
     age().await;
-    let swept = saga::sweep_timeouts(&app.db, timeout, 2).await.unwrap();
+    let swept = saga::sweep_timeouts(&app.db, timeout, 2, saga::ReplyBacklog::Empty).await.unwrap();
     assert_eq!((swept.re_requested, swept.canceled.len()), (0, 1));
     assert_eq!(saga_status(&app, order).await, ("Rejected".into(), "Canceled".into()));
     assert_eq!(events(&app, "OrderCanceled").await.len(), 1);
@@ -345,7 +367,7 @@ async fn a_database_failure_is_retried_not_lost(db: PgPool) {
     broker.cleanup().await;
 }
 
-async fn settled_within(app: &TestApp, order: Uuid, limit: Duration) -> bool {
+pub(crate) async fn settled_within(app: &TestApp, order: Uuid, limit: Duration) -> bool {
     eventually(limit, || async { saga_status(app, order).await.0 != "Pending" }).await
 }
 

@@ -1,0 +1,197 @@
+//! A manual-ack consumer that notices every way the broker can stop it: the connection
+//! lost, the channel closed, or the consumer cancelled (its queue deleted, a node gone).
+//!
+//! Without a channel callback amqprs only logs a server `basic.cancel` and keeps the
+//! receiver open, so a worker whose queue was deleted and recreated waited forever on a
+//! consumer that no longer existed while its readiness probe said OK.
+
+use std::collections::HashMap;
+
+use amqprs::{
+    Ack, BasicProperties, Cancel, CloseChannel, FieldValue, Nack, Return,
+    callbacks::ChannelCallback,
+    channel::{
+        BasicAckArguments, BasicConsumeArguments, BasicQosArguments, BasicRejectArguments, Channel, ConsumerMessage,
+    },
+    connection::OpenConnectionArguments,
+};
+use async_trait::async_trait;
+use tokio::sync::{mpsc, watch};
+
+use super::{
+    CONNECT_TIMEOUT, Topology,
+    connection::{Watched, ready_messages, timed_out},
+};
+
+/// A message taken from a queue, to be acked or nacked by its tag.
+#[derive(Debug)]
+pub struct Delivery {
+    pub tag: u64,
+    pub redelivered: bool,
+    pub properties: BasicProperties,
+    pub body: Vec<u8>,
+}
+
+impl Delivery {
+    pub fn message_id(&self) -> Option<&str> {
+        self.properties.message_id().map(String::as_str).filter(|id| !id.is_empty())
+    }
+
+    /// A header as text (strings as they are, numbers written out), e.g. `traceparent`.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let headers: &HashMap<amqprs::FieldName, FieldValue> = self.properties.headers()?.as_ref();
+        headers.iter().find(|(key, _)| key.to_string() == name).and_then(|(_, value)| match value {
+            FieldValue::S(text) => Some(text.to_string()),
+            FieldValue::l(n) => Some(n.to_string()),
+            FieldValue::I(n) => Some(n.to_string()),
+            FieldValue::i(n) => Some(n.to_string()),
+            _ => None,
+        })
+    }
+}
+
+/// Why a consumer stopped: the broker's words, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stopped {
+    /// `basic.cancel` from the broker: the queue was deleted, or its node went away.
+    Cancelled,
+    /// `channel.close` from the broker.
+    ChannelClosed(String),
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stopped::Cancelled => f.write_str("the broker cancelled the consumer"),
+            Stopped::ChannelClosed(reason) => write!(f, "the broker closed the channel: {reason}"),
+        }
+    }
+}
+
+struct ConsumerCallback {
+    stopped: watch::Sender<Option<Stopped>>,
+}
+
+#[async_trait]
+impl ChannelCallback for ConsumerCallback {
+    async fn close(&mut self, _channel: &Channel, close: CloseChannel) -> Result<(), amqprs::error::Error> {
+        tracing::warn!(reason = %close, "broker closed the consuming channel");
+        let _ = self.stopped.send(Some(Stopped::ChannelClosed(close.to_string())));
+        Ok(())
+    }
+
+    async fn cancel(&mut self, _channel: &Channel, cancel: Cancel) -> Result<(), amqprs::error::Error> {
+        tracing::warn!(consumer = %cancel.consumer_tag(), "broker cancelled the consumer");
+        let _ = self.stopped.send(Some(Stopped::Cancelled));
+        Ok(())
+    }
+
+    async fn flow(&mut self, _channel: &Channel, active: bool) -> Result<bool, amqprs::error::Error> {
+        Ok(active)
+    }
+
+    async fn publish_ack(&mut self, _channel: &Channel, _ack: Ack) {}
+
+    async fn publish_nack(&mut self, _channel: &Channel, _nack: Nack) {}
+
+    async fn publish_return(&mut self, _channel: &Channel, _ret: Return, _props: BasicProperties, _body: Vec<u8>) {}
+}
+
+/// A manual-ack consumer of one queue on its own connection, with a prefetch (so the
+/// unbounded receiver amqprs hands out holds at most that many messages).
+pub struct Consumer {
+    connection: Watched,
+    channel: Channel,
+    deliveries: mpsc::UnboundedReceiver<ConsumerMessage>,
+    stopped: watch::Receiver<Option<Stopped>>,
+}
+
+impl Consumer {
+    /// Connects, declares the topology and starts consuming `queue`.
+    pub async fn connect(
+        args: &OpenConnectionArguments,
+        topology: &Topology,
+        queue: &str,
+        prefetch: u16,
+    ) -> Result<Self, amqprs::error::Error> {
+        let opened = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            let connection = Watched::open(args).await?;
+            let channel = connection.connection.open_channel(None).await?;
+            let (stopped_sender, stopped) = watch::channel(None);
+            channel.register_callback(ConsumerCallback { stopped: stopped_sender }).await?;
+            topology.declare(&channel, connection.version()).await?;
+            channel.basic_qos(BasicQosArguments::new(0, prefetch, false)).await?;
+            let mut consume = BasicConsumeArguments::new(queue, "");
+            consume.manual_ack(true);
+            let (_, deliveries) = channel.basic_consume_rx(consume.finish()).await?;
+            Ok::<_, amqprs::error::Error>(Consumer { connection, channel, deliveries, stopped })
+        })
+        .await;
+        opened.map_err(|_| timed_out())?
+    }
+
+    /// The next message; `None` once the consumer, its channel or its connection is gone.
+    pub async fn next(&mut self) -> Option<Delivery> {
+        let mut lost = self.connection.lost.clone();
+        let mut stopped = self.stopped.clone();
+        loop {
+            let message = tokio::select! {
+                biased;
+                message = self.deliveries.recv() => message?,
+                _ = lost.wait_for(|lost| *lost) => return None,
+                _ = stopped.wait_for(Option::is_some) => {
+                    // A cancelled consumer's channel is still open: deliveries already
+                    // here are ours to apply and ack (their queue may be gone, and with
+                    // it any other copy).
+                    if self.stopped() != Some(Stopped::Cancelled) {
+                        return None;
+                    }
+                    self.deliveries.try_recv().ok()?
+                }
+            };
+            if let (Some(deliver), Some(properties), Some(body)) =
+                (message.deliver, message.basic_properties, message.content)
+            {
+                return Some(Delivery {
+                    tag: deliver.delivery_tag(),
+                    redelivered: deliver.redelivered(),
+                    properties,
+                    body,
+                });
+            }
+        }
+    }
+
+    /// Why the broker stopped this consumer, if it did.
+    pub fn stopped(&self) -> Option<Stopped> {
+        self.stopped.borrow().clone()
+    }
+
+    /// Messages ready on `queue`, asked of the broker (a passive declare).
+    pub async fn queue_depth(&self, queue: &str) -> Result<u32, amqprs::error::Error> {
+        ready_messages(&self.channel, queue).await
+    }
+
+    pub async fn ack(&self, tag: u64) -> Result<(), amqprs::error::Error> {
+        self.channel.basic_ack(BasicAckArguments::new(tag, false)).await
+    }
+
+    /// Gives the message back to the queue as a failed delivery: `basic.reject` with
+    /// requeue, which every RabbitMQ version counts towards a quorum queue's delivery
+    /// limit. Not `basic.nack`: from 4.3 a nack no longer counts ("Quorum queues now
+    /// allow unlimited explicit message returns", 4.3.0 release notes), so a message
+    /// that keeps failing would come back forever.
+    pub async fn reject_for_retry(&self, tag: u64) -> Result<(), amqprs::error::Error> {
+        self.channel.basic_reject(BasicRejectArguments::new(tag, true)).await
+    }
+
+    pub fn is_usable(&self) -> bool {
+        !self.connection.is_lost() && self.stopped.borrow().is_none() && self.channel.is_open()
+    }
+
+    /// Closes the channel (unacked messages go back to the queue) and the connection.
+    pub async fn close(self) {
+        let _ = self.channel.clone().close().await;
+        self.connection.close().await;
+    }
+}

@@ -1,0 +1,71 @@
+//! The AMQP URL of the settings, turned into amqprs's connection arguments.
+
+use amqprs::connection::OpenConnectionArguments;
+use percent_encoding::percent_decode_str;
+
+/// Parses `amqp://user:pass@host:port/vhost?heartbeat=N`. The vhost is percent-decoded
+/// (`%2f` is `/`), which amqprs's own URI parsing does not do.
+pub fn connection_args(amqp_url: &str, connection_name: &str) -> Result<OpenConnectionArguments, String> {
+    let url = url::Url::parse(amqp_url).map_err(|e| e.to_string())?;
+    if url.scheme() != "amqp" {
+        return Err(format!("scheme must be amqp, not {}", url.scheme()));
+    }
+    let decode = |s: &str| percent_decode_str(s).decode_utf8().map(|s| s.into_owned()).map_err(|e| e.to_string());
+    let host = url.host_str().filter(|h| !h.is_empty()).ok_or("no host")?;
+    let user = match url.username() {
+        "" => "guest".to_owned(),
+        user => decode(user)?,
+    };
+    let password = decode(url.password().unwrap_or("guest"))?;
+    let vhost = match url.path() {
+        "" | "/" => "/".to_owned(),
+        path => decode(&path[1..])?,
+    };
+    let heartbeat = url
+        .query_pairs()
+        .find(|(key, _)| key == "heartbeat")
+        // amqprs waits heartbeat/2 whole seconds between beats: 1 would spin.
+        .map(|(_, value)| {
+            value
+                .parse::<u16>()
+                .ok()
+                .filter(|s| *s == 0 || *s >= 2)
+                .ok_or(format!("heartbeat must be 0 or at least 2 seconds, not {value:?}"))
+        })
+        .transpose()?
+        // A lost broker is noticed within two heartbeats.
+        .unwrap_or(5);
+    let mut args = OpenConnectionArguments::new(host, url.port().unwrap_or(5672), &user, &password);
+    args.virtual_host(&vhost).heartbeat(heartbeat).connection_name(connection_name);
+    Ok(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_url_means_the_root_vhost() {
+        let args = connection_args("amqp://guest:guest@127.0.0.1:5672/%2f", "t").unwrap();
+        assert_eq!(args.get_virtual_host(), "/");
+        assert_eq!(args.get_host(), "127.0.0.1");
+        assert_eq!(args.get_port(), 5672);
+        assert_eq!(args.get_heartbeat(), 5);
+    }
+
+    #[test]
+    fn urls_are_percent_decoded() {
+        let args = connection_args("amqp://us%40r:p%3Ass@rabbit/orders%2Fprod?heartbeat=10", "t").unwrap();
+        assert_eq!(args.get_virtual_host(), "orders/prod");
+        assert_eq!(args.get_port(), 5672);
+        assert_eq!(args.get_heartbeat(), 10);
+    }
+
+    #[test]
+    fn bad_urls_are_refused() {
+        assert!(connection_args("http://x", "t").is_err());
+        assert!(connection_args("amqp://", "t").is_err());
+        assert!(connection_args("amqp://h/?heartbeat=often", "t").is_err());
+        assert!(connection_args("amqp://h/?heartbeat=1", "t").is_err());
+    }
+}
