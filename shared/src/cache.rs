@@ -13,7 +13,10 @@ use std::time::Duration;
 use redis::{AsyncCommands, Client, Script, aio::ConnectionManager, aio::ConnectionManagerConfig};
 use uuid::Uuid;
 
-use crate::http::pagination::{Page, SortOrder};
+use crate::{
+    http::pagination::{Page, SortOrder},
+    retry::Policy,
+};
 
 #[derive(Clone)]
 pub struct OrderCache {
@@ -133,10 +136,9 @@ impl OrderCache {
         }
         let cache = self.clone();
         tokio::spawn(async move {
-            let mut delay = Duration::from_millis(200);
+            let mut backoff = Policy::INVALIDATE.backoff();
             for attempt in 2..=6 {
-                tokio::time::sleep(delay).await;
-                delay *= 2;
+                tokio::time::sleep(backoff.next_delay()).await;
                 match cache.invalidate(user_id).await {
                     Ok(()) => {
                         metrics::counter!("cache_invalidations_total", "result" => "ok").increment(1);

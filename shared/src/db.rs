@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+use backon::Retryable;
+
+use crate::retry::Policy;
+
 use sqlx::{
     PgPool,
     migrate::Migrator,
@@ -45,45 +49,39 @@ pub fn connect_with(
 /// Applies pending migrations, waiting (with backoff, logging each try) for PostgreSQL
 /// to accept connections, however long it takes: it may still be starting next to us.
 pub async fn migrate(db: &PgPool) -> anyhow::Result<()> {
-    let mut delay = Duration::from_millis(250);
-    for attempt in 1.. {
-        match MIGRATOR.run(db).await {
-            Ok(()) => return Ok(()),
-            Err(sqlx::migrate::MigrateError::Execute(e)) if crate::error::is_unavailable(&e) => {
-                tracing::warn!(attempt, error.cause = %crate::error::chain(&e), "database not ready, retrying migrations");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-            Err(e) => return Err(anyhow::Error::new(e).context("applying migrations")),
-        }
-    }
-    unreachable!("the loop returns")
+    let run = || async { MIGRATOR.run(db).await };
+    run.retry(Policy::STARTUP.builder())
+        .sleep(tokio::time::sleep)
+        .when(|e| matches!(e, sqlx::migrate::MigrateError::Execute(e) if crate::error::is_unavailable(e)))
+        .notify(|e, delay| {
+            tracing::warn!(error.cause = %crate::error::chain(e), retry_in_ms = delay.as_millis() as u64,
+                "database not ready, retrying migrations");
+        })
+        .await
+        .map_err(|e| anyhow::Error::new(e).context("applying migrations"))
 }
 
 /// Creates the database named in the URL if it does not exist yet (`make migrate`),
 /// waiting like [`migrate`] for a server that is still starting.
 pub async fn create_database_if_missing(database_url: &str) -> anyhow::Result<()> {
     use sqlx::{Postgres, migrate::MigrateDatabase};
-    let mut delay = Duration::from_millis(250);
-    for attempt in 1.. {
-        let created = async {
-            if !Postgres::database_exists(database_url).await? {
-                Postgres::create_database(database_url).await?;
-                tracing::info!("database created");
-            }
-            Ok::<(), sqlx::Error>(())
-        };
-        match created.await {
-            Ok(()) => return Ok(()),
-            Err(e) if crate::error::is_unavailable(&e) => {
-                tracing::warn!(attempt, error.cause = %crate::error::chain(&e), "database server not ready, retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-            Err(e) => return Err(anyhow::Error::new(e).context("creating the database")),
+    let create = || async {
+        if !Postgres::database_exists(database_url).await? {
+            Postgres::create_database(database_url).await?;
+            tracing::info!("database created");
         }
-    }
-    unreachable!("the loop returns")
+        Ok::<(), sqlx::Error>(())
+    };
+    create
+        .retry(Policy::STARTUP.builder())
+        .sleep(tokio::time::sleep)
+        .when(crate::error::is_unavailable)
+        .notify(|e, delay| {
+            tracing::warn!(error.cause = %crate::error::chain(e), retry_in_ms = delay.as_millis() as u64,
+                "database server not ready, retrying");
+        })
+        .await
+        .map_err(|e| anyhow::Error::new(e).context("creating the database"))
 }
 
 /// Runs `batch` (one bounded DELETE, returning the rows it removed) until a batch
