@@ -357,27 +357,36 @@ def fault_schedule(rng, procs, redis, poison):
         publish_confirmed(poison)
 
     def cancel_consumers():
-        """Deletes CustomerSaga while it is empty (nothing is lost; replies published
-        meanwhile are unroutable and returned to the simulator, which retries them): the
-        broker cancels both workers' consumers, and they must redeclare it and consume
-        again. Records how long until two consumers are back."""
-        deadline = time.time() + 15
-        while time.time() < deadline:
-            out = ctl("-q", "delete_queue", "-p", VHOST, "CustomerSaga", "--if-empty", check=False)
-            if "deleted" in out.lower() or "Queue was successfully deleted" in out:
-                break
-            time.sleep(0.2)
-        else:
-            log("CustomerSaga never empty for 15 s; consumers not cancelled this time")
-            return
+        """Has the broker cancel both workers' consumers by deleting CustomerSaga, losing
+        nothing: the simulator (its only publisher here) is paused until the queue holds
+        no message, ready or unacked (quorum queues refuse `delete_queue --if-empty`),
+        and resumed once it is deleted; its replies meanwhile are unroutable and come
+        back to it. The workers must redeclare the queue and consume again: records how
+        long until both do. Returns False when the queue never emptied."""
+        simulator = procs["customer-simulator"].proc
+        simulator.send_signal(signal.SIGSTOP)
+        try:
+            # Queue statistics lag by up to 5 s: a reply published just before the pause
+            # must show before an empty queue is believed.
+            time.sleep(6)
+            deadline = time.time() + 15
+            while queue_depths().get("CustomerSaga", 0) and time.time() < deadline:
+                time.sleep(0.1)
+            if queue_depths().get("CustomerSaga", 0):
+                log("CustomerSaga never empty for 15 s; consumers not cancelled this time")
+                return False
+            ctl("-q", "delete_queue", "-p", VHOST, "CustomerSaga")
+        finally:
+            simulator.send_signal(signal.SIGCONT)
         cancelled = time.time()
         while time.time() < cancelled + 60:
             consumers = ctl("-q", "list_consumers", "-p", VHOST, "--no-table-headers", "queue_name", check=False)
             if sum(1 for line in consumers.splitlines() if line.strip() == "CustomerSaga") >= 2:
                 recovery["consumer cancelled"].append(time.time() - cancelled)
-                return
+                return True
             time.sleep(0.1)
         log("the workers did not consume CustomerSaga again within 60 s")
+        return True
 
     def memory_alarm():
         """Blocks every publisher of the broker for a few seconds, then restores the
@@ -423,8 +432,8 @@ def inject(schedule, start, injected):
         if delay > 0:
             time.sleep(delay)
         log(f"fault at {time.time() - start:5.1f} s: {kind}")
-        act()
-        injected[kind] += 1
+        if act() is not False:
+            injected[kind] += 1
 
 
 # --- the ledger ---------------------------------------------------------------------
@@ -436,6 +445,7 @@ def broker_version():
 
 
 def queue_depths():
+    # `messages` counts the ready and the unacked.
     out = ctl("-q", "list_queues", "-p", VHOST, "--no-table-headers", "name", "messages")
     return {name: int(count) for name, count in (line.split() for line in out.splitlines() if line.strip())}
 

@@ -24,6 +24,9 @@ pub fn connect(database_url: &str, max_connections: u32) -> Result<PgPool, sqlx:
     connect_with(database_url, max_connections, &[])
 }
 
+/// A connection idle this long is pinged before a request gets it.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// [`connect`], with extra session settings.
 pub fn connect_with(
     database_url: &str,
@@ -40,9 +43,19 @@ pub fn connect_with(
         .acquire_timeout(Duration::from_secs(3))
         .max_lifetime(Duration::from_secs(30 * 60))
         .idle_timeout(Duration::from_secs(10 * 60))
-        // No ping before every acquire (a round trip per request): a connection that died
-        // with a PostgreSQL restart fails its next query, which answers 503 and drops it.
+        // No ping before every acquire (a round trip per request under load), but one for
+        // a connection that sat idle: one killed server-side while the pool was quiet (a
+        // PostgreSQL restart, a failover) is replaced instead of failing the request that
+        // finds it with a 503 (measured: 2 of 20 requests, before this).
         .test_before_acquire(false)
+        .before_acquire(|connection, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE_FOR {
+                    sqlx::Connection::ping(connection).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_lazy_with(options))
 }
 

@@ -43,6 +43,14 @@ pub fn shutdown_flag() -> tokio::sync::watch::Receiver<bool> {
     stopped
 }
 
+/// Sleeps for `delay`, or less if shutdown comes first (a retry loop's wait).
+pub async fn sleep_or_stop(delay: std::time::Duration, shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => {}
+        _ = shutdown.changed() => {}
+    }
+}
+
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (`docker stop`).
 pub async fn shutdown_signal() {
     let interrupt = async {

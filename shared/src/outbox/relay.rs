@@ -312,7 +312,7 @@ impl Relay {
                     metrics::counter!("outbox_publish_failures_total", "reason" => "connect").increment(1);
                     let delay = backoff.next_delay();
                     tracing::warn!(error.cause = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach RabbitMQ");
-                    sleep_or_stop(delay, &mut shutdown).await;
+                    crate::sleep_or_stop(delay, &mut shutdown).await;
                     continue;
                 }
             };
@@ -343,7 +343,7 @@ impl Relay {
                         "RabbitMQ connection unusable, reconnecting"
                     );
                     drop(publisher);
-                    sleep_or_stop(delay, &mut shutdown).await;
+                    crate::sleep_or_stop(delay, &mut shutdown).await;
                 }
             }
         }
@@ -410,7 +410,7 @@ impl Relay {
                     metrics::counter!("outbox_publish_failures_total", "reason" => "db").increment(1);
                     let delay = backoff.next_delay();
                     tracing::warn!(error.cause = %chain(&e), retry_in_ms = delay.as_millis() as u64, "outbox step failed");
-                    sleep_or_stop(delay, shutdown).await;
+                    crate::sleep_or_stop(delay, shutdown).await;
                     return None;
                 }
             }
@@ -426,13 +426,6 @@ enum LaneEnd {
     Blocked,
     /// The connection or channel is gone, or a batch went unconfirmed.
     Unusable,
-}
-
-async fn sleep_or_stop(delay: Duration, shutdown: &mut watch::Receiver<bool>) {
-    tokio::select! {
-        () = tokio::time::sleep(delay) => {}
-        _ = shutdown.changed() => {}
-    }
 }
 
 /// Every 30 s: the backlog gauges, and deleting published rows past the retention;

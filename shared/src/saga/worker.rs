@@ -83,7 +83,7 @@ impl SagaWorker {
                 Err(e) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(error.cause = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach RabbitMQ");
-                    sleep_or_stop(delay, &mut shutdown).await;
+                    crate::sleep_or_stop(delay, &mut shutdown).await;
                     continue;
                 }
             };
@@ -101,7 +101,7 @@ impl SagaWorker {
             if !*shutdown.borrow() {
                 let delay = backoff.next_delay();
                 tracing::warn!(%why, retry_in_ms = delay.as_millis() as u64, "stopped consuming saga replies, reconnecting");
-                sleep_or_stop(delay, &mut shutdown).await;
+                crate::sleep_or_stop(delay, &mut shutdown).await;
             }
         }
         // The sweep stops between runs, never inside its transaction.
@@ -356,10 +356,3 @@ pub async fn sweep_once(
 
 /// How often the worker reads its queues' depths.
 const QUEUE_GAUGES_EVERY: Duration = Duration::from_secs(15);
-
-async fn sleep_or_stop(delay: Duration, shutdown: &mut watch::Receiver<bool>) {
-    tokio::select! {
-        () = tokio::time::sleep(delay) => {}
-        _ = shutdown.changed() => {}
-    }
-}

@@ -14,6 +14,7 @@ mod hostile;
 mod loki;
 mod openapi;
 mod orders;
+mod pool;
 mod products;
 mod relay;
 mod saga;

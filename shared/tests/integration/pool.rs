@@ -1,0 +1,42 @@
+//! The api's PostgreSQL pool after its idle connections were killed server-side (a
+//! PostgreSQL restart or failover does that): the next requests must not pay for it.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use crate::e2e::spawn_api;
+
+#[sqlx::test(migrations = "../migrations")]
+async fn killed_idle_connections_cost_no_request(db: PgPool) {
+    let database = db.connect_options().get_database().unwrap().to_owned();
+    let (_api, base) = spawn_api(&db, &[("DB_MAX_CONNECTIONS", "4")]).await;
+    let client = reqwest::Client::new();
+    let list = format!("{base}/api/v1/products/?limit=10");
+    // Fill the pool: concurrent requests each hold a connection.
+    let warm: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, list) = (client.clone(), list.clone());
+            tokio::spawn(async move { client.get(&list).send().await.unwrap().status() })
+        })
+        .collect();
+    for answer in warm {
+        assert_eq!(answer.await.unwrap(), 200);
+    }
+    // The pool sits idle, then the server kills its connections.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+          WHERE datname = $1 AND application_name = 'order-service'",
+    )
+    .bind(&database)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert!(killed > 0, "the api held no connection to kill");
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(client.get(&list).send().await.unwrap().status().as_u16());
+    }
+    assert!(statuses.iter().all(|s| *s == 200), "after {killed} idle connections were killed: {statuses:?}");
+}
