@@ -51,6 +51,11 @@ pub async fn sleep_or_stop(delay: std::time::Duration, shutdown: &mut tokio::syn
     }
 }
 
+/// How long until `schedule`'s next tick (`fallback` when it has none).
+pub fn until_next(schedule: &cron::Schedule, fallback: std::time::Duration) -> std::time::Duration {
+    schedule.upcoming(chrono::Utc).next().and_then(|at| (at - chrono::Utc::now()).to_std().ok()).unwrap_or(fallback)
+}
+
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (`docker stop`).
 pub async fn shutdown_signal() {
     let interrupt = async {

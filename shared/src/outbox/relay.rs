@@ -362,12 +362,7 @@ impl Relay {
             if let Some(end) = self.drain(publisher, shutdown, backoff).await {
                 return end;
             }
-            let next_tick = self
-                .schedule
-                .upcoming(Utc)
-                .next()
-                .and_then(|at| (at - Utc::now()).to_std().ok())
-                .unwrap_or(Duration::from_secs(1));
+            let next_tick = crate::until_next(&self.schedule, Duration::from_secs(1));
             tokio::select! {
                 () = tokio::time::sleep(next_tick) => {}
                 () = wake.notified() => {}

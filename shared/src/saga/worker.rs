@@ -302,12 +302,7 @@ async fn sweep_loop(
 ) {
     let mut last_prune = Instant::now();
     while !*shutdown.borrow() {
-        let wait = settings
-            .schedule
-            .upcoming(Utc)
-            .next()
-            .and_then(|at| (at - Utc::now()).to_std().ok())
-            .unwrap_or(Duration::from_secs(30));
+        let wait = crate::until_next(&settings.schedule, Duration::from_secs(30));
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => break,
