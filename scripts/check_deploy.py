@@ -102,6 +102,15 @@ for path in (ROOT / "grafana/dashboards").glob("*.json"):
             if uid and uid not in provisioned:
                 fail(f"{path.name}: panel {panel['title']!r} uses datasource {uid!r}, which is not provisioned")
 
+# The cache is bounded by Redis too, with a policy that may evict any key (generation keys
+# have no TTL: a volatile-* policy would never evict them and Redis would refuse writes).
+redis_command = compose["services"]["redis"].get("command") or []
+if "--maxmemory" not in redis_command:
+    fail("compose.yaml: redis runs without --maxmemory")
+policy = redis_command[redis_command.index("--maxmemory-policy") + 1] if "--maxmemory-policy" in redis_command else None
+if policy not in ("allkeys-lru", "allkeys-lfu", "allkeys-random"):
+    fail(f"compose.yaml: redis --maxmemory-policy is {policy!r}; it must be an allkeys-* policy")
+
 for path in ["vector/vector.yaml", "loki/loki.yaml", "prometheus/prometheus.yml"]:
     yaml.load((ROOT / path).read_text())
 

@@ -30,11 +30,23 @@ pub trait Command: Send + 'static {
 /// to the pool inside an open transaction (sqlx #4385). A spawned task runs to commit
 /// or rollback whatever the client does.
 pub async fn dispatch<C: Command>(db: &PgPool, command: C) -> Result<C::Output, AppError> {
+    dispatch_then(db, command, |_| std::future::ready(())).await
+}
+
+/// [`dispatch`], then `after_commit` with the output, in the same task: what must
+/// follow a commit (a cache invalidation) runs even if the caller is dropped.
+pub async fn dispatch_then<C, F, Fut>(db: &PgPool, command: C, after_commit: F) -> Result<C::Output, AppError>
+where
+    C: Command,
+    F: FnOnce(&C::Output) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
     let db = db.clone();
     let task = async move {
         let mut tx = db.begin().await?;
         let output = command.execute(&mut tx).await?;
         tx.commit().await?;
+        after_commit(&output).await;
         Ok(output)
     };
     tokio::spawn(task.in_current_span())

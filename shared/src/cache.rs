@@ -1,14 +1,31 @@
 //! The Redis read side (CQRS): pages of a user's orders, cache-aside.
 //!
 //! A page is stored tagged with the user's current *generation*. Invalidating a user
-//! bumps the generation (`INCR`), so every page stored before stops matching at once —
-//! no `KEYS`, no scan — and expires by its TTL. A refill is fenced: a reader remembers
-//! the generation it missed under, and the script that stores the page refuses if the
-//! generation moved meanwhile. So a reader that queried PostgreSQL before a saga
+//! bumps the generation (`INCR`) and unlinks the user's pages, so every page stored
+//! before stops matching at once — no `KEYS`, no scan. A refill is fenced: a reader
+//! remembers the generation it missed under, and the script that stores the page refuses
+//! if the generation moved meanwhile. So a reader that queried PostgreSQL before a saga
 //! transition committed, and tries to store its (now stale) page after the worker
 //! invalidated, stores nothing.
+//!
+//! Bounded whatever clients ask: at most [`Limits::pages_per_user`] pages per user (an
+//! index set per user counts them), none larger than [`Limits::entry_bytes`] (a larger
+//! page is served from PostgreSQL every time).
+//!
+//! An invalidation Redis did not take is not given up: the user is remembered as
+//! *unsettled* and retried every second or two until Redis takes it, and meanwhile this
+//! process serves that user from PostgreSQL. So once Redis answers again, a page older
+//! than a committed change is gone within [`STALENESS_BOUND`]; only if the process that
+//! committed dies during the outage does such a page live on, until its TTL.
 
-use std::time::Duration;
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use redis::{AsyncCommands, Client, Script, aio::ConnectionManager, aio::ConnectionManagerConfig};
 use uuid::Uuid;
@@ -18,11 +35,49 @@ use crate::{
     retry::Policy,
 };
 
+/// How long after Redis answers again a page older than a committed change can still be
+/// served by another process: the longest retry delay of [`Policy::INVALIDATE`] (1 s,
+/// up to 2 s with its jitter), one 500 ms timeout, and a reconnect. The README states
+/// it; `cache::a_redis_outage_longer_than_the_retry_window_leaves_no_stale_page` checks it.
+pub const STALENESS_BOUND: Duration = Duration::from_secs(5);
+
+/// What one user, one page and one process may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Pages cached per user; past it, a new page takes the place of one of them.
+    /// Reproduced without it: one client walking 300 offsets left 301 keys.
+    pub pages_per_user: u32,
+    /// The largest page stored. 1,000 orders of 1,000 lines make a page of ~100 MB.
+    pub entry_bytes: usize,
+    /// Users whose invalidation Redis has not taken yet, remembered one by one; past it,
+    /// every user's pages are invalidated once Redis answers, and until then this process
+    /// does not read the cache at all.
+    pub unsettled_users: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { pages_per_user: 16, entry_bytes: 1024 * 1024, unsettled_users: 100_000 }
+    }
+}
+
 #[derive(Clone)]
 pub struct OrderCache {
     redis: ConnectionManager,
     prefix: String,
     ttl: Duration,
+    limits: Limits,
+    unsettled: Arc<Unsettled>,
+}
+
+/// The invalidations this process owes Redis (shared by the clones of one cache).
+#[derive(Default)]
+struct Unsettled {
+    users: Mutex<HashSet<Uuid>>,
+    /// More users than [`Limits::unsettled_users`] failed: every user is owed one.
+    everyone: AtomicBool,
+    /// A task is retrying them.
+    retrying: AtomicBool,
 }
 
 /// The generation a read found (empty: none yet), to fence the refill of a miss.
@@ -34,6 +89,22 @@ pub struct Generation(String);
 pub enum Lookup {
     Hit(bytes::Bytes),
     Miss(Generation),
+    /// This process owes the user an invalidation Redis has not taken: whatever the cache
+    /// holds may predate a change. Read PostgreSQL, and store nothing.
+    Unsettled,
+}
+
+/// What a fill did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filled {
+    Stored,
+    /// The user was invalidated since the read: the page may be stale.
+    Raced,
+    /// Stored, in place of another page of the user's: they had
+    /// [`Limits::pages_per_user`] already.
+    StoredEvicting,
+    /// The page is larger than [`Limits::entry_bytes`].
+    TooLarge,
 }
 
 // A page is stored as `<generation>|<body>` under a key without the generation, so a
@@ -42,6 +113,11 @@ pub enum Lookup {
 //
 // A user's generation starts from the server's clock, not 0 or 1: should the key ever
 // be lost (evicted, flushed), no page stored under an old generation can match again.
+//
+// KEYS: generation, page, the user's page index. ARGV: the generation seen, the body,
+// the TTL, the most pages a user may have. Returns 0 raced, 1 stored, 2 stored in place
+// of a page evicted at random (which is as good as LRU against a client walking pages,
+// and needs no bookkeeping per read).
 const FILL: &str = r"
 local generation = redis.call('GET', KEYS[1])
 if ARGV[1] == '' then
@@ -54,21 +130,48 @@ if ARGV[1] == '' then
 elseif generation ~= ARGV[1] then
     return 0
 end
+local stored = 1
+if redis.call('SISMEMBER', KEYS[3], KEYS[2]) == 0 then
+    if redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[4]) then
+        for _, page in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+            if redis.call('EXISTS', page) == 0 then
+                redis.call('SREM', KEYS[3], page)
+            end
+        end
+        if redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[4]) then
+            redis.call('UNLINK', redis.call('SPOP', KEYS[3]))
+            stored = 2
+        end
+    end
+    redis.call('SADD', KEYS[3], KEYS[2])
+end
 redis.call('SET', KEYS[2], generation .. '|' .. ARGV[2], 'EX', ARGV[3])
-return 1
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+return stored
 ";
 
+// KEYS: generation, the user's page index. The pages go at once (their memory with
+// them), the index with them, and the generation moves on for any page in flight.
 const INVALIDATE: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then
     local now = redis.call('TIME')
     redis.call('SET', KEYS[1], now[1] .. string.format('%06d', now[2]))
 end
+local pages = redis.call('SMEMBERS', KEYS[2])
+if #pages > 0 then
+    redis.call('UNLINK', unpack(pages))
+end
+redis.call('DEL', KEYS[2])
 return redis.call('INCR', KEYS[1])
 ";
 
 impl OrderCache {
     /// Connects lazily: the api starts, and answers from PostgreSQL, while Redis is down.
     pub fn new(redis_url: &str, prefix: &str, ttl: Duration) -> redis::RedisResult<Self> {
+        Self::with_limits(redis_url, prefix, ttl, Limits::default())
+    }
+
+    pub fn with_limits(redis_url: &str, prefix: &str, ttl: Duration, limits: Limits) -> redis::RedisResult<Self> {
         let client = Client::open(redis_url)?;
         // Fail fast: a cache that answers late is worse than none.
         let config = ConnectionManagerConfig::new()
@@ -77,11 +180,11 @@ impl OrderCache {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
         let redis = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(OrderCache { redis, prefix: prefix.to_owned(), ttl })
+        Ok(OrderCache { redis, prefix: prefix.to_owned(), ttl, limits, unsettled: Arc::default() })
     }
 
-    fn generation_key(&self, user_id: Uuid) -> String {
-        format!("{}:user:{user_id}:gen", self.prefix)
+    fn user_key(&self, user_id: Uuid, what: &str) -> String {
+        format!("{}:user:{user_id}:{what}", self.prefix)
     }
 
     fn page_key(&self, user_id: Uuid, page: &Page) -> String {
@@ -89,12 +192,15 @@ impl OrderCache {
             SortOrder::Asc => "asc",
             SortOrder::Desc => "desc",
         };
-        format!("{}:user:{user_id}:page:{}:{}:{order}", self.prefix, page.limit, page.offset)
+        self.user_key(user_id, &format!("page:{}:{}:{order}", page.limit, page.offset))
     }
 
     pub async fn read(&self, user_id: Uuid, page: &Page) -> redis::RedisResult<Lookup> {
+        if self.unsettled.owes(user_id) {
+            return Ok(Lookup::Unsettled);
+        }
         let (generation, stored): (Option<String>, Option<Vec<u8>>) =
-            self.redis.clone().mget(&[self.generation_key(user_id), self.page_key(user_id, page)]).await?;
+            self.redis.clone().mget(&[self.user_key(user_id, "gen"), self.page_key(user_id, page)]).await?;
         if let (Some(generation), Some(stored)) = (&generation, stored) {
             let prefix = generation.len();
             if stored.len() > prefix && stored.starts_with(generation.as_bytes()) && stored[prefix] == b'|' {
@@ -105,58 +211,162 @@ impl OrderCache {
         Ok(Lookup::Miss(Generation(generation.unwrap_or_default())))
     }
 
-    /// Stores a page read after a miss, unless the user was invalidated since.
-    /// Returns whether it was stored.
-    pub async fn fill(&self, user_id: Uuid, page: &Page, seen: &Generation, body: &[u8]) -> redis::RedisResult<bool> {
+    /// Stores a page read after a miss, unless the user was invalidated since or the
+    /// page is too large.
+    pub async fn fill(&self, user_id: Uuid, page: &Page, seen: &Generation, body: &[u8]) -> redis::RedisResult<Filled> {
+        if body.len() > self.limits.entry_bytes {
+            return Ok(Filled::TooLarge);
+        }
         let stored: i32 = Script::new(FILL)
-            .key(self.generation_key(user_id))
+            .key(self.user_key(user_id, "gen"))
             .key(self.page_key(user_id, page))
+            .key(self.user_key(user_id, "pages"))
             .arg(&seen.0)
             .arg(body)
             .arg(self.ttl.as_secs().max(1))
+            .arg(self.limits.pages_per_user)
             .invoke_async(&mut self.redis.clone())
             .await?;
-        Ok(stored == 1)
+        Ok(match stored {
+            1 => Filled::Stored,
+            2 => Filled::StoredEvicting,
+            _ => Filled::Raced,
+        })
     }
 
-    /// Makes every cached page of the user unreachable.
+    /// Makes every cached page of the user unreachable, and frees them.
     pub async fn invalidate(&self, user_id: Uuid) -> redis::RedisResult<()> {
-        let _: i64 =
-            Script::new(INVALIDATE).key(self.generation_key(user_id)).invoke_async(&mut self.redis.clone()).await?;
+        let _: i64 = Script::new(INVALIDATE)
+            .key(self.user_key(user_id, "gen"))
+            .key(self.user_key(user_id, "pages"))
+            .invoke_async(&mut self.redis.clone())
+            .await?;
         Ok(())
     }
 
-    /// Invalidates after a commit: at once, so the next read sees the change, and if
-    /// Redis does not answer, again in the background a few times — a committed change
-    /// must not leave a stale page behind because Redis blinked. Counted either way.
+    /// Invalidates after a commit, from the task that committed: at once, so the next
+    /// read sees the change; and if Redis does not take it, the user is owed one,
+    /// retried in the background until Redis does (see the module's doc). Counted
+    /// either way.
     pub async fn invalidate_after_commit(&self, user_id: Uuid) {
-        if self.invalidate(user_id).await.is_ok() {
-            metrics::counter!("cache_invalidations_total", "result" => "ok").increment(1);
-            return;
-        }
-        let cache = self.clone();
-        tokio::spawn(async move {
-            let mut backoff = Policy::INVALIDATE.backoff();
-            for attempt in 2..=6 {
-                tokio::time::sleep(backoff.next_delay()).await;
-                match cache.invalidate(user_id).await {
-                    Ok(()) => {
-                        metrics::counter!("cache_invalidations_total", "result" => "ok").increment(1);
-                        return;
-                    }
-                    Err(e) if attempt < 6 => {
-                        tracing::debug!(user.id = %user_id, error.cause = %e, attempt, "cache invalidation failed, retrying");
-                    }
-                    Err(e) => {
-                        metrics::counter!("cache_invalidations_total", "result" => "error").increment(1);
-                        tracing::warn!(user.id = %user_id, error.cause = %e, "cache invalidation failed; pages expire by their TTL");
-                    }
+        match self.invalidate(user_id).await {
+            Ok(()) => {
+                metrics::counter!("cache_invalidations_total", "result" => "ok").increment(1);
+                self.unsettled.settled(user_id);
+            }
+            Err(e) => {
+                metrics::counter!("cache_invalidations_total", "result" => "error").increment(1);
+                tracing::warn!(user.id = %user_id, error.cause = %e, "cache invalidation failed; retrying until Redis takes it");
+                self.unsettled.owe(user_id, self.limits.unsettled_users);
+                if !self.unsettled.retrying.swap(true, Ordering::AcqRel) {
+                    tokio::spawn(self.clone().settle());
                 }
             }
-        });
+        }
+    }
+
+    /// Retries what this process owes until nothing is left; one task at a time.
+    async fn settle(self) {
+        let mut backoff = Policy::INVALIDATE.backoff();
+        loop {
+            let done = match self.settle_once().await {
+                Ok(done) => done,
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::debug!(error.cause = %e, retry_in_ms = delay.as_millis() as u64, "cache still unreachable");
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            };
+            if done {
+                self.unsettled.retrying.store(false, Ordering::Release);
+                // An invalidation that failed after the last look, but saw this task
+                // still running, started none: take it.
+                if self.unsettled.is_empty() || self.unsettled.retrying.swap(true, Ordering::AcqRel) {
+                    tracing::info!("every failed cache invalidation is settled");
+                    return;
+                }
+            }
+            backoff.reset();
+        }
+    }
+
+    /// One pass over what is owed; true if nothing is left.
+    async fn settle_once(&self) -> redis::RedisResult<bool> {
+        if self.unsettled.everyone.load(Ordering::Acquire) {
+            // Which users were lost is unknown: every user this cache has a generation for.
+            let users = self.users_with_pages().await?;
+            for user_id in users {
+                self.invalidate(user_id).await?;
+            }
+            let owed = self.unsettled.users.lock().expect("never poisoned").len();
+            tracing::warn!(owed, "every user's cached pages invalidated after too many failures");
+            self.unsettled.users.lock().expect("never poisoned").clear();
+            self.unsettled.everyone.store(false, Ordering::Release);
+        }
+        for user_id in self.unsettled.snapshot() {
+            self.invalidate(user_id).await?;
+            metrics::counter!("cache_invalidations_total", "result" => "ok").increment(1);
+            self.unsettled.settled(user_id);
+        }
+        Ok(self.unsettled.is_empty())
+    }
+
+    async fn users_with_pages(&self) -> redis::RedisResult<Vec<Uuid>> {
+        let pattern = self.user_key(Uuid::nil(), "gen").replace(&Uuid::nil().to_string(), "*");
+        let mut redis = self.redis.clone();
+        let mut keys: redis::AsyncIter<String> = redis.scan_match(&pattern).await?;
+        let mut users = Vec::new();
+        while let Some(key) = keys.next_item().await {
+            let key = key?;
+            let user = key.strip_prefix(&format!("{}:user:", self.prefix)).and_then(|rest| rest.strip_suffix(":gen"));
+            if let Some(user) = user.and_then(|id| Uuid::parse_str(id).ok()) {
+                users.push(user);
+            }
+        }
+        Ok(users)
     }
 
     pub async fn ping(&self) -> redis::RedisResult<()> {
         redis::cmd("PING").query_async::<String>(&mut self.redis.clone()).await.map(|_| ())
+    }
+}
+
+impl Filled {
+    /// The label of `cache_fills_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Filled::Stored => "stored",
+            Filled::Raced => "raced",
+            Filled::StoredEvicting => "stored_evicting",
+            Filled::TooLarge => "too_large",
+        }
+    }
+}
+
+impl Unsettled {
+    fn owes(&self, user_id: Uuid) -> bool {
+        self.everyone.load(Ordering::Acquire) || self.users.lock().expect("never poisoned").contains(&user_id)
+    }
+
+    fn owe(&self, user_id: Uuid, limit: usize) {
+        let mut users = self.users.lock().expect("never poisoned");
+        if users.len() < limit {
+            users.insert(user_id);
+        } else if !users.contains(&user_id) {
+            self.everyone.store(true, Ordering::Release);
+        }
+    }
+
+    fn settled(&self, user_id: Uuid) {
+        self.users.lock().expect("never poisoned").remove(&user_id);
+    }
+
+    fn snapshot(&self) -> Vec<Uuid> {
+        self.users.lock().expect("never poisoned").iter().copied().collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.everyone.load(Ordering::Acquire) && self.users.lock().expect("never poisoned").is_empty()
     }
 }

@@ -171,6 +171,15 @@ impl RelayConfig {
         at_least_one("DB_MAX_CONNECTIONS", config.db_max_connections.into())?;
         at_least_one("RELAY_BATCH_SIZE", config.relay_batch_size.into())?;
         at_least_one("RELAY_LANES", config.relay_lanes.into())?;
+        // Each lane holds a connection through its batch; housekeeping (retention, VACUUM)
+        // and `/readyz` need one each besides. The LISTEN connection is not pooled.
+        let needed = u32::from(config.relay_lanes) + 2;
+        if config.db_max_connections < needed {
+            return Err(ConfigError(format!(
+                "DB_MAX_CONNECTIONS must be at least RELAY_LANES + 2 = {needed} (each lane, housekeeping and the readiness probe hold a connection), not {}",
+                config.db_max_connections
+            )));
+        }
         // A batch is published and confirmed inside the claim's transaction, which
         // PostgreSQL kills after 10 s idle: keep batches to what confirms in a few seconds.
         if config.relay_batch_size > 5000 {
@@ -301,10 +310,19 @@ fn default_saga_timeout_schedule() -> cron::Schedule {
     "*/30 * * * * *".parse().expect("the default schedule parses")
 }
 
+/// The shortest `SAGA_TIMEOUT`: shorter, and an answer on its normal way (seconds,
+/// through two queues and the customer service) would be re-requested, and after
+/// `SAGA_MAX_RETRIES` sweeps every pending order canceled; 0 did that within minutes.
+pub const MIN_SAGA_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn saga_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
-    humantime::parse_duration(text.trim())
-        .map_err(|e| D::Error::custom(format!("SAGA_TIMEOUT must be a duration such as 10m, not {text:?}: {e}")))
+    humantime::parse_duration(text.trim()).ok().filter(|timeout| *timeout >= MIN_SAGA_TIMEOUT).ok_or_else(|| {
+        D::Error::custom(format!(
+            "SAGA_TIMEOUT must be a duration of at least {}s such as 10m, not {text:?}",
+            MIN_SAGA_TIMEOUT.as_secs()
+        ))
+    })
 }
 
 fn saga_timeout_schedule<'de, D: Deserializer<'de>>(d: D) -> Result<cron::Schedule, D::Error> {
@@ -510,6 +528,8 @@ mod tests {
             ("OUTBOX_RETENTION", "a week"),
             ("AMQP_QUEUE_TYPE", "stream"),
             ("AMQP_URL", "http://rabbit"),
+            // No heartbeat: a half-open connection would never be noticed.
+            ("AMQP_URL", "amqp://guest:guest@rabbit/%2f?heartbeat=0"),
             ("RELAY_BATCH_SIZE", "0"),
             ("RELAY_BATCH_SIZE", "100000"),
             ("METRICS_ADDR", ":x"),
@@ -517,6 +537,11 @@ mod tests {
             let error = RelayConfig::from_vars(vars(&[(var, value)])).unwrap_err().to_string();
             assert!(error.contains(var), "{error}");
         }
+        // Two lanes, housekeeping and the readiness probe need more than two connections.
+        let error = RelayConfig::from_vars(vars(&[("RELAY_LANES", "2"), ("DB_MAX_CONNECTIONS", "2")])).unwrap_err();
+        assert!(error.to_string().contains("DB_MAX_CONNECTIONS"), "{error}");
+        let error = RelayConfig::from_vars(vars(&[("RELAY_LANES", "8")])).unwrap_err();
+        assert!(error.to_string().contains("DB_MAX_CONNECTIONS"), "{error}");
         let config = RelayConfig::from_vars(vars(&[("AMQP_URL", "amqp://u:hunter2@rabbit/%2f")])).unwrap();
         assert!(!format!("{config:?}").contains("hunter2"));
     }
@@ -531,9 +556,13 @@ mod tests {
             ("SAGA_PREFETCH", "0"),
             ("SAGA_PREFETCH", "lots"),
             ("SAGA_TIMEOUT", "soon"),
+            // Zero would cancel every pending order within a few sweeps.
+            ("SAGA_TIMEOUT", "0"),
+            ("SAGA_TIMEOUT", "0s"),
             ("SAGA_MAX_RETRIES", "-1"),
             ("SAGA_TIMEOUT_SCHEDULE", "*/5 * * * *"),
             ("REDIS_URL", "http://cache"),
+            ("AMQP_URL", "amqp://rabbit/%2f?heartbeat=0"),
         ] {
             let error = WorkerConfig::from_vars(vars(&[(var, value)])).unwrap_err().to_string();
             assert!(error.contains(var), "{error}");

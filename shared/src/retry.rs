@@ -26,8 +26,9 @@ impl Policy {
     pub const STARTUP: Policy = Policy { first: Duration::from_millis(250), max: Duration::from_secs(10) };
     /// A saga reply whose transaction failed, retried in place.
     pub const APPLY: Policy = Policy { first: Duration::from_millis(500), max: Duration::from_secs(30) };
-    /// A cache invalidation Redis did not take.
-    pub const INVALIDATE: Policy = Policy { first: Duration::from_millis(200), max: Duration::from_secs(5) };
+    /// A cache invalidation Redis did not take, retried until it does. The ceiling is
+    /// part of `cache::STALENESS_BOUND`: keep them in step.
+    pub const INVALIDATE: Policy = Policy { first: Duration::from_millis(100), max: Duration::from_secs(1) };
 
     /// The backon builder of this policy, with no limit on the number of tries (each
     /// caller decides when to give up).

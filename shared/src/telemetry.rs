@@ -160,8 +160,11 @@ pub fn register_metrics(process: &str) {
     metrics::counter!("loki_dropped_lines_total").absolute(0);
     match process {
         "api" => {
-            for result in ["hit", "miss", "error"] {
+            for result in ["hit", "miss", "unsettled", "error"] {
                 metrics::counter!("cache_requests_total", "result" => result).absolute(0);
+            }
+            for result in ["stored", "stored_evicting", "raced", "too_large"] {
+                metrics::counter!("cache_fills_total", "result" => result).absolute(0);
             }
             for result in ["ok", "error"] {
                 metrics::counter!("cache_invalidations_total", "result" => result).absolute(0);

@@ -64,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
         },
         broker_up,
         apply_attempts: APPLY_ATTEMPTS,
+        halt_after_ack: None,
     };
     worker.run(stopped).await;
     ops.await??;

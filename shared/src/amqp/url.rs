@@ -24,13 +24,15 @@ pub fn connection_args(amqp_url: &str, connection_name: &str) -> Result<OpenConn
     let heartbeat = url
         .query_pairs()
         .find(|(key, _)| key == "heartbeat")
-        // amqprs waits heartbeat/2 whole seconds between beats: 1 would spin.
+        // amqprs waits heartbeat/2 whole seconds between beats: 1 would spin. 0 turns
+        // heartbeats off, and a half-open TCP connection (a broker host gone without a
+        // FIN) would never be noticed: refused.
         .map(|(_, value)| {
             value
                 .parse::<u16>()
                 .ok()
-                .filter(|s| *s == 0 || *s >= 2)
-                .ok_or(format!("heartbeat must be 0 or at least 2 seconds, not {value:?}"))
+                .filter(|s| *s >= 2)
+                .ok_or(format!("heartbeat must be at least 2 seconds, not {value:?}"))
         })
         .transpose()?
         // A lost broker is noticed within two heartbeats.
@@ -67,5 +69,6 @@ mod tests {
         assert!(connection_args("amqp://", "t").is_err());
         assert!(connection_args("amqp://h/?heartbeat=often", "t").is_err());
         assert!(connection_args("amqp://h/?heartbeat=1", "t").is_err());
+        assert!(connection_args("amqp://h/?heartbeat=0", "t").is_err(), "a dead peer would never be noticed");
     }
 }

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     bus,
-    cache::{Lookup, OrderCache},
+    cache::{Filled, Lookup, OrderCache},
     error::AppError,
     http::{
         ApiTags, NoContent,
@@ -217,8 +217,8 @@ impl OrdersApi {
         /// Page size, 1 to 1000 (default 1000).
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
-        /// Items to skip, ≥ 0 (default 0).
-        #[oai(validator(minimum(value = "0")))]
+        /// Items to skip, 0 to 10000 (default 0).
+        #[oai(validator(minimum(value = "0"), maximum(value = "10000")))]
         offset: Query<Option<i64>>,
         /// `asc` (default) or `desc`.
         order: Query<Option<SortOrder>>,
@@ -256,8 +256,8 @@ impl OrdersApi {
         /// Page size, 1 to 1000 (default 1000).
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
-        /// Items to skip, ≥ 0 (default 0).
-        #[oai(validator(minimum(value = "0")))]
+        /// Items to skip, 0 to 10000 (default 0).
+        #[oai(validator(minimum(value = "0"), maximum(value = "10000")))]
         offset: Query<Option<i64>>,
         /// `asc` (default) or `desc`.
         order: Query<Option<SortOrder>>,
@@ -276,9 +276,15 @@ impl OrdersApi {
         body: Json<CaseInsensitive<DeleteOrderRequest>>,
         trace: Data<&TraceContext>,
     ) -> Result<NoContent, CommandError> {
-        let user_id = bus::dispatch(&self.db, DeleteOrder { id: body.0.0.order_id, trace: *trace.0 }).await?;
-        // The order was in the user's cached list.
-        self.cache.invalidate_after_commit(user_id).await;
+        let command = DeleteOrder { id: body.0.0.order_id, trace: *trace.0 };
+        // The order was in the user's cached list. Invalidated by the task that commits,
+        // right after the commit: this handler is dropped if the client goes away.
+        let cache = self.cache.clone();
+        let invalidate = |user_id: &Uuid| {
+            let user_id = *user_id;
+            async move { cache.invalidate_after_commit(user_id).await }
+        };
+        bus::dispatch_then(&self.db, command, invalidate).await?;
         Ok(NoContent::Done)
     }
 }
@@ -301,6 +307,10 @@ pub async fn user_orders(
             metrics::counter!("cache_requests_total", "result" => "miss").increment(1);
             Some(generation)
         }
+        Ok(Lookup::Unsettled) => {
+            metrics::counter!("cache_requests_total", "result" => "unsettled").increment(1);
+            None
+        }
         Err(e) => {
             metrics::counter!("cache_requests_total", "result" => "error").increment(1);
             tracing::warn!(error.cause = %e, "cache unavailable, reading from PostgreSQL");
@@ -311,8 +321,12 @@ pub async fn user_orders(
     let body = RawJson::encode(&OrderList::new(orders, page)?);
     if let Some(generation) = seen {
         match cache.fill(user_id, &page, &generation, body.bytes()).await {
-            Ok(true) => {}
-            Ok(false) => tracing::debug!(user.id = %user_id, "page changed while it was read; not cached"),
+            Ok(filled) => {
+                metrics::counter!("cache_fills_total", "result" => filled.label()).increment(1);
+                if filled == Filled::Raced {
+                    tracing::debug!(user.id = %user_id, "page changed while it was read; not cached");
+                }
+            }
             Err(e) => tracing::warn!(error.cause = %e, "cache fill failed"),
         }
     }

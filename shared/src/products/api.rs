@@ -149,8 +149,8 @@ impl ProductsApi {
         /// Page size, 1 to 1000 (default 1000).
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
-        /// Items to skip, ≥ 0 (default 0).
-        #[oai(validator(minimum(value = "0")))]
+        /// Items to skip, 0 to 10000 (default 0).
+        #[oai(validator(minimum(value = "0"), maximum(value = "10000")))]
         offset: Query<Option<i64>>,
         /// `asc` (default) or `desc`.
         order: Query<Option<SortOrder>>,
@@ -167,6 +167,10 @@ impl ProductsApi {
         &self,
         #[oai(name = "productName")] product_name: Path<String>,
     ) -> Result<ProductResponse, QueryError> {
+        // PostgreSQL refuses a NUL in text (a 500 before this); no product has one.
+        if product_name.0.contains('\0') {
+            return Err(AppError::invalid("productName", "must not contain NUL characters").into());
+        }
         let product = ProductByName(product_name.0).fetch(&self.db).await?;
         Ok(ProductResponse::Ok(Json(product.into())))
     }

@@ -75,12 +75,12 @@ impl SagaReply {
         let order_id = order_id
             .as_str()
             .and_then(|id| Uuid::parse_str(id).ok())
-            .ok_or_else(|| Poison::InvalidOrderId(order_id.to_string()))?;
+            .ok_or_else(|| Poison::InvalidOrderId(quoted(order_id)))?;
         let order_type = field(&object, "orderType").ok_or(Poison::MissingField("orderType"))?;
         match order_type.as_str() {
             Some("Approved") => Ok(SagaReply::Approved { order_id }),
             Some("Rejected") => Ok(SagaReply::Rejected { order_id }),
-            _ => Err(Poison::UnknownOrderType(order_type.to_string())),
+            _ => Err(Poison::UnknownOrderType(quoted(order_type))),
         }
     }
 
@@ -102,6 +102,21 @@ impl SagaReply {
     /// does not lose that reply.
     pub fn inbox_key(&self, message_id: Option<&str>) -> String {
         format!("{}:{}", self.order_id(), message_id.unwrap_or(self.as_str()))
+    }
+}
+
+/// The most characters of a peer's value a reason quotes. The reason travels in a
+/// header of the dead letter, and headers must fit in one AMQP frame (128 KiB by
+/// default): a 200 KB `orderID` quoted whole failed the dead-letter publish, and the
+/// reply went back to the queue, again and again.
+const QUOTED_CHARS: usize = 200;
+
+/// A peer's value as a reason quotes it: JSON, cut to [`QUOTED_CHARS`] characters.
+fn quoted(value: &Value) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(QUOTED_CHARS) {
+        Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()),
+        None => text,
     }
 }
 
@@ -443,6 +458,21 @@ mod tests {
         for (body, kind) in cases {
             assert_eq!(SagaReply::parse(body.as_bytes()).unwrap_err().kind(), kind, "{body}");
         }
+    }
+
+    #[test]
+    fn a_reason_quotes_at_most_a_few_hundred_characters_of_the_peers_value() {
+        let huge = "é".repeat(100_000);
+        for body in [
+            format!(r#"{{"orderID": "{huge}", "orderType": "Approved"}}"#),
+            format!(r#"{{"orderID": "{ID}", "orderType": "{huge}"}}"#),
+        ] {
+            let reason = SagaReply::parse(body.as_bytes()).unwrap_err().to_string();
+            assert!(reason.len() < 600, "{} bytes", reason.len());
+            assert!(reason.contains("éééé") && reason.contains("200002 bytes"), "{reason}");
+        }
+        let short = SagaReply::parse(br#"{"orderID": "x", "orderType": "Approved"}"#).unwrap_err();
+        assert_eq!(short.to_string(), r#"orderID is not a UUID: "x""#);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The `saga-worker` loop: consume `CustomerSaga` with manual acks, apply each reply,
-//! ack, invalidate the user's cache; dead-letter poison; sweep timeouts on a schedule.
+//! invalidate the user's cache, ack; dead-letter poison; sweep timeouts on a schedule.
 //!
-//! Order of effects per reply: commit, then ack, then invalidate. A crash between the
-//! commit and the ack redelivers the reply, which the inbox turns into a no-op; a
+//! Order of effects per reply: commit, then invalidate, then ack. A crash between the
+//! commit and the ack redelivers the reply, which the inbox turns into a no-op that
+//! invalidates again; an invalidation Redis does not take is retried by the cache until
+//! it does (`cache`), without holding the reply; a
 //! database outage is retried in place a few times, then handed back to the broker,
 //! whose delivery count (quorum queues) dead-letters a reply that never gets through.
 
@@ -54,6 +56,10 @@ pub struct SagaWorker {
     /// In-place attempts of a reply that fails for another reason than an outage, before
     /// it goes back to the queue as a failed delivery ([`APPLY_ATTEMPTS`]).
     pub apply_attempts: u32,
+    /// A test hook: notified right after the first ack, then the worker does nothing
+    /// more, as if its process died there.
+    #[doc(hidden)]
+    pub halt_after_ack: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// The default of [`SagaWorker::apply_attempts`].
@@ -198,11 +204,15 @@ impl SagaWorker {
         loop {
             match apply(&self.db, &key, reply, trace).await {
                 Ok(applied) => {
-                    let acked = consumer.ack(delivery.tag).await;
-                    // Every outcome invalidates (one INCR): a duplicate may be the
-                    // redelivery of a reply whose first worker died before it could.
+                    // Before the ack: a worker that dies after its ack leaves nothing
+                    // undone, and one that dies before gets the reply redelivered, whose
+                    // duplicate invalidates again (every outcome does: it is safe to repeat).
                     self.cache.invalidate_after_commit(applied.user_id()).await;
-                    acked?;
+                    consumer.ack(delivery.tag).await?;
+                    if let Some(halt) = &self.halt_after_ack {
+                        halt.notify_one();
+                        std::future::pending::<()>().await;
+                    }
                     metrics::counter!("saga_replies_total", "outcome" => applied.label()).increment(1);
                     metrics::histogram!("saga_reply_duration_seconds").record(started.elapsed().as_secs_f64());
                     match applied {

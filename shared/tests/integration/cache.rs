@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use order_service::{
-    cache::{Lookup, OrderCache},
+    cache::{Filled, Lookup, OrderCache},
     http::pagination::{Page, SortOrder},
     orders::api::user_orders,
 };
@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, test_cache};
+use crate::helpers::{OwnRedis, TestApp, test_cache};
 
 fn ids(body: &Value) -> Vec<Value> {
     body["orders"].as_array().unwrap().iter().map(|o| o["OrderID"].clone()).collect()
@@ -57,14 +57,14 @@ async fn a_refill_that_raced_an_invalidation_stores_nothing(db: PgPool) {
     app.approve(order).await;
     cache.invalidate(user).await.unwrap();
     // …then the reader tries to store what it read: refused.
-    assert!(!cache.fill(user, &page(), &seen, stale).await.unwrap());
+    assert_eq!(cache.fill(user, &page(), &seen, stale).await.unwrap(), Filled::Raced);
     assert!(matches!(cache.read(user, &page()).await.unwrap(), Lookup::Miss(_)));
     let served = app.get(&format!("/api/v1/orders/user/{user}")).await;
     assert_eq!(ids(&served.body), [json!(order)], "the stale page is never served");
 
     // Without a race, a fill is kept.
     let Lookup::Miss(seen) = cache.read(user, &Page { limit: 5, ..page() }).await.unwrap() else { panic!() };
-    assert!(cache.fill(user, &Page { limit: 5, ..page() }, &seen, b"{}").await.unwrap());
+    assert_eq!(cache.fill(user, &Page { limit: 5, ..page() }, &seen, b"{}").await.unwrap(), Filled::Stored);
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -133,37 +133,6 @@ async fn with_redis_down_the_list_is_served_from_postgres(db: PgPool) {
     assert_eq!((reply.status.as_u16(), reply.body), (503, json!({"status": "redis unavailable"})));
 }
 
-/// A Redis server of the test's own, on a free port, so it can be stopped and started
-/// again without disturbing the other tests.
-struct OwnRedis {
-    port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl OwnRedis {
-    fn start(port: u16) -> Self {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server runs");
-        OwnRedis { port, child: Some(child) }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[sqlx::test(migrations = "../migrations")]
 async fn the_api_carries_on_through_a_redis_restart(db: PgPool) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -193,4 +162,259 @@ async fn the_api_carries_on_through_a_redis_restart(db: PgPool) {
         "the cache did not come back"
     );
     assert_eq!(ids(&app.get(&path).await.body), [json!(order)]);
+}
+
+/// Every key the cache holds under `prefix`.
+async fn keys_under(prefix: &str) -> Vec<String> {
+    let client = redis::Client::open(crate::helpers::REDIS_URL).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        keys.extend(batch);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn one_client_walking_offsets_leaves_a_bounded_number_of_keys(db: PgPool) {
+    let prefix = format!("walk-{}", Uuid::new_v4().simple());
+    let cache = OrderCache::new(crate::helpers::REDIS_URL, &prefix, Duration::from_secs(300)).unwrap();
+    let app = TestApp::with_cache(db, cache.clone());
+    let phone = app.create_product("Phone", 10.0, 0).await;
+    let (user, _, order) = app.place_order(&[phone]).await;
+    app.approve(order).await;
+    for offset in 0..300 {
+        let reply = app.get(&format!("/api/v1/orders/user/{user}?offset={offset}&limit=7")).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    for limit in 1..=100 {
+        let _ = app.get(&format!("/api/v1/orders/user/{user}?limit={limit}&order=desc")).await;
+    }
+    let keys = keys_under(&prefix).await;
+    assert!(keys.len() <= 20, "{} keys for one user: {:?}", keys.len(), &keys[..keys.len().min(5)]);
+    // The first page is still cached and served.
+    let _ = app.get(&format!("/api/v1/orders/user/{user}")).await;
+    assert!(matches!(cache.read(user, &page()).await.unwrap(), Lookup::Hit(_)));
+    assert_eq!(ids(&app.get(&format!("/api/v1/orders/user/{user}")).await.body), [json!(order)]);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_page_past_the_entry_cap_is_served_from_postgres_and_not_stored(db: PgPool) {
+    let app = TestApp::new(db.clone());
+    // 1,000 products, and 14 orders of all of them: a page of about 1.3 MB.
+    let products: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO products (id, name, price, discount)
+         SELECT gen_random_uuid(), 'Product ' || i, 1, 0 FROM generate_series(1, 1000) AS i RETURNING id",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    let (user, address, first) = app.place_order(&products).await;
+    app.approve(first).await;
+    for _ in 1..14 {
+        let order = app.order_for(user, address, &products).await;
+        app.approve(order).await;
+    }
+    let reply = app.get(&format!("/api/v1/orders/user/{user}")).await;
+    assert_eq!((reply.status.as_u16(), &reply.body["count"]), (200, &json!(14)));
+    assert!(reply.body.to_string().len() > 1024 * 1024, "the page must exceed the cap for this test");
+    assert!(
+        matches!(app.cache.read(user, &page()).await.unwrap(), Lookup::Miss(_)),
+        "a page over the entry cap was stored"
+    );
+    // A small page of the same user is still cached.
+    let small = Page { limit: 1, ..page() };
+    let _ = app.get(&format!("/api/v1/orders/user/{user}?limit=1")).await;
+    assert!(matches!(app.cache.read(user, &small).await.unwrap(), Lookup::Hit(_)));
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_delete_whose_client_disconnects_still_invalidates_the_users_pages(db: PgPool) {
+    let app = TestApp::new(db.clone());
+    let phone = app.create_product("Phone", 10.0, 0).await;
+    let (user, _, order) = app.place_order(&[phone]).await;
+    app.approve(order).await;
+    let path = format!("/api/v1/orders/user/{user}");
+    assert_eq!(ids(&app.get(&path).await.body), [json!(order)], "cached");
+
+    // Hold the order's row, so the DELETE waits inside its transaction…
+    let mut lock = db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE").bind(order).execute(&mut *lock).await.unwrap();
+    let request = app.client.delete("/api/v1/orders/").body_json(&json!({"orderID": order})).send();
+    let waiting = async {
+        crate::broker::eventually(Duration::from_secs(10), || async {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                                 WHERE datname = current_database() AND wait_event_type = 'Lock')",
+            )
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        })
+        .await
+    };
+    tokio::select! {
+        _ = request => panic!("the DELETE answered while the row was locked"),
+        waiting = waiting => assert!(waiting, "the DELETE never reached the locked row"),
+    }
+    // …and the client went away: poem dropped the handler's future (the `select!` did
+    // here), as it does when a connection closes or a shutdown outlasts its grace.
+    lock.commit().await.unwrap();
+    let deleted = crate::broker::eventually(Duration::from_secs(10), || async {
+        sqlx::query_scalar::<_, bool>("SELECT deleted FROM orders WHERE id = $1")
+            .bind(order)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+    })
+    .await;
+    assert!(deleted, "the DELETE was committed whatever the client did");
+    // The task that committed invalidated the page.
+    let fresh =
+        crate::broker::eventually(Duration::from_secs(3), || async { ids(&app.get(&path).await.body).is_empty() })
+            .await;
+    assert!(fresh, "the deleted order is still served from the cache");
+}
+
+/// The staleness bound the README states: once Redis answers again, another process
+/// stops serving a page older than a change within this long.
+const STALENESS_BOUND: Duration = Duration::from_secs(5);
+/// Once `reader` reaches Redis again, lets the staleness bound pass, then checks
+/// `fresh` twenty times over two seconds: every answer must be fresh.
+async fn stays_true_after_the_bound<F, Fut>(reader: &OrderCache, mut fresh: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    assert!(crate::broker::eventually(Duration::from_secs(10), || async { reader.ping().await.is_ok() }).await);
+    tokio::time::sleep(STALENESS_BOUND).await;
+    for _ in 0..20 {
+        if !fresh().await {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    true
+}
+
+/// Longer than the retry window of the first round (6 to 12 s, with its jitter).
+const OUTAGE_SECS: u64 = 14;
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_redis_outage_longer_than_the_retry_window_leaves_no_stale_page(db: PgPool) {
+    let mut redis = OwnRedis::persistent();
+    assert!(redis.answers().await);
+    let prefix = format!("outage-{}", Uuid::new_v4().simple());
+    let cache = OrderCache::new(&redis.url(), &prefix, Duration::from_secs(300)).unwrap();
+    // Another api process, on the same Redis.
+    let other = OrderCache::new(&redis.url(), &prefix, Duration::from_secs(300)).unwrap();
+    let app = TestApp::with_cache(db, cache.clone());
+    let phone = app.create_product("Phone", 10.0, 0).await;
+    let (user, _, order) = app.place_order(&[phone]).await;
+    app.approve(order).await;
+    let path = format!("/api/v1/orders/user/{user}");
+    assert_eq!(ids(&app.get(&path).await.body), [json!(order)]);
+    assert!(matches!(other.read(user, &page()).await.unwrap(), Lookup::Hit(_)), "cached, and kept on disk");
+
+    redis.stop();
+    assert_eq!(app.delete("/api/v1/orders/", &json!({"orderID": order})).await.status, 204);
+    // Longer than the retry window of the first round (6 to 12 s, with its jitter).
+    for _ in 0..OUTAGE_SECS {
+        assert_eq!(ids(&app.get(&path).await.body), Vec::<Value>::new(), "this process never serves the deleted order");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    redis.restart();
+    assert!(redis.answers().await);
+    assert_eq!(ids(&app.get(&path).await.body), Vec::<Value>::new(), "this process never serves the deleted order");
+    let fresh =
+        stays_true_after_the_bound(&other, || async { !matches!(other.read(user, &page()).await, Ok(Lookup::Hit(_))) })
+            .await;
+    assert!(fresh, "another process still serves the page from before the delete");
+    assert_eq!(ids(&app.get(&path).await.body), Vec::<Value>::new());
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_saga_reply_applied_during_a_redis_outage_leaves_no_stale_page(db: PgPool) {
+    use crate::saga::{RunningWorker, reply, send_reply, settled};
+    let mut redis = OwnRedis::persistent();
+    assert!(redis.answers().await);
+    let prefix = format!("outage-{}", Uuid::new_v4().simple());
+    let cache = OrderCache::new(&redis.url(), &prefix, Duration::from_secs(300)).unwrap();
+    let app = TestApp::with_cache(db.clone(), cache.clone());
+    // The worker is another process: a cache of its own on the same Redis.
+    let worker_side =
+        TestApp::with_cache(db, OrderCache::new(&redis.url(), &prefix, Duration::from_secs(300)).unwrap());
+    let broker = crate::broker::TestBroker::new().await;
+    let phone = app.create_product("Phone", 10.0, 0).await;
+    let (user, _, order) = app.place_order(&[phone]).await;
+    let path = format!("/api/v1/orders/user/{user}");
+    assert_eq!(ids(&app.get(&path).await.body), Vec::<Value>::new(), "an empty page, cached");
+    assert!(matches!(cache.read(user, &page()).await.unwrap(), Lookup::Hit(_)));
+
+    redis.stop();
+    let worker = RunningWorker::start(&worker_side, &broker);
+    send_reply(&broker, &reply(order, "Approved"), "reply-outage").await;
+    assert!(settled(&app, order, "Approved").await);
+    tokio::time::sleep(Duration::from_secs(OUTAGE_SECS)).await;
+    redis.restart();
+    assert!(redis.answers().await);
+    let fresh =
+        stays_true_after_the_bound(&cache, || async { ids(&app.get(&path).await.body) == [json!(order)] }).await;
+    worker.stop().await;
+    broker.cleanup().await;
+    assert!(fresh, "the page from before the approval is still served");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn more_failed_invalidations_than_remembered_invalidate_every_user(db: PgPool) {
+    use order_service::cache::Limits;
+    let mut redis = OwnRedis::persistent();
+    assert!(redis.answers().await);
+    let prefix = format!("overflow-{}", Uuid::new_v4().simple());
+    let limits = Limits { unsettled_users: 1, ..Limits::default() };
+    let cache = OrderCache::with_limits(&redis.url(), &prefix, Duration::from_secs(300), limits).unwrap();
+    let other = OrderCache::new(&redis.url(), &prefix, Duration::from_secs(300)).unwrap();
+    let app = TestApp::with_cache(db, cache.clone());
+    let phone = app.create_product("Phone", 10.0, 0).await;
+    let mut users = Vec::new();
+    for _ in 0..3 {
+        let (user, _, order) = app.place_order(&[phone]).await;
+        app.approve(order).await;
+        assert_eq!(ids(&app.get(&format!("/api/v1/orders/user/{user}")).await.body), [json!(order)]);
+        users.push((user, order));
+    }
+    redis.stop();
+    // Two deletes fail to invalidate; this process remembers one user only.
+    for (_, order) in &users[..2] {
+        assert_eq!(app.delete("/api/v1/orders/", &json!({"orderID": order})).await.status, 204);
+    }
+    redis.restart();
+    assert!(redis.answers().await);
+    let fresh = stays_true_after_the_bound(&other, || async {
+        let mut fresh = true;
+        for (user, _) in &users[..2] {
+            fresh &= !matches!(other.read(*user, &page()).await, Ok(Lookup::Hit(_)));
+        }
+        fresh
+    })
+    .await;
+    assert!(fresh, "a user this process could not remember kept a stale page");
+    // The third user, untouched, is served again from the cache (invalidated or not, it
+    // is whole: its one order is there).
+    let (user, order) = users[2];
+    assert_eq!(ids(&app.get(&format!("/api/v1/orders/user/{user}")).await.body), [json!(order)]);
+    assert!(matches!(cache.read(user, &page()).await.unwrap(), Lookup::Hit(_) | Lookup::Miss(_)));
 }

@@ -170,3 +170,86 @@ impl TestApp {
         .unwrap()
     }
 }
+
+/// A Redis server of the test's own, on a free port, so it can be stopped and started
+/// again without disturbing the other tests. With `persistent`, it keeps its data in an
+/// append-only file across a stop and a start, as a production Redis with AOF does.
+pub struct OwnRedis {
+    pub port: u16,
+    dir: Option<std::path::PathBuf>,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    pub fn start(port: u16) -> Self {
+        Self::launch(port, None)
+    }
+
+    pub fn persistent() -> Self {
+        let port = crate::e2e::free_port();
+        let dir = std::env::temp_dir().join(format!("own-redis-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self::launch(port, Some(dir))
+    }
+
+    fn launch(port: u16, dir: Option<std::path::PathBuf>) -> Self {
+        let child = Self::spawn(port, dir.as_deref());
+        OwnRedis { port, dir, child: Some(child) }
+    }
+
+    fn spawn(port: u16, dir: Option<&std::path::Path>) -> std::process::Child {
+        let mut command = std::process::Command::new("redis-server");
+        command.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""]);
+        match dir {
+            Some(dir) => {
+                command.args(["--appendonly", "yes", "--appendfsync", "always", "--dir", dir.to_str().unwrap()])
+            }
+            None => command.args(["--appendonly", "no"]),
+        };
+        command.stdout(std::process::Stdio::null()).spawn().expect("redis-server runs")
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server the way an operator does (SIGTERM: a persistent one saves).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, with the same data if it is persistent.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Some(Self::spawn(self.port, self.dir.as_deref()));
+    }
+
+    pub async fn answers(&self) -> bool {
+        let url = self.url();
+        crate::broker::eventually(Duration::from_secs(10), || async {
+            match redis::Client::open(url.as_str()) {
+                Ok(client) => match client.get_multiplexed_async_connection().await {
+                    Ok(mut c) => redis::cmd("PING").query_async::<String>(&mut c).await.is_ok(),
+                    Err(_) => false,
+                },
+                Err(_) => false,
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}

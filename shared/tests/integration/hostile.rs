@@ -202,14 +202,76 @@ async fn query_parameters_out_of_range_are_400(db: PgPool) {
             let param = query.split('=').next().unwrap();
             assert!(reply.body["message"].as_str().unwrap().contains(param), "{route}?{query}: {}", reply.body);
         }
-        // The largest offset is valid: an empty page, not an overflow.
-        let reply = app.get(&format!("{route}?offset=9223372036854775807")).await;
+        // A deep offset costs the database a join per skipped row: past the deepest
+        // page, a 400 naming the parameter, not a query that holds a connection.
+        for deep in ["10001", "9223372036854775807"] {
+            app.get(&format!("{route}?offset={deep}")).await.assert_error(400, "offset");
+        }
+        let reply = app.get(&format!("{route}?offset=10000")).await;
         assert_eq!((reply.status.as_u16(), &reply.body["count"]), (200, &json!(0)), "{}", reply.body);
     }
     let user = Uuid::new_v4();
     app.get(&format!("/api/v1/orders/user/{user}?limit=0")).await.assert_error(400, "limit");
     app.get("/api/v1/orders/user/';DROP%20TABLE%20users;--").await.assert_error(400, "userID");
     app.get("/api/v1/orders/%00").await.assert_error(400, "orderID");
+    app.get(&format!("/api/v1/orders/user/{user}?offset=10001")).await.assert_error(400, "offset");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_product_name_with_a_nul_is_a_4xx_like_any_other_bad_name(db: PgPool) {
+    let app = TestApp::new(db);
+    // PostgreSQL refuses a NUL in text: it must never get the chance to.
+    for path in ["/api/v1/products/%00", "/api/v1/products/A%00B", "/api/v1/products/%00%00"] {
+        let reply = app.get(path).await;
+        reply.assert_error(400, "productName");
+    }
+    app.get("/api/v1/products/Nothing%20here").await.assert_error(404, "");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn ordinary_requests_keep_answering_while_the_deepest_pages_are_read(db: PgPool) {
+    let app = std::sync::Arc::new(TestApp::new(db.clone()));
+    let phone = app.create_product("Phone", 1.0, 0).await;
+    let (user, address, order) = app.place_order(&[phone]).await;
+    // 10,500 approved orders, so the deepest allowed page skips 10,000 real rows.
+    sqlx::query(
+        "INSERT INTO orders (id, user_id, delivery_address_id, payment_method, order_status, saga_status, total_price, serial_number)
+         SELECT gen_random_uuid(), $1, $2, 'Online', 'New', 'Approved', 1, 1 + i % 100 FROM generate_series(1, 10500) AS i",
+    )
+    .bind(user)
+    .bind(address)
+    .execute(&db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO order_products (order_id, position, product_id, name, actual_price)
+         SELECT id, 1, $1, 'Phone', 1 FROM orders WHERE id <> $2",
+    )
+    .bind(phone)
+    .bind(order)
+    .execute(&db)
+    .await
+    .unwrap();
+    let deep: Vec<_> = (0..16)
+        .map(|i| {
+            let app = app.clone();
+            let order = if i % 2 == 0 { "asc" } else { "desc" };
+            tokio::spawn(
+                async move { app.get(&format!("/api/v1/orders/?offset=10000&limit=1000&order={order}")).await },
+            )
+        })
+        .collect();
+    // Meanwhile, reads and writes of every kind answer.
+    for _ in 0..10 {
+        let reply = app.get(&format!("/api/v1/orders/{order}")).await;
+        assert_eq!(reply.status.as_u16(), 200, "{}", reply.body);
+        let reply = app.get("/api/v1/products/?limit=5").await;
+        assert_eq!(reply.status.as_u16(), 200, "{}", reply.body);
+    }
+    for request in deep {
+        let reply = request.await.unwrap();
+        assert_eq!((reply.status.as_u16(), &reply.body["count"]), (200, &json!(500)), "{}", reply.body);
+    }
 }
 
 #[sqlx::test(migrations = "../migrations")]

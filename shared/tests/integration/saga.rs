@@ -36,6 +36,20 @@ impl RunningWorker {
     }
 
     pub(crate) fn start_with(app: &TestApp, broker: &TestBroker, apply_attempts: u32) -> Self {
+        Self::launch(app, broker, apply_attempts, None)
+    }
+
+    /// A worker that dies (stops doing anything) right after it acks its first reply.
+    pub(crate) fn start_dying_after_ack(app: &TestApp, broker: &TestBroker, died: Arc<tokio::sync::Notify>) -> Self {
+        Self::launch(app, broker, saga::worker::APPLY_ATTEMPTS, Some(died))
+    }
+
+    fn launch(
+        app: &TestApp,
+        broker: &TestBroker,
+        apply_attempts: u32,
+        halt_after_ack: Option<Arc<tokio::sync::Notify>>,
+    ) -> Self {
         let (stop, stopped) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
         let worker = SagaWorker {
@@ -52,6 +66,7 @@ impl RunningWorker {
             },
             broker_up: ready.clone(),
             apply_attempts,
+            halt_after_ack,
         };
         RunningWorker { stop, task: tokio::spawn(worker.run(stopped)), ready }
     }
@@ -222,6 +237,51 @@ async fn a_worker_stopped_between_commit_and_ack_has_no_effect_when_redelivered(
     assert_eq!(events(&app, "OrderCreated").await.len(), 1, "the redelivery changed nothing");
     // The redelivered duplicate still invalidated the page the first worker could not.
     assert_eq!(app.get(&user_list).await.body["orders"][0]["OrderID"], json!(order));
+    broker.cleanup().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_worker_that_dies_right_after_its_ack_has_already_invalidated(db: PgPool) {
+    let app = TestApp::new(db);
+    let broker = TestBroker::new().await;
+    let phone = app.create_product("Phone", 1.0, 0).await;
+    let (user, _, order) = app.place_order(&[phone]).await;
+    let user_list = format!("/api/v1/orders/user/{user}");
+    assert_eq!(app.get(&user_list).await.body["orders"], json!([]), "a cached page");
+    let died = Arc::new(tokio::sync::Notify::new());
+    let worker = RunningWorker::start_dying_after_ack(&app, &broker, died.clone());
+    send_reply(&broker, &reply(order, "Approved"), "reply-1").await;
+    tokio::time::timeout(Duration::from_secs(10), died.notified()).await.expect("the worker took the reply");
+    worker.task.abort();
+    // Acked: the broker will not redeliver it, so nothing else would ever invalidate.
+    assert_eq!(broker.queue_depth(&broker.topology.customer_saga_queue).await, 0);
+    assert_eq!(saga_status(&app, order).await.0, "Approved");
+    assert_eq!(app.get(&user_list).await.body["orders"][0]["OrderID"], json!(order), "the cached page is stale");
+    broker.cleanup().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_poison_reason_larger_than_a_frame_is_cut_and_the_reply_dead_lettered(db: PgPool) {
+    let app = TestApp::new(db);
+    let broker = TestBroker::new().await;
+    // The peer controls the value quoted in the reason: 200 KB, past the 128 KiB frame.
+    let huge = "x".repeat(200_000);
+    send_reply(&broker, &json!({"orderID": huge, "orderType": "Approved"}).to_string(), "huge-id").await;
+    send_reply(&broker, &json!({"orderID": Uuid::new_v4(), "orderType": huge}).to_string(), "huge-type").await;
+    let worker = RunningWorker::start(&app, &broker);
+    let dead_lettered = eventually(Duration::from_secs(15), || async {
+        broker.queue_depth(&broker.topology.dead_letter_queue).await == 2
+    })
+    .await;
+    worker.stop().await;
+    assert!(dead_lettered, "the poison replies were not dead-lettered");
+    let dead = broker.drain(&broker.topology.dead_letter_queue).await;
+    for message in &dead {
+        let reason = message.header("x-poison-reason").unwrap_or_default();
+        assert!(reason.len() <= 1024, "a reason of {} bytes", reason.len());
+        assert!(reason.contains("xxxx"), "the reason still quotes the value: {reason}");
+        assert!(message.body.to_string().len() > 200_000, "the message itself is kept whole");
+    }
     broker.cleanup().await;
 }
 
