@@ -43,11 +43,27 @@ where
 {
     let db = db.clone();
     let task = async move {
-        let mut tx = db.begin().await?;
-        let output = command.execute(&mut tx).await?;
-        tx.commit().await?;
-        after_commit(&output).await;
-        Ok(output)
+        let mut tx = crate::db::begin(&db).await?;
+        let done = async {
+            let output = command.execute(&mut tx).await?;
+            tx.commit().await?;
+            Ok(output)
+        };
+        match done.await {
+            Ok(output) => {
+                after_commit(&output).await;
+                Ok(output)
+            }
+            Err(e) => {
+                // The connection died after the transaction did some work: not safe to
+                // run again, so the client gets a 503 (and may retry: commands are
+                // idempotent by their ids). Counted, so a 503 can be told from a bug.
+                if matches!(&e, AppError::Unavailable(e) if crate::error::is_lost_connection(e)) {
+                    metrics::counter!("db_requests_interrupted_total", "kind" => "transaction").increment(1);
+                }
+                Err(e)
+            }
+        }
     };
     tokio::spawn(task.in_current_span())
         .await

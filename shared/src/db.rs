@@ -4,7 +4,11 @@ use std::time::Duration;
 
 use backon::Retryable;
 
-use crate::retry::Policy;
+use crate::{
+    bus::Tx,
+    error::{chain, is_lost_connection},
+    retry::Policy,
+};
 
 use sqlx::{
     PgPool,
@@ -59,6 +63,53 @@ pub fn connect_with(
         .connect_lazy_with(options))
 }
 
+/// Runs a read, again on another connection while the connection it got turns out dead.
+///
+/// The pool pings a connection that sat idle (`before_acquire`), but not one used a
+/// moment ago: one killed since fails the statement that finds it (measured: a 503 on
+/// the first request after the api's connections were killed under load). A read is
+/// safe to run twice. At most one try per pooled connection and one more: each dead
+/// connection is dropped by the pool when it fails.
+pub async fn read<T, F, Fut>(db: &PgPool, mut read: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut lost = 0;
+    loop {
+        match read().await {
+            Err(e) if is_lost_connection(&e) && lost < db.options().get_max_connections() => {
+                lost += 1;
+                metrics::counter!("db_connections_lost_total", "during" => "read").increment(1);
+                tracing::info!(error.cause = %chain(&e), "a pooled connection was dead; reading again");
+            }
+            Err(e) => {
+                if is_lost_connection(&e) {
+                    metrics::counter!("db_requests_interrupted_total", "kind" => "read").increment(1);
+                }
+                return Err(e);
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Begins a transaction, on another connection while the one it got turns out dead:
+/// `BEGIN` is the first statement, so nothing was done yet (see [`read`]).
+pub async fn begin(db: &PgPool) -> Result<Tx, sqlx::Error> {
+    let mut lost = 0;
+    loop {
+        match db.begin().await {
+            Err(e) if is_lost_connection(&e) && lost < db.options().get_max_connections() => {
+                lost += 1;
+                metrics::counter!("db_connections_lost_total", "during" => "begin").increment(1);
+                tracing::info!(error.cause = %chain(&e), "a pooled connection was dead; beginning again");
+            }
+            begun => return begun,
+        }
+    }
+}
+
 /// Applies pending migrations, waiting (with backoff, logging each try) for PostgreSQL
 /// to accept connections, however long it takes: it may still be starting next to us.
 pub async fn migrate(db: &PgPool) -> anyhow::Result<()> {
@@ -98,20 +149,20 @@ pub async fn create_database_if_missing(database_url: &str) -> anyhow::Result<()
 }
 
 /// Runs `batch` (one bounded DELETE, returning the rows it removed) until a batch
-/// removes fewer than `size` rows, at most `max_batches` times: housekeeping that never
-/// holds many locks or runs long. Returns how many rows went.
-pub async fn delete_in_batches<F, Fut>(size: u64, max_batches: usize, mut batch: F) -> Result<u64, sqlx::Error>
+/// removes fewer than `size` rows or `budget` is spent: housekeeping that never holds
+/// many locks or runs long, yet keeps up however much is due. Returns how many rows went.
+pub async fn delete_in_batches<F, Fut>(size: u64, budget: Duration, mut batch: F) -> Result<u64, sqlx::Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<u64, sqlx::Error>>,
 {
+    let started = std::time::Instant::now();
     let mut deleted = 0;
-    for _ in 0..max_batches {
+    loop {
         let removed = batch().await?;
         deleted += removed;
-        if removed < size {
-            break;
+        if removed < size || started.elapsed() >= budget {
+            return Ok(deleted);
         }
     }
-    Ok(deleted)
 }

@@ -61,6 +61,18 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
     }
 }
 
+/// The connection died under the statement: killed by an operator, a PostgreSQL restart
+/// or a failover. Another connection may well succeed.
+pub fn is_lost_connection(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => {
+            db.code().is_some_and(|code| code.starts_with("08") || matches!(&*code, "57P01" | "57P02"))
+        }
+        _ => false,
+    }
+}
+
 /// The name of the constraint a database error violated, if any.
 pub fn violated_constraint(error: &sqlx::Error) -> Option<&str> {
     match error {

@@ -26,6 +26,8 @@ impl Policy {
     pub const STARTUP: Policy = Policy { first: Duration::from_millis(250), max: Duration::from_secs(10) };
     /// A saga reply whose transaction failed, retried in place.
     pub const APPLY: Policy = Policy { first: Duration::from_millis(500), max: Duration::from_secs(30) };
+    /// Housekeeping that failed (the outbox VACUUM): not again every 5 s.
+    pub const HOUSEKEEPING: Policy = Policy { first: Duration::from_secs(30), max: Duration::from_secs(600) };
     /// A cache invalidation Redis did not take, retried until it does. The ceiling is
     /// part of `cache::STALENESS_BOUND`: keep them in step.
     pub const INVALIDATE: Policy = Policy { first: Duration::from_millis(100), max: Duration::from_secs(1) };

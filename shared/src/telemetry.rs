@@ -166,6 +166,12 @@ pub fn register_metrics(process: &str) {
             for result in ["stored", "stored_evicting", "raced", "too_large"] {
                 metrics::counter!("cache_fills_total", "result" => result).absolute(0);
             }
+            for during in ["read", "begin"] {
+                metrics::counter!("db_connections_lost_total", "during" => during).absolute(0);
+            }
+            for kind in ["read", "transaction"] {
+                metrics::counter!("db_requests_interrupted_total", "kind" => kind).absolute(0);
+            }
             for result in ["ok", "error"] {
                 metrics::counter!("cache_invalidations_total", "result" => result).absolute(0);
             }

@@ -221,7 +221,7 @@ pub struct OrderById(pub Uuid);
 
 impl OrderById {
     pub async fn fetch(self, db: &PgPool) -> Result<OrderView, AppError> {
-        view_by_id(db, self.0).await?.ok_or_else(|| AppError::not_found(NOT_FOUND, self.0))
+        crate::db::read(db, || view_by_id(db, self.0)).await?.ok_or_else(|| AppError::not_found(NOT_FOUND, self.0))
     }
 }
 
@@ -248,40 +248,43 @@ impl ListOrders {
     pub async fn fetch(self, db: &PgPool) -> Result<Vec<OrderView>, AppError> {
         let Page { limit, offset, order } = self.0;
         // One statement per direction, so each walks the partial index in its order.
-        let orders = match order {
-            SortOrder::Asc => {
-                sqlx::query_as!(
-                    OrderView,
-                    r#"SELECT id AS "id!", user_id AS "user_id!", order_status AS "order_status!",
+        let orders = crate::db::read(db, || async move {
+            Ok(match order {
+                SortOrder::Asc => {
+                    sqlx::query_as!(
+                        OrderView,
+                        r#"SELECT id AS "id!", user_id AS "user_id!", order_status AS "order_status!",
                           saga_status AS "saga_status!", payment_method AS "payment_method!",
                           serial_number AS "serial_number!", total_price AS "total_price!",
                           created_at AS "created_at!", client_name AS "client_name!", address AS "address!",
                           products AS "products!: Json<Vec<OrderLineView>>"
                      FROM order_views WHERE saga_status = 'Approved' AND NOT deleted
                     ORDER BY created_at, id LIMIT $1 OFFSET $2"#,
-                    limit,
-                    offset
-                )
-                .fetch_all(db)
-                .await?
-            }
-            SortOrder::Desc => {
-                sqlx::query_as!(
-                    OrderView,
-                    r#"SELECT id AS "id!", user_id AS "user_id!", order_status AS "order_status!",
+                        limit,
+                        offset
+                    )
+                    .fetch_all(db)
+                    .await?
+                }
+                SortOrder::Desc => {
+                    sqlx::query_as!(
+                        OrderView,
+                        r#"SELECT id AS "id!", user_id AS "user_id!", order_status AS "order_status!",
                           saga_status AS "saga_status!", payment_method AS "payment_method!",
                           serial_number AS "serial_number!", total_price AS "total_price!",
                           created_at AS "created_at!", client_name AS "client_name!", address AS "address!",
                           products AS "products!: Json<Vec<OrderLineView>>"
                      FROM order_views WHERE saga_status = 'Approved' AND NOT deleted
                     ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2"#,
-                    limit,
-                    offset
-                )
-                .fetch_all(db)
-                .await?
-            }
-        };
+                        limit,
+                        offset
+                    )
+                    .fetch_all(db)
+                    .await?
+                }
+            })
+        })
+        .await?;
         Ok(orders)
     }
 }
@@ -296,45 +299,50 @@ impl UserOrders {
     pub async fn fetch(self, db: &PgPool) -> Result<Vec<OrderView>, AppError> {
         let Page { limit, offset, order } = self.page;
         let user_id = self.user_id;
-        let orders = match order {
-            SortOrder::Asc => {
-                sqlx::query_as!(
-                    OrderView,
-                    r#"SELECT id AS "id!", user_id AS "user_id!", order_status AS "order_status!",
+        let orders = crate::db::read(db, || async move {
+            Ok(match order {
+                SortOrder::Asc => {
+                    sqlx::query_as!(
+                        OrderView,
+                        r#"SELECT id AS "id!", user_id AS "user_id!", order_status AS "order_status!",
                           saga_status AS "saga_status!", payment_method AS "payment_method!",
                           serial_number AS "serial_number!", total_price AS "total_price!",
                           created_at AS "created_at!", client_name AS "client_name!", address AS "address!",
                           products AS "products!: Json<Vec<OrderLineView>>"
                      FROM order_views WHERE user_id = $1 AND saga_status = 'Approved' AND NOT deleted
                     ORDER BY created_at, id LIMIT $2 OFFSET $3"#,
-                    user_id,
-                    limit,
-                    offset
-                )
-                .fetch_all(db)
-                .await?
-            }
-            SortOrder::Desc => {
-                sqlx::query_as!(
-                    OrderView,
-                    r#"SELECT id AS "id!", user_id AS "user_id!", order_status AS "order_status!",
+                        user_id,
+                        limit,
+                        offset
+                    )
+                    .fetch_all(db)
+                    .await?
+                }
+                SortOrder::Desc => {
+                    sqlx::query_as!(
+                        OrderView,
+                        r#"SELECT id AS "id!", user_id AS "user_id!", order_status AS "order_status!",
                           saga_status AS "saga_status!", payment_method AS "payment_method!",
                           serial_number AS "serial_number!", total_price AS "total_price!",
                           created_at AS "created_at!", client_name AS "client_name!", address AS "address!",
                           products AS "products!: Json<Vec<OrderLineView>>"
                      FROM order_views WHERE user_id = $1 AND saga_status = 'Approved' AND NOT deleted
                     ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"#,
-                    user_id,
-                    limit,
-                    offset
-                )
-                .fetch_all(db)
-                .await?
-            }
-        };
+                        user_id,
+                        limit,
+                        offset
+                    )
+                    .fetch_all(db)
+                    .await?
+                }
+            })
+        })
+        .await?;
         if orders.is_empty() {
-            let known =
-                sqlx::query_scalar!("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", user_id).fetch_one(db).await?;
+            let known = crate::db::read(db, || {
+                sqlx::query_scalar!("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", user_id).fetch_one(db)
+            })
+            .await?;
             if known != Some(true) {
                 return Err(AppError::not_found(users::NOT_FOUND, user_id));
             }

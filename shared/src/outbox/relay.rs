@@ -241,19 +241,24 @@ pub async fn record_backlog(db: &PgPool) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Deletes published rows older than the retention, a thousand at a time so no
-/// statement holds many locks or runs long, and at most `RETENTION_BATCHES` batches a
-/// pass; relays running it together skip each other's rows. Returns how many went.
+/// Deletes published rows older than the retention, in batches of [`RETENTION_BATCH`]
+/// so no statement holds many locks or runs long, until none is left or
+/// [`RETENTION_BUDGET`] is spent; relays running it together skip each other's rows.
+/// Returns how many went.
+///
+/// Capped at ten batches of 1,000 every 30 s, it deleted 333 rows/s, less than one relay
+/// publishes: a busy outbox grew without bound.
 pub async fn delete_published(db: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
-    crate::db::delete_in_batches(1000, RETENTION_BATCHES, || async {
+    crate::db::delete_in_batches(RETENTION_BATCH as u64, RETENTION_BUDGET, || async {
         Ok(sqlx::query!(
             "DELETE FROM outbox WHERE id IN (
                  SELECT id FROM outbox
                   WHERE published_at < now() - make_interval(secs => $1)
                   ORDER BY published_at
-                  LIMIT 1000
+                  LIMIT $2
                     FOR UPDATE SKIP LOCKED)",
-            retention.as_secs_f64()
+            retention.as_secs_f64(),
+            RETENTION_BATCH
         )
         .execute(db)
         .await?
@@ -262,7 +267,10 @@ pub async fn delete_published(db: &PgPool, retention: Duration) -> Result<u64, s
     .await
 }
 
-const RETENTION_BATCHES: usize = 10;
+/// Rows per retention statement.
+const RETENTION_BATCH: i64 = 5_000;
+/// The longest a retention pass runs before housekeeping moves on (it runs every 30 s).
+const RETENTION_BUDGET: Duration = Duration::from_secs(10);
 
 /// The relay process: connection supervision, schedule, wake-ups, shutdown.
 pub struct Relay {
@@ -279,7 +287,7 @@ impl Relay {
     /// Runs until `shutdown` turns true; the batch in hand is finished first.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let wake = Arc::new(Notify::new());
-        let listener = tokio::spawn(listen(self.db.clone(), wake.clone()));
+        let listener = tokio::spawn(listen(listener_pool(&self.db), wake.clone()));
         // Backlog gauges and retention keep going while the broker is away.
         let housekeeping = tokio::spawn(housekeeping(self.db.clone(), self.settings.retention));
         // Lanes are relays inside one process, each with its own connection: while one
@@ -428,6 +436,7 @@ enum LaneEnd {
 async fn housekeeping(db: PgPool, retention: Duration) {
     let mut every = tokio::time::interval(Duration::from_secs(30));
     let mut vacuum_check = tokio::time::interval(VACUUM_CHECK);
+    let (mut vacuum_backoff, mut vacuum_not_before) = (Policy::HOUSEKEEPING.backoff(), Instant::now());
     loop {
         tokio::select! {
             _ = every.tick() => {
@@ -442,12 +451,20 @@ async fn housekeeping(db: PgPool, retention: Duration) {
             }
             _ = vacuum_check.tick() => {
                 let started = Instant::now();
+                if started < vacuum_not_before {
+                    continue;
+                }
                 match vacuum_if_needed(&db).await {
-                    Ok(None) => {}
+                    Ok(None) => vacuum_backoff.reset(),
                     Ok(Some(dead)) => {
+                        vacuum_backoff.reset();
                         tracing::info!(dead, duration_ms = started.elapsed().as_millis() as u64, "outbox vacuumed");
                     }
-                    Err(e) => tracing::warn!(error.cause = %chain(&e), "outbox vacuum failed"),
+                    Err(e) => {
+                        let delay = vacuum_backoff.next_delay();
+                        vacuum_not_before = Instant::now() + delay;
+                        tracing::warn!(error.cause = %chain(&e), retry_in_ms = delay.as_millis() as u64, "outbox vacuum failed");
+                    }
                 }
             }
         }
@@ -473,12 +490,33 @@ pub async fn vacuum_if_needed(db: &PgPool) -> Result<Option<i64>, sqlx::Error> {
     .await?;
     match dead {
         Some(dead) if dead >= VACUUM_AFTER_DEAD_ROWS => {
+            // Without the pool's statement timeout (30 s): a vacuum of a large outbox
+            // outlasted it and was cancelled, and restarted 5 s later, forever. On a
+            // connection of its own, taken out of the pool and closed after, so no
+            // request ever gets a session without a timeout.
+            let mut connection = db.acquire().await?.detach();
+            sqlx::raw_sql("SET statement_timeout = 0").execute(&mut connection).await?;
             // VACUUM cannot run in a transaction block: the simple protocol, one statement.
-            sqlx::raw_sql("VACUUM (SKIP_LOCKED) outbox").execute(db).await?;
+            let vacuumed = sqlx::raw_sql("VACUUM (SKIP_LOCKED) outbox").execute(&mut connection).await;
+            let _ = sqlx::Connection::close(connection).await;
+            vacuumed?;
             Ok(Some(dead))
         }
         _ => Ok(None),
     }
+}
+
+/// A pool of one connection for `LISTEN`, with the relay pool's settings: the listener
+/// keeps its connection for good, and taking it from the relay's pool left two lanes,
+/// housekeeping and `/readyz` three connections of four (`/readyz` said "postgres
+/// unavailable" whenever a VACUUM ran). sqlx's `PgListener::connect(url)` does the same,
+/// without our connect options.
+fn listener_pool(db: &PgPool) -> PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .connect_lazy_with((*db.connect_options()).clone())
 }
 
 /// Forwards `NOTIFY outbox` to `wake`, reconnecting as needed. A notification lost while

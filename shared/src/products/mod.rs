@@ -122,13 +122,16 @@ pub struct ProductByName(pub String);
 
 impl ProductByName {
     pub async fn fetch(self, db: &PgPool) -> Result<ProductView, AppError> {
-        sqlx::query_as!(
-            ProductView,
-            "SELECT id, name, description, price, discount, quantity, availability, created_at
-               FROM products WHERE name = $1",
-            self.0
-        )
-        .fetch_optional(db)
+        let name = &self.0;
+        crate::db::read(db, || {
+            sqlx::query_as!(
+                ProductView,
+                "SELECT id, name, description, price, discount, quantity, availability, created_at
+                   FROM products WHERE name = $1",
+                name
+            )
+            .fetch_optional(db)
+        })
         .await?
         .ok_or_else(|| AppError::not_found(NOT_FOUND_BY_NAME, self.0))
     }
@@ -141,30 +144,33 @@ impl ListProducts {
     pub async fn fetch(self, db: &PgPool) -> Result<Vec<ProductView>, AppError> {
         let Page { limit, offset, order } = self.0;
         // Two statements rather than a dynamic ORDER BY, so both walk the (price, id) index.
-        let products = match order {
-            SortOrder::Asc => {
-                sqlx::query_as!(
-                    ProductView,
-                    "SELECT id, name, description, price, discount, quantity, availability, created_at
+        let products = crate::db::read(db, || async move {
+            Ok(match order {
+                SortOrder::Asc => {
+                    sqlx::query_as!(
+                        ProductView,
+                        "SELECT id, name, description, price, discount, quantity, availability, created_at
                        FROM products ORDER BY price, id LIMIT $1 OFFSET $2",
-                    limit,
-                    offset
-                )
-                .fetch_all(db)
-                .await?
-            }
-            SortOrder::Desc => {
-                sqlx::query_as!(
-                    ProductView,
-                    "SELECT id, name, description, price, discount, quantity, availability, created_at
+                        limit,
+                        offset
+                    )
+                    .fetch_all(db)
+                    .await?
+                }
+                SortOrder::Desc => {
+                    sqlx::query_as!(
+                        ProductView,
+                        "SELECT id, name, description, price, discount, quantity, availability, created_at
                        FROM products ORDER BY price DESC, id DESC LIMIT $1 OFFSET $2",
-                    limit,
-                    offset
-                )
-                .fetch_all(db)
-                .await?
-            }
-        };
+                        limit,
+                        offset
+                    )
+                    .fetch_all(db)
+                    .await?
+                }
+            })
+        })
+        .await?;
         Ok(products)
     }
 }

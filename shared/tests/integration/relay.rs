@@ -457,3 +457,74 @@ async fn a_commit_wakes_the_relay_before_its_schedule(db: PgPool) {
     assert_eq!(broker.drain(&broker.topology.order_saga_queue).await.len(), 1);
     broker.cleanup().await;
 }
+
+/// The test database's URL.
+fn database_url(db: &PgPool) -> String {
+    format!("postgres://postgres@127.0.0.1:5432/{}", db.connect_options().get_database().unwrap())
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_listener_holds_no_connection_of_the_relays_pool(db: PgPool) {
+    let broker = TestBroker::new().await;
+    // The relay's own pool, at the smallest size its configuration allows for two lanes.
+    let pool = order_service::db::connect(&database_url(&db), 4).unwrap();
+    let (stop, stopped) = watch::channel(false);
+    let relay = Relay { db: pool.clone(), ..test_relay(&db, &broker, 500, "*/1 * * * * *", Arc::default()) };
+    let task = tokio::spawn(relay.run(stopped));
+    let listening = eventually(Duration::from_secs(10), || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%')",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap()
+    })
+    .await;
+    assert!(listening, "the relay never listened");
+    // Idle lanes hold nothing: all four of the pool's connections can be had (a
+    // housekeeping pass or a probe would take one each).
+    let mut held = Vec::new();
+    for n in 1..=4 {
+        let connection = tokio::time::timeout(Duration::from_secs(5), pool.acquire()).await;
+        assert!(matches!(connection, Ok(Ok(_))), "connection {n} of 4 could not be had: {connection:?}");
+        held.push(connection);
+    }
+    drop(held);
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    broker.cleanup().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_outbox_vacuum_is_not_cut_short_by_the_statement_timeout(db: PgPool) {
+    use order_service::outbox::relay::vacuum_if_needed;
+    sqlx::query("ALTER TABLE outbox SET (autovacuum_enabled = false)").execute(&db).await.unwrap();
+    seed_events(&db, 50_000, 1).await;
+    sqlx::query("UPDATE outbox SET published_at = now()").execute(&db).await.unwrap();
+    let dead = || async {
+        sqlx::query_scalar::<_, i64>("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'outbox'")
+            .fetch_one(&db)
+            .await
+            .unwrap()
+    };
+    assert!(eventually(Duration::from_secs(5), || async { dead().await >= 50_000 }).await);
+    // A pool whose statements time out long before this vacuum can finish (the relay's
+    // is 30 s, against a large outbox).
+    let impatient = order_service::db::connect_with(&database_url(&db), 2, &[("statement_timeout", "20ms")]).unwrap();
+    let vacuumed = vacuum_if_needed(&impatient).await;
+    assert!(matches!(vacuumed, Ok(Some(_))), "{vacuumed:?}");
+    // The connection went back to the pool with its timeout as it was.
+    let timeout: String = sqlx::query_scalar("SHOW statement_timeout").fetch_one(&impatient).await.unwrap();
+    assert_eq!(timeout, "20ms");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn one_retention_pass_deletes_everything_past_the_retention(db: PgPool) {
+    seed_events(&db, 30_000, 1).await;
+    sqlx::query("UPDATE outbox SET published_at = now() - interval '8 days'").execute(&db).await.unwrap();
+    seed_events(&db, 10, 1).await;
+    let deleted = order_service::outbox::relay::delete_published(&db, Duration::from_secs(7 * 86400)).await.unwrap();
+    // Every 30 s, 10,000 at most was 333 rows/s: less than a busy relay publishes.
+    assert_eq!(deleted, 30_000);
+    assert_eq!(unpublished(&db).await, 10);
+}
