@@ -1,124 +1,48 @@
 //! Logs (tracing) and metrics (Prometheus) set-up, shared by every binary.
 
-use std::{
-    sync::{
-        Arc, OnceLock,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+pub mod loki;
+
+use std::{sync::OnceLock, time::Duration};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{EnvFilter, Layer, filter::dynamic_filter_fn, layer::SubscriberExt, util::SubscriberInitExt};
 
 use crate::config::{LogConfig, LogFormat};
 
 /// Installs the global tracing subscriber: JSON lines on stdout (or pretty text), and,
-/// when `LOKI_URL` is set, the same events pushed to Loki labelled `service` and `level`.
-/// Keep the returned guard and [`LokiGuard::flush`] it at exit.
-pub fn init_tracing(config: &LogConfig, service: &'static str) -> anyhow::Result<Option<LokiGuard>> {
+/// when `LOKI_URL` is set, the same JSON lines pushed to Loki labelled `service` and
+/// `level` (see [`loki`]). Keep the returned shipper and [`loki::Shipper::flush`] it at exit.
+pub fn init_tracing(config: &LogConfig, service: &'static str) -> anyhow::Result<Option<loki::Shipper>> {
     let filter = EnvFilter::try_new(config.filter()?).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-    let (loki, guard) = match &config.loki_url {
+    let (loki, shipper) = match &config.loki_url {
         Some(url) => {
-            let (layer, controller, task) = tracing_loki::builder()
-                .label("service", service)?
-                .extra_field("pid", std::process::id().to_string())?
-                .build_controller_url(url.clone())?;
-            let gate = LokiGate::new(url.clone());
-            let layer = layer.with_filter(gate.filter());
-            let task = tokio::spawn(task);
-            let probe = tokio::spawn(gate.probe());
-            (Some(layer), Some(LokiGuard { controller, task, probe }))
+            let (sink, shipper) = loki::start(url, service)?;
+            let gate = sink.clone();
+            let layer = json_lines()
+                .with_writer(sink)
+                .with_filter(dynamic_filter_fn(move |meta, _| !meta.is_event() || gate.admits_event()));
+            (Some(layer), Some(shipper))
         }
         None => (None, None),
     };
     let registry = tracing_subscriber::registry().with(filter).with(loki);
     match config.log_format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false),
-            )
-            .try_init()?,
+        LogFormat::Json => registry.with(json_lines()).try_init()?,
         LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer()).try_init()?,
     }
-    Ok(guard)
+    Ok(shipper)
 }
 
-/// The Loki pipeline: its background task, and the probe that gates it.
-pub struct LokiGuard {
-    controller: tracing_loki::BackgroundTaskController,
-    task: tokio::task::JoinHandle<()>,
-    probe: tokio::task::JoinHandle<()>,
-}
-
-impl LokiGuard {
-    /// Pushes what is queued, for at most two seconds: a Loki that does not answer
-    /// must not hold the process at exit.
-    pub async fn flush(self) {
-        self.probe.abort();
-        self.controller.shutdown().await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.task).await;
-    }
-}
-
-/// Lines let through to Loki per probe interval; beyond, they are dropped and counted.
-const LOKI_BUDGET: usize = 20_000;
-const LOKI_PROBE_EVERY: Duration = Duration::from_secs(5);
-
-/// tracing-loki never blocks the caller, but its HTTP client has no timeout: against a
-/// Loki that accepts connections and never answers, its queue grows without bound. The
-/// gate bounds it: events pass only while Loki answered its last `/ready` probe (2 s
-/// timeout), and at most [`LOKI_BUDGET`] per probe interval. Everything kept out is
-/// counted in `loki_dropped_lines_total`.
-#[derive(Clone)]
-struct LokiGate {
-    url: url::Url,
-    open: Arc<AtomicBool>,
-    budget: Arc<AtomicUsize>,
-}
-
-impl LokiGate {
-    fn new(url: url::Url) -> Self {
-        LokiGate { url, open: Arc::new(AtomicBool::new(true)), budget: Arc::new(AtomicUsize::new(LOKI_BUDGET)) }
-    }
-
-    fn filter<S>(&self) -> impl tracing_subscriber::layer::Filter<S> + use<S> {
-        let gate = self.clone();
-        tracing_subscriber::filter::dynamic_filter_fn(move |meta, _| {
-            if !meta.is_event() {
-                return true;
-            }
-            let admitted = gate.open.load(Ordering::Relaxed)
-                && gate.budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1)).is_ok();
-            if !admitted {
-                metrics::counter!("loki_dropped_lines_total").increment(1);
-            }
-            admitted
-        })
-    }
-
-    async fn probe(self) {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("a plain HTTP client");
-        let ready = self.url.join("ready").expect("a base URL joins a path");
-        loop {
-            let answered = client.get(ready.clone()).send().await.is_ok_and(|r| r.status().is_success());
-            if answered != self.open.swap(answered, Ordering::Relaxed) {
-                // Through stdout only: the gate is shut for Loki when this matters.
-                tracing::warn!(
-                    loki.ready = answered,
-                    "Loki availability changed; log push {}",
-                    if answered { "resumed" } else { "paused" }
-                );
-            }
-            metrics::gauge!("loki_up").set(if answered { 1.0 } else { 0.0 });
-            self.budget.store(LOKI_BUDGET, Ordering::Relaxed);
-            tokio::time::sleep(LOKI_PROBE_EVERY).await;
-        }
-    }
+/// One JSON object per event, the span's fields (`trace_id` among them) flattened in.
+fn json_lines<S>() -> tracing_subscriber::fmt::Layer<
+    S,
+    tracing_subscriber::fmt::format::JsonFields,
+    tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Json>,
+>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(true).with_span_list(false)
 }
 
 /// Latency buckets in seconds, so histograms aggregate across replicas.
