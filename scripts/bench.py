@@ -265,6 +265,11 @@ def main():
                      f"raw publish with confirms {raw:.0f}/s", relay["relay_per_s"] / raw, 0.70))
             rows.append(("  relay: commit → publish p50 / p99", f"{relay['commit_to_publish_p50_ms']:.1f} / {relay['commit_to_publish_p99_ms']:.1f} ms",
                      "—", None, "p50 < 20 ms", relay["commit_to_publish_p50_ms"] < 20))
+            # Retention must outrun publishing, or a busy outbox grows without bound.
+            kept = flow("retention", "200000")
+            rows.append(("  relay: retention, rows deleted/s (200,000 due)", f"{kept['retention_per_s']:.0f}/s",
+                         f"relay publishes {relay['relay_per_s']:.0f}/s", None, "≥ 2,000/s",
+                         kept["retention_per_s"] >= 2000))
 
         settle()
         if want("saga"):

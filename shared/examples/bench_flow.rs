@@ -5,6 +5,7 @@
 //!   bench_flow relay N            outbox rows/s through the running relay (a backlog)
 //!   bench_flow relay-latency      commit→publish latency of a steady trickle
 //!   bench_flow saga N             replies/s applied by the running saga worker
+//!   bench_flow retention N        rows/s one retention pass deletes, N rows past the retention
 //!   bench_flow e2e N API_URL      POST an order → Approved in the user's list, N times
 //!
 //! Environment: DATABASE_URL, AMQP_URL (the bench's vhost).
@@ -28,8 +29,9 @@ async fn main() -> anyhow::Result<()> {
         Some("relay") => relay(&db, count).await?,
         Some("relay-latency") => relay_latency(&db).await?,
         Some("saga") => saga(&db, &amqp_url, &topology, count).await?,
+        Some("retention") => retention(&db, count).await?,
         Some("e2e") => e2e(&db, args.get(2).map_or("http://127.0.0.1:18000", String::as_str), count).await?,
-        _ => anyhow::bail!("usage: bench_flow raw-publish|relay|relay-latency|saga|e2e N [API_URL]"),
+        _ => anyhow::bail!("usage: bench_flow raw-publish|relay|relay-latency|saga|retention|e2e N [API_URL]"),
     };
     println!("{result}");
     Ok(())
@@ -114,6 +116,28 @@ async fn relay(db: &PgPool, count: usize) -> anyhow::Result<serde_json::Value> {
     let last = insert_events(db, count).await?;
     drained(db, last).await?;
     Ok(json!({"relay_per_s": count as f64 / started.elapsed().as_secs_f64()}))
+}
+
+async fn retention(db: &PgPool, count: usize) -> anyhow::Result<serde_json::Value> {
+    // `count` rows published eight days ago, then the relay's own retention pass (the
+    // relays' housekeeping may take some of them meanwhile: they skip each other's rows).
+    let last = insert_events(db, count).await?;
+    sqlx::query("UPDATE outbox SET published_at = now() - interval '8 days' WHERE id > $1 - $2 AND id <= $1")
+        .bind(last)
+        .bind(count as i64)
+        .execute(db)
+        .await?;
+    let retention = Duration::from_secs(7 * 86400);
+    let started = Instant::now();
+    let mut deleted = 0;
+    loop {
+        let pass = order_service::outbox::relay::delete_published(db, retention).await?;
+        deleted += pass;
+        if pass == 0 {
+            break;
+        }
+    }
+    Ok(json!({"retention_deleted": deleted, "retention_per_s": deleted as f64 / started.elapsed().as_secs_f64()}))
 }
 
 async fn relay_latency(db: &PgPool) -> anyhow::Result<serde_json::Value> {
