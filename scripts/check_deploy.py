@@ -102,8 +102,9 @@ for path in (ROOT / "grafana/dashboards").glob("*.json"):
             if uid and uid not in provisioned:
                 fail(f"{path.name}: panel {panel['title']!r} uses datasource {uid!r}, which is not provisioned")
 
-# The cache is bounded by Redis too, with a policy that may evict any key (generation keys
-# have no TTL: a volatile-* policy would never evict them and Redis would refuse writes).
+# The cache is bounded by Redis too, with a policy that may evict any key: the cache is
+# correct whatever key goes (a lost generation restarts from the server's clock), and a
+# volatile-* policy would make Redis refuse writes once keys without a TTL fill it.
 redis_command = compose["services"]["redis"].get("command") or []
 if "--maxmemory" not in redis_command:
     fail("compose.yaml: redis runs without --maxmemory")

@@ -147,11 +147,17 @@ if redis.call('SISMEMBER', KEYS[3], KEYS[2]) == 0 then
 end
 redis.call('SET', KEYS[2], generation .. '|' .. ARGV[2], 'EX', ARGV[3])
 redis.call('EXPIRE', KEYS[3], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
 return stored
 ";
 
-// KEYS: generation, the user's page index. The pages go at once (their memory with
-// them), the index with them, and the generation moves on for any page in flight.
+// KEYS: generation, the user's page index; ARGV: the TTL. The pages go at once (their
+// memory with them), the index with them, and the generation moves on for any page in
+// flight.
+//
+// A generation lives as long as the user's last page could (each fill and invalidation
+// renews its TTL), so a user nobody reads leaves no key behind; one that expired is
+// started again from the clock, which no page left can match.
 const INVALIDATE: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then
     local now = redis.call('TIME')
@@ -162,7 +168,9 @@ if #pages > 0 then
     redis.call('UNLINK', unpack(pages))
 end
 redis.call('DEL', KEYS[2])
-return redis.call('INCR', KEYS[1])
+local generation = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return generation
 ";
 
 impl OrderCache {
@@ -239,6 +247,7 @@ impl OrderCache {
         let _: i64 = Script::new(INVALIDATE)
             .key(self.user_key(user_id, "gen"))
             .key(self.user_key(user_id, "pages"))
+            .arg(self.ttl.as_secs().max(1))
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(())
