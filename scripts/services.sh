@@ -46,7 +46,18 @@ start_installed() {
 
 installed() { command -v pg_ctlcluster >/dev/null && command -v redis-server >/dev/null && command -v rabbitmq-server >/dev/null; }
 
+# The README answers sagas from RabbitMQ's admin panel, and a test drives it: the
+# management plugin (Debian's rabbitmq-server ships it) on the local node, port 15672.
+management() {
+    if command -v rabbitmq-plugins >/dev/null && rabbitmq_up && ! port_open 15672; then
+        echo "services.sh: enabling the RabbitMQ management plugin (http://127.0.0.1:15672/)"
+        rabbitmq-plugins enable -q rabbitmq_management >/dev/null
+        wait_for "RabbitMQ management" "port_open 15672" 60
+    fi
+}
+
 if all_up; then
+    management
     exit 0
 fi
 
@@ -82,3 +93,4 @@ fi
 wait_for PostgreSQL postgres_up 60
 wait_for Redis redis_up 60
 wait_for RabbitMQ rabbitmq_up 120
+management

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The broker-facing tests again, on RabbitMQ 4 (scripts/rabbitmq4.sh): the broker fault
-# tests, the relay's, the saga worker's and the DLQ tool's, the broker-wide ones (a memory
+# tests, the relay's, the saga worker's and the DLQ tool's, answering a saga from the admin
+# panel (port 15673), the broker-wide ones (a memory
 # alarm) one at a time, and the short chaos run. `make test` calls it after the same tests
 # passed on the machine's RabbitMQ 3.10.
 #
@@ -26,7 +27,8 @@ echo "test-rabbitmq4.sh: RabbitMQ $version at $url" >&2
 export TEST_AMQP_URL="$url"
 export TEST_RABBITMQCTL="$PWD/scripts/rabbitmq4.sh ctl"
 export DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
-cargo test --workspace --test integration -- broker_faults:: relay:: saga::
+export TEST_RABBITMQ_MANAGEMENT_URL="http://127.0.0.1:15673/"
+cargo test --workspace --test integration -- broker_faults:: relay:: saga:: rabbitmq_admin::
 cargo test --workspace --test integration -- broker_wide --ignored --test-threads=1
 CHAOS_SHORT=1 CHAOS_AMQP_PORT=5673 CHAOS_RABBITMQCTL="$PWD/scripts/rabbitmq4.sh ctl" \
     target/tools/venv/bin/python scripts/chaos.py

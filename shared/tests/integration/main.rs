@@ -16,6 +16,7 @@ mod openapi;
 mod orders;
 mod pool;
 mod products;
+mod rabbitmq_admin;
 mod relay;
 mod saga;
 mod schemathesis;
