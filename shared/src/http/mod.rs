@@ -1,5 +1,6 @@
 //! The HTTP side of the `api` process: routes, OpenAPI spec, Swagger UI, middleware.
 
+pub mod content_type;
 pub mod errors;
 pub mod health;
 pub mod json;
@@ -89,6 +90,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         // The spec and Swagger UI answer any method on their own: GET only, like the rest.
         .at("/openapi.json", poem::get(spec_endpoint))
         .nest("/docs", poem::get(docs))
+        .with(content_type::JsonByDefault)
         .with(observe::BodyLimit(state.max_body_bytes))
         .with(observe::Observe::new(routes))
         .catch_all_error(|e| async move { errors::framework_error(e) })

@@ -14,6 +14,7 @@ mod hostile;
 mod loki;
 mod openapi;
 mod orders;
+mod original_readme;
 mod pool;
 mod products;
 mod rabbitmq_admin;
