@@ -7,4 +7,5 @@ scripts/tools.sh
 venv=target/tools/venv
 "$venv/bin/check-jsonschema" --builtin-schema vendor.compose-spec compose.yaml
 promtool check config prometheus/prometheus.yml
+promtool test rules prometheus/alerts_test.yml
 "$venv/bin/python" scripts/check_deploy.py

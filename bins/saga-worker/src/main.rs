@@ -12,26 +12,25 @@ use order_service::{
     config::WorkerConfig,
     db, http,
     saga::{
-        dlq,
+        self, dlq,
         worker::{APPLY_ATTEMPTS, SagaWorker, TimeoutSettings},
     },
     telemetry,
 };
 
-const USAGE: &str = "usage: saga-worker [dlq list [LIMIT] | dlq replay [LIMIT]]";
+mod cli;
+
+use cli::{Invocation, USAGE};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = WorkerConfig::from_env()?;
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        [] => {}
-        ["dlq", command, ref limit @ ..] if limit.len() <= 1 => {
-            let limit = limit.first().map_or(Ok(u16::MAX), |l| l.parse::<u16>());
-            let limit = limit.map_err(|_| anyhow::anyhow!("LIMIT must be a number from 0 to 65535\n{USAGE}"))?;
-            return dead_letters(&config, command, limit).await;
-        }
-        _ => anyhow::bail!(USAGE),
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match cli::parse(&args).map_err(anyhow::Error::msg)? {
+        Invocation::Run => {}
+        Invocation::PendingSagas { older_than, limit } => return pending_sagas(&config, older_than, limit).await,
+        operator => return dead_letters(&config, operator).await,
     }
     let loki = telemetry::init_tracing(&config.log, "saga-worker")?;
     let metrics = telemetry::metrics();
@@ -75,29 +74,55 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `dlq list`: one JSON line per dead-lettered reply, left in the queue. `dlq replay`:
-/// moves them back to `CustomerSaga`, one log line each.
-async fn dead_letters(config: &WorkerConfig, command: &str, limit: u16) -> anyhow::Result<()> {
+/// `sagas pending`: one JSON line per order waiting on the customer service, oldest first.
+async fn pending_sagas(config: &WorkerConfig, older_than: std::time::Duration, limit: i64) -> anyhow::Result<()> {
+    let db = db::connect(&config.database_url, 1)?;
+    let pending = saga::pending_sagas(&db, older_than, limit).await?;
+    // Not println!: a closed pipe (`| head`) is an error to return, not a panic.
+    let mut out = std::io::stdout().lock();
+    for saga in pending {
+        writeln!(out, "{}", serde_json::to_string(&saga)?)?;
+    }
+    Ok(())
+}
+
+/// `dlq list`: a JSON line per kind with its count, then one per dead-lettered reply,
+/// all left in the queue. `dlq replay`: moves them back to `CustomerSaga`, one log line
+/// each. `dlq replay|discard --id`: one message, and a JSON line saying what was done.
+async fn dead_letters(config: &WorkerConfig, operator: Invocation) -> anyhow::Result<()> {
     let topology = Topology::contract(config.amqp_queue_type);
     let name = format!("saga-worker-dlq@{}", std::process::id());
     let consume = amqp::connection_args(&config.amqp_url, &name).map_err(anyhow::Error::msg)?;
-    match command {
-        "list" => {
-            // Not println!: a closed pipe (`| head`) is an error to return, not a panic.
-            let mut out = std::io::stdout().lock();
-            for letter in dlq::list(&consume, &topology, limit).await? {
-                writeln!(out, "{}", serde_json::to_string(&letter)?)?;
-            }
+    let publish = || amqp::connection_args(&config.amqp_url, &format!("{name}-replay")).map_err(anyhow::Error::msg);
+    let mut out = std::io::stdout().lock();
+    if let Invocation::DlqList { limit } = operator {
+        let letters = dlq::list(&consume, &topology, limit).await?;
+        for (kind, count) in dlq::by_kind(&letters) {
+            writeln!(out, "{}", serde_json::json!({"kind": kind, "count": count}))?;
         }
-        "replay" => {
-            // Logs only here: the list's stdout is its JSON lines.
-            let _loki = telemetry::init_tracing(&config.log, "saga-worker")?;
-            let publish =
-                amqp::connection_args(&config.amqp_url, &format!("{name}-replay")).map_err(anyhow::Error::msg)?;
-            let moved = dlq::replay(&consume, &publish, &topology, limit.into()).await?;
+        for letter in letters {
+            writeln!(out, "{}", serde_json::to_string(&letter)?)?;
+        }
+        return Ok(());
+    }
+    // Logs only for the actions: the list's stdout is its JSON lines.
+    let _loki = telemetry::init_tracing(&config.log, "saga-worker")?;
+    let (action, letter) = match operator {
+        Invocation::DlqReplay { limit } => {
+            let moved = dlq::replay(&consume, &publish()?, &topology, limit.into()).await?;
             tracing::info!(replayed = moved.len(), "dead-letter queue replayed");
+            return Ok(());
+        }
+        Invocation::DlqReplayOne { message_id } => {
+            ("replayed", dlq::replay_one(&consume, &publish()?, &topology, &message_id).await?)
+        }
+        Invocation::DlqDiscardOne { message_id } => {
+            ("discarded", dlq::discard_one(&consume, &topology, &message_id).await?)
         }
         _ => anyhow::bail!(USAGE),
-    }
+    };
+    let mut line = serde_json::to_value(&letter)?;
+    line["action"] = action.into();
+    writeln!(out, "{line}")?;
     Ok(())
 }

@@ -1,6 +1,7 @@
-//! Operating the dead-letter queue (`saga-worker dlq list|replay`): see what was
-//! dead-lettered and why, and send replies back to `CustomerSaga` once their cause is
-//! fixed (an order that was missing now exists, a bug in the worker is deployed away).
+//! Operating the dead-letter queue (`saga-worker dlq list|replay|discard`): see what was
+//! dead-lettered and why, grouped by reason, and send replies back to `CustomerSaga`
+//! once their cause is fixed (an order that was missing now exists, a bug in the worker
+//! is deployed away), all of them or one by its message id; or discard one for good.
 //!
 //! A replayed reply leaves the DLQ only after the broker confirmed its copy on
 //! `CustomerSaga`: a crash in between leaves it in both, and the worker's inbox makes
@@ -55,6 +56,99 @@ pub enum DlqError {
     Missing { expected: u32, got: u32 },
     #[error("message {message_id:?} was not republished ({error}); it stays in the dead-letter queue")]
     NotRepublished { message_id: Option<String>, error: String },
+    #[error("no dead letter has the message id {0:?}")]
+    NotFound(String),
+}
+
+/// How many dead letters there are of each kind, most first (then by kind): what an
+/// operator reads before the messages themselves.
+pub fn by_kind(letters: &[DeadLetter]) -> Vec<(String, usize)> {
+    let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for letter in letters {
+        *counts.entry(&letter.kind).or_default() += 1;
+    }
+    let mut counts: Vec<(String, usize)> = counts.into_iter().map(|(kind, n)| (kind.to_owned(), n)).collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    counts
+}
+
+/// Takes the dead letters waiting, unacked, until the one with `message_id`; the others
+/// go back to the queue, untouched, when the consumer's channel closes.
+async fn find(
+    args: &OpenConnectionArguments,
+    topology: &Topology,
+    message_id: &str,
+) -> Result<(Consumer, Delivery), DlqError> {
+    let waiting = queue_depth(args, &topology.dead_letter_queue).await?;
+    if waiting == 0 {
+        return Err(DlqError::NotFound(message_id.to_owned()));
+    }
+    let prefetch = u16::try_from(waiting).unwrap_or(u16::MAX);
+    let mut consumer = Consumer::connect(args, topology, &topology.dead_letter_queue, prefetch).await?;
+    for _ in 0..waiting {
+        match tokio::time::timeout(NEXT_MESSAGE, consumer.next()).await {
+            Ok(Some(delivery)) if delivery.message_id() == Some(message_id) => return Ok((consumer, delivery)),
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    consumer.close().await;
+    Err(DlqError::NotFound(message_id.to_owned()))
+}
+
+/// Sends the dead letter with `message_id` back to `CustomerSaga` (confirmed, then acked
+/// on the DLQ), and leaves the others where they are.
+pub async fn replay_one(
+    consume: &OpenConnectionArguments,
+    publish: &OpenConnectionArguments,
+    topology: &Topology,
+    message_id: &str,
+) -> Result<DeadLetter, DlqError> {
+    let (consumer, delivery) = find(consume, topology, message_id).await?;
+    let letter = DeadLetter::of(&delivery);
+    let outcome = async {
+        let mut publisher = Publisher::connect(publish, topology).await?;
+        let copy = back_to_queue(&delivery, topology);
+        let published = publisher.publish_all(std::slice::from_ref(&copy), Duration::from_secs(5)).await.remove(0);
+        publisher.close().await;
+        match published {
+            Ok(()) => {
+                consumer.ack(delivery.tag).await?;
+                tracing::info!(message.id = message_id, kind = %letter.kind, reason = %letter.reason,
+                    queue = %topology.customer_saga_queue, "dead letter replayed");
+                Ok(letter)
+            }
+            Err(error) => {
+                Err(DlqError::NotRepublished { message_id: letter.message_id.clone(), error: error.to_string() })
+            }
+        }
+    }
+    .await;
+    consumer.close().await;
+    outcome
+}
+
+/// Removes the dead letter with `message_id` for good, after logging all of it (headers
+/// and body), and leaves the others where they are.
+pub async fn discard_one(
+    args: &OpenConnectionArguments,
+    topology: &Topology,
+    message_id: &str,
+) -> Result<DeadLetter, DlqError> {
+    let (consumer, delivery) = find(args, topology, message_id).await?;
+    let letter = DeadLetter::of(&delivery);
+    tracing::warn!(
+        message.id = message_id,
+        kind = %letter.kind,
+        reason = %letter.reason,
+        headers = ?delivery.properties.headers(),
+        body = %letter.body,
+        "dead letter discarded"
+    );
+    let acked = consumer.ack(delivery.tag).await;
+    consumer.close().await;
+    acked?;
+    Ok(letter)
 }
 
 /// The first `limit` dead-lettered replies, left in the queue: they are taken unacked
@@ -144,5 +238,28 @@ fn back_to_queue(delivery: &Delivery, topology: &Topology) -> Outgoing {
         timestamp: delivery.properties.timestamp().unwrap_or_default(),
         headers,
         body: delivery.body.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter(kind: &str) -> DeadLetter {
+        DeadLetter { message_id: None, kind: kind.into(), reason: String::new(), body: String::new() }
+    }
+
+    #[test]
+    fn kinds_are_counted_most_first() {
+        let letters: Vec<_> = ["unknown_order", "malformed_json", "unknown_order", "delivery_limit", "malformed_json"]
+            .into_iter()
+            .chain(["unknown_order"])
+            .map(letter)
+            .collect();
+        assert_eq!(
+            by_kind(&letters),
+            [("unknown_order".to_owned(), 3), ("malformed_json".into(), 2), ("delivery_limit".into(), 1)]
+        );
+        assert!(by_kind(&[]).is_empty());
     }
 }

@@ -406,6 +406,51 @@ pub async fn sweep_timeouts(
     Ok(swept)
 }
 
+/// An order waiting on the customer service, as `saga-worker sagas pending` prints it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PendingSaga {
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    /// Seconds since the order was placed.
+    pub age_seconds: f64,
+    /// Times the saga timeout asked the customer service again.
+    pub re_requests: i32,
+    /// When it last did; none before the first re-request.
+    pub last_re_requested_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Pending orders placed at least `older_than` ago, oldest first, at most `limit`.
+pub async fn pending_sagas(db: &PgPool, older_than: Duration, limit: i64) -> Result<Vec<PendingSaga>, sqlx::Error> {
+    sqlx::query_as!(
+        PendingSaga,
+        r#"SELECT id AS order_id, user_id,
+                  EXTRACT(EPOCH FROM now() - created_at)::float8 AS "age_seconds!",
+                  saga_retries AS re_requests,
+                  CASE WHEN saga_retries > 0 THEN saga_requested_at END AS last_re_requested_at
+             FROM orders
+            WHERE saga_status = 'Pending' AND created_at <= now() - make_interval(secs => $1)
+            ORDER BY created_at, id
+            LIMIT $2"#,
+        older_than.as_secs_f64(),
+        limit
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// How many orders wait on the customer service, and the age of the oldest (0 if
+/// none), for `saga_pending` and `saga_oldest_pending_age_seconds`.
+pub async fn pending_summary(db: &PgPool) -> Result<(i64, f64), sqlx::Error> {
+    let row = sqlx::query!(
+        r#"SELECT count(*) AS "pending!",
+                  COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 AS "oldest_age!"
+             FROM orders WHERE saga_status = 'Pending'"#
+    )
+    .fetch_one(db)
+    .await?;
+    Ok((row.pending, row.oldest_age))
+}
+
 /// Deletes inbox rows older than `retention`, in bounded batches, for at most 10 s a
 /// pass (it runs hourly: ten batches of 1,000 an hour were 2.8 rows/s, less than the
 /// replies a busy worker records).

@@ -311,6 +311,10 @@ async fn sweep_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut last_prune = Instant::now();
+    // By then the sweep has canceled an unanswered order: an older pending one means the
+    // sweep is not running, or postpones for a backlog (the alert in prometheus/).
+    metrics::gauge!("saga_cancel_after_seconds")
+        .set(settings.after.as_secs_f64() * f64::from(settings.max_retries.saturating_add(1)));
     while !*shutdown.borrow() {
         let wait = crate::until_next(&settings.schedule, Duration::from_secs(30));
         tokio::select! {
@@ -319,6 +323,13 @@ async fn sweep_loop(
         }
         if let Err(e) = sweep_once(&db, &cache, &settings, &amqp, &reply_queue).await {
             tracing::warn!(error.cause = %chain(&e), "saga timeout sweep failed");
+        }
+        match super::pending_summary(&db).await {
+            Ok((pending, oldest)) => {
+                metrics::gauge!("saga_pending").set(pending as f64);
+                metrics::gauge!("saga_oldest_pending_age_seconds").set(oldest);
+            }
+            Err(e) => tracing::warn!(error.cause = %chain(&e), "cannot count pending sagas"),
         }
         if last_prune.elapsed() > Duration::from_secs(3600) {
             last_prune = Instant::now();

@@ -121,6 +121,9 @@ pub fn register_metrics(process: &str) {
             }
             metrics::counter!("saga_apply_failures_total").absolute(0);
             metrics::gauge!("saga_dead_letter_queue_depth").set(0.0);
+            metrics::gauge!("saga_pending").set(0.0);
+            metrics::gauge!("saga_oldest_pending_age_seconds").set(0.0);
+            metrics::gauge!("saga_cancel_after_seconds").set(0.0);
             metrics::gauge!("saga_reply_queue_depth").set(0.0);
             metrics::gauge!("saga_request_queue_depth").set(0.0);
         }

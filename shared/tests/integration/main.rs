@@ -13,6 +13,7 @@ mod helpers;
 mod hostile;
 mod loki;
 mod openapi;
+mod operators;
 mod orders;
 mod original_readme;
 mod pool;
