@@ -28,7 +28,9 @@ def fail(message):
 
 
 def struct_fields(source, name):
-    """Field names of `pub struct <name> { ... }`, following #[serde(flatten)]."""
+    """Field names of `pub struct <name> { ... }`, following #[serde(flatten)] and
+    #[serde(skip)] fields (read separately). The Kubernetes manifests are held to the
+    binaries' own lists instead (`ApiConfig::variables()`, in tests/integration/deploy.rs)."""
     match = re.search(r"(?:pub )?struct " + name + r" \{(.*?)\n\}", source, re.S)
     if not match:
         fail(f"struct {name} not found")
@@ -38,7 +40,9 @@ def struct_fields(source, name):
     flatten = False
     for line in body.splitlines():
         line = line.strip()
-        if line.startswith("#[serde(") and "flatten" in line:
+        # The logging settings are read from the same variables, through a field that
+        # serde skips (config.rs) or flattens.
+        if line.startswith("#[serde(") and ("flatten" in line or "skip" in line):
             flatten = True
             continue
         field = re.match(r"(?:pub )?(\w+): (\w+)", line)

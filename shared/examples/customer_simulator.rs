@@ -31,7 +31,7 @@ struct Config {
     amqp_queue_type: Option<String>,
     #[serde(default = "default_credit_limit")]
     credit_limit: String,
-    #[serde(flatten)]
+    #[serde(skip)]
     log: LogConfig,
 }
 
@@ -45,7 +45,8 @@ fn default_credit_limit() -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config: Config = envy::from_env()?;
+    let mut config: Config = envy::from_env()?;
+    config.log = LogConfig::from_vars(std::env::vars())?;
     let loki = telemetry::init_tracing(&config.log, "customer-simulator")?;
     // SIGTERM (docker stop) as well as Ctrl-C.
     let stop = order_service::shutdown_signal();

@@ -34,7 +34,9 @@ pub struct ApiConfig {
     /// How long a cached page of a user's orders lives, e.g. `5m`.
     #[serde(default = "default_cache_ttl", deserialize_with = "cache_ttl")]
     pub cache_ttl: Duration,
-    #[serde(flatten)]
+    /// Read from the same variables by [`LogConfig::from_vars`] (not flattened: serde
+    /// would then hide the struct's fields from [`variables_of`]).
+    #[serde(skip)]
     pub log: LogConfig,
 }
 
@@ -52,6 +54,76 @@ pub struct LogConfig {
     pub loki_url: Option<url::Url>,
 }
 
+impl LogConfig {
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        envy::from_iter(vars).map_err(|e| ConfigError(e.to_string()))
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig::from_vars(std::iter::empty()).expect("every logging setting has a default")
+    }
+}
+
+/// The environment variables a settings struct reads: its fields' names, upper-cased as
+/// envy matches them. Asked of serde itself, so the list cannot drift from the struct;
+/// the deployment checks (`tests/integration/deploy.rs`) hold the manifests to it.
+pub fn variables_of<T: serde::de::DeserializeOwned>() -> Vec<String> {
+    let mut fields = Vec::new();
+    let _ = T::deserialize(FieldNames(&mut fields));
+    fields.iter().map(|field| field.to_ascii_uppercase()).collect()
+}
+
+impl ApiConfig {
+    /// Every variable the api reads.
+    pub fn variables() -> Vec<String> {
+        [variables_of::<Self>(), variables_of::<LogConfig>()].concat()
+    }
+}
+
+impl RelayConfig {
+    /// Every variable the outbox-relay reads.
+    pub fn variables() -> Vec<String> {
+        [variables_of::<Self>(), variables_of::<LogConfig>()].concat()
+    }
+}
+
+impl WorkerConfig {
+    /// Every variable the saga-worker reads.
+    pub fn variables() -> Vec<String> {
+        [variables_of::<Self>(), variables_of::<LogConfig>()].concat()
+    }
+}
+
+/// A deserializer that answers nothing, but notes the fields a struct asks for.
+struct FieldNames<'a>(&'a mut Vec<&'static str>);
+
+impl<'de> Deserializer<'de> for FieldNames<'_> {
+    type Error = FieldError;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(FieldError::custom("only a struct's fields are read"))
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _: &'static str,
+        fields: &'static [&'static str],
+        _: V,
+    ) -> Result<V::Value, Self::Error> {
+        self.0.extend_from_slice(fields);
+        Err(FieldError::custom("fields noted"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+        unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+    }
+}
+
+type FieldError = serde::de::value::Error;
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum LogFormat {
     /// One JSON object a line: what Loki and Vector want.
@@ -67,7 +139,9 @@ impl ApiConfig {
     }
 
     pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
-        let config: Self = envy::from_iter(vars).map_err(|e| ConfigError(e.to_string()))?;
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let mut config: Self = envy::from_iter(vars.clone()).map_err(|e| ConfigError(e.to_string()))?;
+        config.log = LogConfig::from_vars(vars)?;
         at_least_one("DB_MAX_CONNECTIONS", config.db_max_connections.into())?;
         at_least_one("MAX_BODY_BYTES", config.max_body_bytes as u64)?;
         valid_redis_url(&config.redis_url)?;
@@ -157,7 +231,9 @@ pub struct RelayConfig {
     pub amqp_queue_type: QueueType,
     #[serde(default = "default_relay_db_max_connections")]
     pub db_max_connections: u32,
-    #[serde(flatten)]
+    /// Read from the same variables by [`LogConfig::from_vars`] (not flattened: serde
+    /// would then hide the struct's fields from [`variables_of`]).
+    #[serde(skip)]
     pub log: LogConfig,
 }
 
@@ -167,7 +243,9 @@ impl RelayConfig {
     }
 
     pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
-        let config: Self = envy::from_iter(vars).map_err(|e| ConfigError(e.to_string()))?;
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let mut config: Self = envy::from_iter(vars.clone()).map_err(|e| ConfigError(e.to_string()))?;
+        config.log = LogConfig::from_vars(vars)?;
         at_least_one("DB_MAX_CONNECTIONS", config.db_max_connections.into())?;
         at_least_one("RELAY_BATCH_SIZE", config.relay_batch_size.into())?;
         at_least_one("RELAY_LANES", config.relay_lanes.into())?;
@@ -253,7 +331,9 @@ pub struct WorkerConfig {
     pub amqp_queue_type: QueueType,
     #[serde(default = "default_relay_db_max_connections")]
     pub db_max_connections: u32,
-    #[serde(flatten)]
+    /// Read from the same variables by [`LogConfig::from_vars`] (not flattened: serde
+    /// would then hide the struct's fields from [`variables_of`]).
+    #[serde(skip)]
     pub log: LogConfig,
 }
 
@@ -263,7 +343,9 @@ impl WorkerConfig {
     }
 
     pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
-        let config: Self = envy::from_iter(vars).map_err(|e| ConfigError(e.to_string()))?;
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let mut config: Self = envy::from_iter(vars.clone()).map_err(|e| ConfigError(e.to_string()))?;
+        config.log = LogConfig::from_vars(vars)?;
         at_least_one("DB_MAX_CONNECTIONS", config.db_max_connections.into())?;
         at_least_one("SAGA_PREFETCH", config.saga_prefetch.into())?;
         valid_amqp_url(&config.amqp_url)?;
@@ -567,6 +649,24 @@ mod tests {
             let error = WorkerConfig::from_vars(vars(&[(var, value)])).unwrap_err().to_string();
             assert!(error.contains(var), "{error}");
         }
+    }
+
+    #[test]
+    fn each_binary_names_the_variables_it_reads() {
+        let api = ApiConfig::variables();
+        for var in ["DATABASE_URL", "API_ADDR", "REDIS_URL", "CACHE_TTL", "LOG_LEVEL", "RUST_LOG", "LOKI_URL"] {
+            assert!(api.contains(&var.to_owned()), "{var} in {api:?}");
+        }
+        assert!(!api.contains(&"AMQP_URL".to_owned()));
+        let relay = RelayConfig::variables();
+        assert!(relay.contains(&"RELAY_LANES".to_owned()) && relay.contains(&"LOG_FORMAT".to_owned()));
+        assert!(!relay.contains(&"REDIS_URL".to_owned()));
+        let worker = WorkerConfig::variables();
+        assert!(worker.contains(&"SAGA_TIMEOUT".to_owned()) && worker.contains(&"REDIS_URL".to_owned()));
+        assert!(!worker.iter().any(|v| v == "LOG"), "the logging settings' own names, not the field holding them");
+        // Logging settings still come from the same variables.
+        let config = WorkerConfig::from_vars(vars(&[("LOG_FORMAT", "pretty")])).unwrap();
+        assert_eq!(config.log.log_format, LogFormat::Pretty);
     }
 
     #[test]

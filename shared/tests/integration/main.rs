@@ -8,6 +8,7 @@
 mod broker;
 mod broker_faults;
 mod cache;
+mod deploy;
 mod e2e;
 mod helpers;
 mod hostile;

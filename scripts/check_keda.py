@@ -1,0 +1,62 @@
+"""Validates KEDA objects in built manifests against KEDA's own CRD schemas (vendored
+in deploy/kubernetes/schemas/keda-v2.20.2/, from github.com/kedacore/keda at tag v2.20.2,
+commit 68a5b5028f35b22d50597c69819ab32c4e92f21a, config/crd/bases/).
+
+    check_keda.py BUILT.yaml...
+
+kubernetes-validate knows only the built-in kinds; this covers the rest. Run by
+scripts/check-deploy.sh.
+"""
+
+import sys
+from pathlib import Path
+
+import jsonschema
+from ruamel.yaml import YAML
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMAS = ROOT / "deploy/kubernetes/schemas/keda-v2.20.2"
+yaml = YAML(typ="safe")
+
+def strict(schema):
+    """The schema with `additionalProperties: false` on every object that lists its
+    properties and does not preserve unknown fields."""
+    if isinstance(schema, list):
+        return [strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    schema = {key: strict(value) for key, value in schema.items()}
+    if ("properties" in schema and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")):
+        schema["additionalProperties"] = False
+    return schema
+
+
+schemas = {}
+for crd_file in SCHEMAS.glob("*.yaml"):
+    crd = yaml.load(crd_file.read_text())
+    for version in crd["spec"]["versions"]:
+        schemas[(f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])] = \
+            version["schema"]["openAPIV3Schema"]
+
+failures, checked = [], 0
+for path in sys.argv[1:]:
+    for doc in yaml.load_all(Path(path).read_text()):
+        if not doc or not doc.get("apiVersion", "").startswith("keda.sh/"):
+            continue
+        key = (doc["apiVersion"], doc["kind"])
+        if key not in schemas:
+            failures.append(f"{path}: no vendored KEDA schema for {key}")
+            continue
+        # Strict, like kubernetes-validate --strict: a property the schema does not
+        # declare is an error (a misspelt field would otherwise be ignored by KEDA).
+        validator = jsonschema.Draft7Validator(strict(schemas[key]))
+        for error in validator.iter_errors(doc):
+            failures.append(f"{path}: {doc['kind']}/{doc['metadata']['name']}: {error.json_path}: {error.message}")
+        checked += 1
+
+
+if failures:
+    print("\n".join(f"check_keda: {f}" for f in failures), file=sys.stderr)
+    sys.exit(1)
+print(f"check_keda: {checked} KEDA objects valid against KEDA v2.20.2's CRD schemas")

@@ -1,0 +1,252 @@
+//! The Kubernetes manifests against the code they deploy: every overlay, as
+//! `kubectl kustomize` builds it (scripts/check-deploy.sh validates the same output
+//! against the Kubernetes and KEDA schemas and checkov; this checks the wiring).
+//!
+//! - every variable a container gets (env, envFrom ConfigMaps) is one its binary reads,
+//!   by the binary's own config struct (`ApiConfig::variables()`, ...), and the whole
+//!   set parses as that binary's configuration;
+//! - probes hit routes that answer, on the port the process listens on;
+//! - the ScaledObjects name the real queue, and their query counts the real backlog.
+
+use std::{collections::HashMap, process::Command, sync::Arc, time::Duration};
+
+use order_service::{
+    amqp::{QueueType, Topology},
+    config::{ApiConfig, RelayConfig, WorkerConfig},
+    telemetry,
+};
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crate::{e2e::free_port, helpers::TestApp};
+
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+/// Every document of an overlay, built by kubectl and read as JSON.
+fn build(overlay: &str) -> Vec<Value> {
+    let tools = format!("{ROOT}/target/tools/venv/bin");
+    let built = Command::new(format!("{tools}/kubectl"))
+        .args(["kustomize", &format!("{ROOT}/deploy/kubernetes/overlays/{overlay}")])
+        .output()
+        .expect("scripts/tools.sh (run by `make test`) installs kubectl");
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let to_json = "import json, sys\nfrom ruamel.yaml import YAML\nprint(json.dumps([d for d in YAML(typ='safe').load_all(sys.stdin) if d]))";
+    let mut python = Command::new(format!("{tools}/python"))
+        .args(["-c", to_json])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    python.stdin.take().unwrap().write_all(&built.stdout).unwrap();
+    let output = python.wait_with_output().unwrap();
+    assert!(output.status.success());
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn overlays() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("{ROOT}/deploy/kubernetes/overlays"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(names.len() >= 2, "{names:?}");
+    names
+}
+
+fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+fn named<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter().find(|d| d["kind"] == kind && d["metadata"]["name"] == name).unwrap_or_else(|| panic!("{kind}/{name}"))
+}
+
+/// The environment a container gets: its `env` (secret references as placeholders a
+/// binary accepts) and the keys of the ConfigMaps it takes whole.
+fn environment(docs: &[Value], container: &Value) -> HashMap<String, String> {
+    let mut vars = HashMap::new();
+    for source in container["envFrom"].as_array().into_iter().flatten() {
+        let name = source["configMapRef"]["name"].as_str().expect("envFrom takes ConfigMaps only");
+        let map = named(docs, "ConfigMap", name);
+        for (key, value) in map["data"].as_object().unwrap() {
+            vars.insert(key.clone(), value.as_str().unwrap().to_owned());
+        }
+    }
+    for var in container["env"].as_array().into_iter().flatten() {
+        let name = var["name"].as_str().unwrap().to_owned();
+        let value = match (&var["value"], name.as_str()) {
+            (Value::String(value), _) => value.clone(),
+            (_, "DATABASE_URL") => "postgres://u:p@db:5432/orders".into(),
+            (_, "AMQP_URL") => "amqp://u:p@rabbitmq:5672/%2f".into(),
+            (_, "REDIS_URL") => "redis://redis:6379".into(),
+            (_, other) => panic!("{other}: a reference this test has no stand-in for"),
+        };
+        vars.insert(name, value);
+    }
+    vars
+}
+
+/// The pod templates of Deployments and Jobs: (workload, pod spec).
+fn pods(docs: &[Value]) -> Vec<(String, &Value)> {
+    docs.iter()
+        .filter(|d| d["kind"] == "Deployment" || d["kind"] == "Job")
+        .map(|d| {
+            (
+                format!("{}/{}", d["kind"].as_str().unwrap(), d["metadata"]["name"].as_str().unwrap()),
+                &d["spec"]["template"]["spec"],
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_variable_a_container_gets_is_one_its_binary_reads() {
+    for overlay in overlays() {
+        let docs = build(&overlay);
+        let pods = pods(&docs);
+        assert_eq!(pods.len(), 4, "{overlay}: three Deployments and the migration Job");
+        for (workload, pod) in pods {
+            for container in pod["containers"].as_array().unwrap() {
+                let binary = container["command"][0].as_str().unwrap();
+                let reads = match binary {
+                    "api" => ApiConfig::variables(),
+                    "outbox-relay" => RelayConfig::variables(),
+                    "saga-worker" => WorkerConfig::variables(),
+                    other => panic!("{overlay} {workload}: runs {other:?}, no binary of ours"),
+                };
+                let vars = environment(&docs, container);
+                for var in vars.keys() {
+                    assert!(reads.contains(var), "{overlay} {workload}: sets {var}, which {binary} does not read");
+                }
+                let parsed = match binary {
+                    "api" => ApiConfig::from_vars(vars.clone()).map(drop),
+                    "outbox-relay" => RelayConfig::from_vars(vars.clone()).map(drop),
+                    _ => WorkerConfig::from_vars(vars.clone()).map(drop),
+                };
+                assert!(parsed.is_ok(), "{overlay} {workload}: {binary} refuses its settings: {parsed:?}");
+                for needed in match binary {
+                    "api" => &["DATABASE_URL", "REDIS_URL", "LOKI_URL"][..],
+                    "outbox-relay" => &["DATABASE_URL", "AMQP_URL", "LOKI_URL"],
+                    _ => &["DATABASE_URL", "AMQP_URL", "REDIS_URL", "LOKI_URL"],
+                } {
+                    assert!(
+                        vars.contains_key(*needed) || workload.starts_with("Job/"),
+                        "{overlay} {workload}: {needed} is not set"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn probes_hit_routes_that_answer_on_the_port_the_process_listens_on(db: PgPool) {
+    // The api's routes, in-process; the relay's and worker's ops server, on a free port.
+    let app = TestApp::new(db.clone());
+    let ops_port = free_port();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let ops = order_service::http::ops::spawn(
+        ([127, 0, 0, 1], ops_port).into(),
+        db.clone(),
+        Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        telemetry::metrics(),
+        stopped,
+    )
+    .await
+    .unwrap();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    for overlay in overlays() {
+        let docs = build(&overlay);
+        for deployment in of_kind(&docs, "Deployment") {
+            let name = deployment["metadata"]["name"].as_str().unwrap();
+            let pod = &deployment["spec"]["template"]["spec"];
+            let container = &pod["containers"][0];
+            let vars = environment(&docs, container);
+            // The port the process listens on, from its own settings.
+            let listens: u16 = match name {
+                "api" => ApiConfig::from_vars(vars.clone()).unwrap().api_addr.port(),
+                "outbox-relay" => RelayConfig::from_vars(vars.clone()).unwrap().metrics_addr.port(),
+                _ => WorkerConfig::from_vars(vars.clone()).unwrap().metrics_addr.port(),
+            };
+            for probe in ["livenessProbe", "readinessProbe"] {
+                let get = &container[probe]["httpGet"];
+                let path = get["path"].as_str().unwrap_or_else(|| panic!("{overlay} {name}: no {probe}"));
+                let port = match &get["port"] {
+                    Value::String(port_name) => container["ports"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|p| p["name"] == *port_name)
+                        .and_then(|p| p["containerPort"].as_u64())
+                        .unwrap_or_else(|| panic!("{overlay} {name}: no port named {port_name}")),
+                    number => number.as_u64().unwrap(),
+                };
+                assert_eq!(port, u64::from(listens), "{overlay} {name}: {probe} on {port}, process on {listens}");
+                let status = if name == "api" {
+                    app.get(path).await.status.as_u16()
+                } else {
+                    client.get(format!("http://127.0.0.1:{ops_port}{path}")).send().await.unwrap().status().as_u16()
+                };
+                assert_eq!(status, 200, "{overlay} {name}: {probe} {path} answers {status}");
+            }
+            // SIGKILL only after the process's own grace period.
+            let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+            if name == "api" {
+                let shutdown = ApiConfig::from_vars(vars).unwrap().shutdown_grace_secs;
+                assert!(
+                    grace > shutdown,
+                    "{overlay}: terminationGracePeriodSeconds {grace} ≤ SHUTDOWN_GRACE_SECS {shutdown}"
+                );
+            }
+        }
+    }
+    stop.send(true).unwrap();
+    let _ = ops.await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn scaled_objects_watch_the_real_queue_and_the_real_backlog(db: PgPool) {
+    // Three rows waiting, two published.
+    sqlx::query(
+        "INSERT INTO outbox (event_id, aggregate_id, exchange, routing_key, event_type, payload, published_at)
+         SELECT gen_random_uuid(), gen_random_uuid(), 'Orders', 'Order.Test', 'Test', '{}'::json,
+                CASE WHEN i <= 2 THEN now() END
+           FROM generate_series(1, 5) AS i",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let contract = Topology::contract(QueueType::Quorum);
+    for overlay in overlays() {
+        let docs = build(&overlay);
+        let scaled = of_kind(&docs, "ScaledObject");
+        assert_eq!(scaled.len(), 2, "{overlay}");
+        for object in scaled {
+            let target = object["spec"]["scaleTargetRef"]["name"].as_str().unwrap();
+            let deployment = named(&docs, "Deployment", target);
+            let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+            let vars = environment(&docs, container);
+            let trigger = &object["spec"]["triggers"][0];
+            let metadata = &trigger["metadata"];
+            match (target, trigger["type"].as_str().unwrap()) {
+                ("saga-worker", "rabbitmq") => {
+                    assert_eq!(metadata["queueName"], contract.customer_saga_queue.as_str(), "{overlay}");
+                    assert_eq!(metadata["mode"], "QueueLength");
+                    let host = metadata["hostFromEnv"].as_str().unwrap();
+                    assert!(vars.contains_key(host), "{overlay}: hostFromEnv {host} is not set on the worker");
+                }
+                ("outbox-relay", "postgresql") => {
+                    let from = metadata["connectionFromEnv"].as_str().unwrap();
+                    assert!(vars.contains_key(from), "{overlay}: connectionFromEnv {from} is not set on the relay");
+                    let query = metadata["query"].as_str().unwrap().to_owned();
+                    let backlog: i64 =
+                        sqlx::query_scalar(sqlx::AssertSqlSafe(query.clone())).fetch_one(&db).await.unwrap();
+                    assert_eq!(backlog, 3, "{overlay}: {query} does not count the unpublished rows");
+                    assert!(metadata["targetQueryValue"].as_str().unwrap().parse::<u64>().unwrap() > 0);
+                }
+                other => panic!("{overlay}: unexpected trigger {other:?}"),
+            }
+        }
+    }
+}
