@@ -11,6 +11,7 @@ import os
 import sys
 import urllib.parse
 
+from browser import launch as browser_of
 from playwright.sync_api import sync_playwright
 
 url, exchange, routing_key, payload, screenshot = sys.argv[1:6]
@@ -18,12 +19,7 @@ user = os.environ.get("RABBITMQ_USER", "guest")
 password = os.environ.get("RABBITMQ_PASSWORD", "guest")
 
 with sync_playwright() as p:
-    browser = p.chromium.launch(
-        executable_path="/usr/bin/chromium",
-        headless=True,
-        args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    )
+    browser = browser_of(p)
     page = browser.new_page(viewport={"width": 1280, "height": 1600})
     page.goto(url)
     page.fill("input[name=username]", user, timeout=30000)

@@ -9,6 +9,7 @@ import json
 import sys
 import uuid
 
+from browser import launch as browser_of
 from playwright.sync_api import sync_playwright
 
 ROUTES = [
@@ -30,12 +31,7 @@ ROUTES = [
 
 base, screenshot = sys.argv[1], sys.argv[2]
 with sync_playwright() as p:
-    browser = p.chromium.launch(
-        executable_path="/usr/bin/chromium",
-        headless=True,
-        args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    )
+    browser = browser_of(p)
     page = browser.new_page(viewport={"width": 1280, "height": 2400})
     page.goto(f"{base}/docs")
     page.wait_for_selector(".opblock", timeout=20000)

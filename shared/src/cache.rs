@@ -76,6 +76,10 @@ struct Unsettled {
     users: Mutex<HashSet<Uuid>>,
     /// More users than [`Limits::unsettled_users`] failed: every user is owed one.
     everyone: AtomicBool,
+    /// Any user is owed one: lets every read skip the lock while nothing is owed.
+    any: AtomicBool,
+    /// Times `everyone` was set, so a scan that started before the last one does not clear it.
+    overflows: std::sync::atomic::AtomicU64,
     /// A task is retrying them.
     retrying: AtomicBool,
 }
@@ -304,14 +308,13 @@ impl OrderCache {
     async fn settle_once(&self) -> redis::RedisResult<bool> {
         if self.unsettled.everyone.load(Ordering::Acquire) {
             // Which users were lost is unknown: every user this cache has a generation for.
-            let users = self.users_with_pages().await?;
-            for user_id in users {
+            // Only what was owed before the scan is settled by it.
+            let (before, overflows) = self.unsettled.before_scan();
+            for user_id in self.users_with_pages().await? {
                 self.invalidate(user_id).await?;
             }
-            let owed = self.unsettled.users.lock().expect("never poisoned").len();
-            tracing::warn!(owed, "every user's cached pages invalidated after too many failures");
-            self.unsettled.users.lock().expect("never poisoned").clear();
-            self.unsettled.everyone.store(false, Ordering::Release);
+            tracing::warn!(owed = before.len(), "every user's cached pages invalidated after too many failures");
+            self.unsettled.scanned(&before, overflows);
         }
         for user_id in self.unsettled.snapshot() {
             self.invalidate(user_id).await?;
@@ -355,7 +358,8 @@ impl Filled {
 
 impl Unsettled {
     fn owes(&self, user_id: Uuid) -> bool {
-        self.everyone.load(Ordering::Acquire) || self.users.lock().expect("never poisoned").contains(&user_id)
+        self.any.load(Ordering::Acquire)
+            && (self.everyone.load(Ordering::Acquire) || self.users.lock().expect("never poisoned").contains(&user_id))
     }
 
     fn owe(&self, user_id: Uuid, limit: usize) {
@@ -363,12 +367,40 @@ impl Unsettled {
         if users.len() < limit {
             users.insert(user_id);
         } else if !users.contains(&user_id) {
+            // Under the lock, so that a scan that began before cannot clear it.
             self.everyone.store(true, Ordering::Release);
+            self.overflows.fetch_add(1, Ordering::AcqRel);
+        }
+        self.any.store(true, Ordering::Release);
+    }
+
+    /// What is owed as a scan of every user starts, and how many overflows so far.
+    fn before_scan(&self) -> (Vec<Uuid>, u64) {
+        let users = self.users.lock().expect("never poisoned");
+        (users.iter().copied().collect(), self.overflows.load(Ordering::Acquire))
+    }
+
+    /// A scan of every user succeeded: what was owed before it is settled, and so is
+    /// "everyone", unless another overflow came meanwhile.
+    fn scanned(&self, before: &[Uuid], overflows: u64) {
+        let mut users = self.users.lock().expect("never poisoned");
+        for user_id in before {
+            users.remove(user_id);
+        }
+        if self.overflows.load(Ordering::Acquire) == overflows {
+            self.everyone.store(false, Ordering::Release);
+        }
+        if users.is_empty() && !self.everyone.load(Ordering::Acquire) {
+            self.any.store(false, Ordering::Release);
         }
     }
 
     fn settled(&self, user_id: Uuid) {
-        self.users.lock().expect("never poisoned").remove(&user_id);
+        let mut users = self.users.lock().expect("never poisoned");
+        users.remove(&user_id);
+        if users.is_empty() && !self.everyone.load(Ordering::Acquire) {
+            self.any.store(false, Ordering::Release);
+        }
     }
 
     fn snapshot(&self) -> Vec<Uuid> {
@@ -377,5 +409,41 @@ impl Unsettled {
 
     fn is_empty(&self) -> bool {
         !self.everyone.load(Ordering::Acquire) && self.users.lock().expect("never poisoned").is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_overflow_during_a_scan_outlives_the_scan() {
+        let owed = Unsettled::default();
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        assert!(!owed.owes(a));
+        owed.owe(a, 1);
+        assert!(owed.owes(a) && !owed.owes(b));
+        // Past the limit: every user is owed an invalidation.
+        owed.owe(b, 1);
+        assert!(owed.owes(b) && owed.owes(c));
+        let (before, overflows) = owed.before_scan();
+        assert_eq!(before, [a]);
+        // Another user is lost while the scan runs: the scan does not settle it.
+        owed.owe(c, 1);
+        owed.scanned(&before, overflows);
+        assert!(owed.owes(c) && !owed.is_empty());
+        let (before, overflows) = owed.before_scan();
+        owed.scanned(&before, overflows);
+        assert!(owed.is_empty() && !owed.owes(a) && !owed.owes(c));
+    }
+
+    #[test]
+    fn settling_the_last_user_lets_reads_skip_the_lock_again() {
+        let owed = Unsettled::default();
+        let a = Uuid::new_v4();
+        owed.owe(a, 10);
+        assert!(owed.any.load(Ordering::Acquire));
+        owed.settled(a);
+        assert!(!owed.any.load(Ordering::Acquire) && owed.is_empty());
     }
 }

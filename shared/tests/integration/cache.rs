@@ -310,17 +310,24 @@ where
     true
 }
 
+/// A Redis of the test's own that keeps its data over a restart (as one with AOF does),
+/// answering; and a way to make each process's cache on it, under one key prefix.
+async fn outage_redis() -> (OwnRedis, impl Fn() -> OrderCache) {
+    let redis = OwnRedis::persistent();
+    assert!(redis.answers().await);
+    let (url, prefix) = (redis.url(), format!("outage-{}", Uuid::new_v4().simple()));
+    (redis, move || OrderCache::new(&url, &prefix, Duration::from_secs(300)).unwrap())
+}
+
 /// Longer than the retry window of the first round (6 to 12 s, with its jitter).
 const OUTAGE_SECS: u64 = 14;
 
 #[sqlx::test(migrations = "../migrations")]
 async fn a_redis_outage_longer_than_the_retry_window_leaves_no_stale_page(db: PgPool) {
-    let mut redis = OwnRedis::persistent();
-    assert!(redis.answers().await);
-    let prefix = format!("outage-{}", Uuid::new_v4().simple());
-    let cache = OrderCache::new(&redis.url(), &prefix, Duration::from_secs(300)).unwrap();
+    let (mut redis, process) = outage_redis().await;
+    let cache = process();
     // Another api process, on the same Redis.
-    let other = OrderCache::new(&redis.url(), &prefix, Duration::from_secs(300)).unwrap();
+    let other = process();
     let app = TestApp::with_cache(db, cache.clone());
     let phone = app.create_product("Phone", 10.0, 0).await;
     let (user, _, order) = app.place_order(&[phone]).await;
@@ -349,14 +356,11 @@ async fn a_redis_outage_longer_than_the_retry_window_leaves_no_stale_page(db: Pg
 #[sqlx::test(migrations = "../migrations")]
 async fn a_saga_reply_applied_during_a_redis_outage_leaves_no_stale_page(db: PgPool) {
     use crate::saga::{RunningWorker, reply, send_reply, settled};
-    let mut redis = OwnRedis::persistent();
-    assert!(redis.answers().await);
-    let prefix = format!("outage-{}", Uuid::new_v4().simple());
-    let cache = OrderCache::new(&redis.url(), &prefix, Duration::from_secs(300)).unwrap();
+    let (mut redis, process) = outage_redis().await;
+    let cache = process();
     let app = TestApp::with_cache(db.clone(), cache.clone());
     // The worker is another process: a cache of its own on the same Redis.
-    let worker_side =
-        TestApp::with_cache(db, OrderCache::new(&redis.url(), &prefix, Duration::from_secs(300)).unwrap());
+    let worker_side = TestApp::with_cache(db, process());
     let broker = crate::broker::TestBroker::new().await;
     let phone = app.create_product("Phone", 10.0, 0).await;
     let (user, _, order) = app.place_order(&[phone]).await;

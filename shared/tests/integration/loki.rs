@@ -86,13 +86,12 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-#[sqlx::test(migrations = "../migrations")]
-async fn logs_reach_loki_labelled_and_a_hanging_loki_costs_nothing_but_lines(db: PgPool) {
-    let stand_in = StandIn::default();
+/// The stand-in, serving on a free port, and the real api pushing its logs there; returns
+/// the api (stopped when dropped), its pid and its port, once it answers.
+async fn api_logging_to(stand_in: &StandIn, db: &PgPool) -> (Processes, u32, u16) {
     let loki_port = free_port();
     let app = Route::new().at("/ready", get(ready)).at("/loki/api/v1/push", post(receive_push)).data(stand_in.clone());
     tokio::spawn(Server::new(TcpListener::bind(format!("127.0.0.1:{loki_port}"))).run(app));
-
     let database = db.connect_options().get_database().unwrap().to_owned();
     let api_port = free_port();
     let child = Command::new(target_dir().join("api"))
@@ -104,10 +103,18 @@ async fn logs_reach_loki_labelled_and_a_hanging_loki_costs_nothing_but_lines(db:
         .spawn()
         .expect("the api is built (`make test` builds it)");
     let pid = child.id();
-    let _api = Processes(vec![("api".into(), child)]);
+    let api = Processes(vec![("api".into(), child)]);
+    let health = format!("http://127.0.0.1:{api_port}/healthcheck/");
+    assert!(eventually(Duration::from_secs(30), || async { reqwest::get(&health).await.is_ok() }).await);
+    (api, pid, api_port)
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn logs_reach_loki_labelled_and_a_hanging_loki_costs_nothing_but_lines(db: PgPool) {
+    let stand_in = StandIn::default();
+    let (_api, pid, api_port) = api_logging_to(&stand_in, &db).await;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
     let health = format!("http://127.0.0.1:{api_port}/healthcheck/");
-    assert!(eventually(Duration::from_secs(30), || async { client.get(&health).send().await.is_ok() }).await);
 
     // Lines arrive, labelled with the service and the level.
     let labelled = eventually(Duration::from_secs(15), || async {
@@ -179,24 +186,9 @@ const API_RSS_TARGET_KIB: u64 = 64 * 1024;
 async fn under_a_failing_push(db: PgPool, fault: PushFault, seconds: u64) {
     let stand_in = StandIn::default();
     *stand_in.push_fault.lock().unwrap() = Some(fault);
-    let loki_port = free_port();
-    let app = Route::new().at("/ready", get(ready)).at("/loki/api/v1/push", post(receive_push)).data(stand_in.clone());
-    tokio::spawn(Server::new(TcpListener::bind(format!("127.0.0.1:{loki_port}"))).run(app));
-    let database = db.connect_options().get_database().unwrap().to_owned();
-    let api_port = free_port();
-    let child = Command::new(target_dir().join("api"))
-        .env("DATABASE_URL", format!("postgres://postgres@127.0.0.1:5432/{database}"))
-        .env("API_ADDR", format!("127.0.0.1:{api_port}"))
-        .env("LOKI_URL", format!("http://127.0.0.1:{loki_port}"))
-        .env("LOG_LEVEL", "info")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("the api is built (`make test` builds it)");
-    let pid = child.id();
-    let _api = Processes(vec![("api".into(), child)]);
+    let (_api, pid, api_port) = api_logging_to(&stand_in, &db).await;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
     let health = format!("http://127.0.0.1:{api_port}/healthcheck/");
-    assert!(eventually(Duration::from_secs(30), || async { client.get(&health).send().await.is_ok() }).await);
 
     let until = std::time::Instant::now() + Duration::from_secs(seconds);
     let load: Vec<_> = (0..32)

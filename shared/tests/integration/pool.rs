@@ -7,33 +7,43 @@ use sqlx::PgPool;
 
 use crate::e2e::spawn_api;
 
-#[sqlx::test(migrations = "../migrations")]
-async fn killed_idle_connections_cost_no_request(db: PgPool) {
-    let database = db.connect_options().get_database().unwrap().to_owned();
-    let (_api, base) = spawn_api(&db, &[("DB_MAX_CONNECTIONS", "4")]).await;
-    let client = reqwest::Client::new();
-    let list = format!("{base}/api/v1/products/?limit=10");
-    // Fill the pool: concurrent requests each hold a connection.
+/// Eight requests at once: each holds one of the api's four connections for a while.
+async fn fill_the_pool(client: &reqwest::Client, list: &str) {
     let warm: Vec<_> = (0..8)
         .map(|_| {
-            let (client, list) = (client.clone(), list.clone());
+            let (client, list) = (client.clone(), list.to_owned());
             tokio::spawn(async move { client.get(&list).send().await.unwrap().status() })
         })
         .collect();
     for answer in warm {
         assert_eq!(answer.await.unwrap(), 200);
     }
-    // The pool sits idle, then the server kills its connections.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+}
+
+/// Has the server kill the api's connections (as a restart or a failover does).
+async fn kill_api_connections(db: &PgPool, database: &str) -> i64 {
     let killed: i64 = sqlx::query_scalar(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
           WHERE datname = $1 AND application_name = 'order-service'",
     )
-    .bind(&database)
-    .fetch_one(&db)
+    .bind(database)
+    .fetch_one(db)
     .await
     .unwrap();
     assert!(killed > 0, "the api held no connection to kill");
+    killed
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn killed_idle_connections_cost_no_request(db: PgPool) {
+    let database = db.connect_options().get_database().unwrap().to_owned();
+    let (_api, base) = spawn_api(&db, &[("DB_MAX_CONNECTIONS", "4")]).await;
+    let client = reqwest::Client::new();
+    let list = format!("{base}/api/v1/products/?limit=10");
+    fill_the_pool(&client, &list).await;
+    // The pool sits idle, then the server kills its connections.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let killed = kill_api_connections(&db, &database).await;
     let mut statuses = Vec::new();
     for _ in 0..20 {
         statuses.push(client.get(&list).send().await.unwrap().status().as_u16());
@@ -63,24 +73,8 @@ async fn connections_killed_right_after_use_cost_no_request(db: PgPool) {
     let list = format!("{base}/api/v1/products/?limit=10");
     let mut statuses = Vec::new();
     for round in 0..5 {
-        let warm: Vec<_> = (0..8)
-            .map(|_| {
-                let (client, list) = (client.clone(), list.clone());
-                tokio::spawn(async move { client.get(&list).send().await.unwrap().status() })
-            })
-            .collect();
-        for answer in warm {
-            assert_eq!(answer.await.unwrap(), 200);
-        }
-        let killed: i64 = sqlx::query_scalar(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-              WHERE datname = $1 AND application_name = 'order-service'",
-        )
-        .bind(&database)
-        .fetch_one(&db)
-        .await
-        .unwrap();
-        assert!(killed > 0, "the api held no connection to kill");
+        fill_the_pool(&client, &list).await;
+        kill_api_connections(&db, &database).await;
         // A read, a write, and a read of a row that is not there.
         statuses.push(client.get(&list).send().await.unwrap().status().as_u16());
         let name = format!("Rename{round}");
