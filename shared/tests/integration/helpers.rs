@@ -151,7 +151,7 @@ impl TestApp {
         order
     }
 
-    /// Stands in for the saga worker (a later issue): approves an order in SQL.
+    /// Stands in for the saga worker: approves an order in SQL.
     pub async fn approve(&self, order: Uuid) {
         sqlx::query("UPDATE orders SET saga_status = 'Approved' WHERE id = $1")
             .bind(order)

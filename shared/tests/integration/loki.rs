@@ -177,7 +177,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// The api's memory target (README, "Resource use").
+/// The api's memory target (docs/performance.md: peak RSS under load ≤ 64 MB).
 const API_RSS_TARGET_KIB: u64 = 64 * 1024;
 
 /// An api logging to a stand-in whose pushes fail with `fault` while its `/ready` answers,
