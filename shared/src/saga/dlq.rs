@@ -176,6 +176,13 @@ pub async fn list(
     if got < expected {
         return Err(DlqError::Missing { expected, got });
     }
+    // The broker puts them back after the channel closes, asynchronously (a quorum queue
+    // through its log): wait until it has, or a listing right after this one finds the
+    // queue empty (seen on 3.10: the third of 25 quick listings got nothing).
+    let deadline = std::time::Instant::now() + NEXT_MESSAGE;
+    while queue_depth(args, &topology.dead_letter_queue).await? < got && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     Ok(listed)
 }
 
