@@ -131,7 +131,7 @@ async fn retention(db: &PgPool, count: usize) -> anyhow::Result<serde_json::Valu
     let started = Instant::now();
     let mut deleted = 0;
     loop {
-        let pass = order_service::outbox::relay::delete_published(db, retention).await?;
+        let pass = order_service::outbox::housekeeping::delete_published(db, retention).await?;
         deleted += pass;
         if pass == 0 {
             break;

@@ -49,14 +49,15 @@ async fn main() -> anyhow::Result<()> {
     config.log = LogConfig::from_vars(std::env::vars())?;
     let loki = telemetry::init_tracing(&config.log, "customer-simulator")?;
     // SIGTERM (docker stop) as well as Ctrl-C.
-    let stop = order_service::shutdown_signal();
+    let stop = order_service::shutdown::signal();
     tokio::pin!(stop);
     let limit = Decimal::from_str(config.credit_limit.trim())
         .map_err(|e| anyhow::anyhow!("CREDIT_LIMIT must be a number, not {:?}: {e}", config.credit_limit))?;
-    let queue_type = match config.amqp_queue_type.as_deref().map(str::to_ascii_lowercase).as_deref() {
-        None | Some("quorum") => QueueType::Quorum,
-        Some("classic") => QueueType::Classic,
-        Some(other) => anyhow::bail!("AMQP_QUEUE_TYPE must be quorum or classic, not {other:?}"),
+    let queue_type: QueueType = match config.amqp_queue_type.as_deref() {
+        None => QueueType::Quorum,
+        Some(text) => {
+            text.parse().map_err(|e| anyhow::anyhow!("AMQP_QUEUE_TYPE must be quorum or classic, not {text:?}: {e}"))?
+        }
     };
     let topology = Topology::contract(queue_type);
     let name = format!("customer-simulator@{}", std::process::id());

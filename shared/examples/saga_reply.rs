@@ -24,11 +24,8 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(answer == "Approved" || answer == "Rejected", "{usage}");
 
     let url = std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    let queue_type = match std::env::var("AMQP_QUEUE_TYPE").as_deref() {
-        Ok("classic") => QueueType::Classic,
-        _ => QueueType::Quorum,
-    };
-    let topology = Topology::contract(queue_type);
+    // Parsed as the services parse it (this read `Classic` as quorum before).
+    let topology = Topology::contract(QueueType::from_env().map_err(anyhow::Error::msg)?);
     let mut publisher =
         Publisher::connect(&amqp::connection_args(&url, "saga-reply").map_err(anyhow::Error::msg)?, &topology).await?;
     let reply = Outgoing {

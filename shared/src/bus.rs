@@ -5,16 +5,13 @@
 //! "go to definition" on `execute` lands on the handler. Queries are plain structs
 //! with a `fetch` method and need no bus: they change nothing.
 
+use crate::telemetry::names;
 use std::future::Future;
 
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::PgPool;
 use tracing::Instrument;
 
-use crate::error::AppError;
-
-/// The transaction a command runs in. Commands take it, not a bare connection, so
-/// every write of a command (its outbox events included) provably commits together.
-pub type Tx = Transaction<'static, Postgres>;
+use crate::{db::Tx, error::AppError};
 
 pub trait Command: Send + 'static {
     type Output: Send + 'static;
@@ -59,7 +56,7 @@ where
                 // run again, so the client gets a 503 (and may retry: commands are
                 // idempotent by their ids). Counted, so a 503 can be told from a bug.
                 if matches!(&e, AppError::Unavailable(e) if crate::error::is_lost_connection(e)) {
-                    metrics::counter!("db_requests_interrupted_total", "kind" => "transaction").increment(1);
+                    metrics::counter!(names::DB_REQUESTS_INTERRUPTED, "kind" => "transaction").increment(1);
                 }
                 Err(e)
             }

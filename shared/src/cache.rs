@@ -18,6 +18,7 @@
 //! than a committed change is gone within [`STALENESS_BOUND`]; only if the process that
 //! committed dies during the outage does such a page live on, until its TTL.
 
+use crate::telemetry::names;
 use std::{
     collections::HashSet,
     sync::{
@@ -31,7 +32,7 @@ use redis::{AsyncCommands, Client, Script, aio::ConnectionManager, aio::Connecti
 use uuid::Uuid;
 
 use crate::{
-    http::pagination::{Page, SortOrder},
+    pagination::{Page, SortOrder},
     retry::Policy,
 };
 
@@ -264,11 +265,11 @@ impl OrderCache {
     pub async fn invalidate_after_commit(&self, user_id: Uuid) {
         match self.invalidate(user_id).await {
             Ok(()) => {
-                metrics::counter!("cache_invalidations_total", "result" => "ok").increment(1);
+                metrics::counter!(names::CACHE_INVALIDATIONS, "result" => "ok").increment(1);
                 self.unsettled.settled(user_id);
             }
             Err(e) => {
-                metrics::counter!("cache_invalidations_total", "result" => "error").increment(1);
+                metrics::counter!(names::CACHE_INVALIDATIONS, "result" => "error").increment(1);
                 tracing::warn!(user.id = %user_id, error.cause = %e, "cache invalidation failed; retrying until Redis takes it");
                 self.unsettled.owe(user_id, self.limits.unsettled_users);
                 if !self.unsettled.retrying.swap(true, Ordering::AcqRel) {
@@ -318,7 +319,7 @@ impl OrderCache {
         }
         for user_id in self.unsettled.snapshot() {
             self.invalidate(user_id).await?;
-            metrics::counter!("cache_invalidations_total", "result" => "ok").increment(1);
+            metrics::counter!(names::CACHE_INVALIDATIONS, "result" => "ok").increment(1);
             self.unsettled.settled(user_id);
         }
         Ok(self.unsettled.is_empty())

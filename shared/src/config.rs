@@ -13,11 +13,31 @@ use crate::amqp::QueueType;
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(String);
 
+/// A setting that may hold a password (a URL with credentials): `Debug` never prints
+/// it, so a logged configuration cannot leak one; read it through `Deref`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Redacted<T>(pub T);
+
+impl<T> fmt::Debug for Redacted<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl<T> std::ops::Deref for Redacted<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// Settings of the `api` binary.
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct ApiConfig {
     #[serde(default = "default_database_url")]
-    pub database_url: String,
+    pub database_url: Redacted<String>,
     #[serde(default = "default_api_addr", deserialize_with = "api_addr")]
     pub api_addr: SocketAddr,
     /// Connections in the PostgreSQL pool.
@@ -30,7 +50,7 @@ pub struct ApiConfig {
     #[serde(default = "default_shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
     #[serde(default = "default_redis_url")]
-    pub redis_url: String,
+    pub redis_url: Redacted<String>,
     /// How long a cached page of a user's orders lives, e.g. `5m`.
     #[serde(default = "default_cache_ttl", deserialize_with = "cache_ttl")]
     pub cache_ttl: Duration,
@@ -51,7 +71,7 @@ pub struct LogConfig {
     pub log_format: LogFormat,
     /// Loki base URL (e.g. `http://loki:3100`); unset, logs are not pushed.
     #[serde(default, deserialize_with = "loki_url")]
-    pub loki_url: Option<url::Url>,
+    pub loki_url: Option<Redacted<url::Url>>,
 }
 
 impl LogConfig {
@@ -124,6 +144,19 @@ impl<'de> Deserializer<'de> for FieldNames<'_> {
 
 type FieldError = serde::de::value::Error;
 
+/// `json` or `pretty`, any case.
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "json" => Ok(LogFormat::Json),
+            "pretty" => Ok(LogFormat::Pretty),
+            _ => Err("unknown log format".to_owned()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum LogFormat {
     /// One JSON object a line: what Loki and Vector want.
@@ -190,29 +223,13 @@ impl LogConfig {
     }
 }
 
-/// The URL is a secret (it may hold a password): show the rest of the config only.
-impl fmt::Debug for ApiConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ApiConfig")
-            .field("database_url", &"<redacted>")
-            .field("api_addr", &self.api_addr)
-            .field("db_max_connections", &self.db_max_connections)
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("shutdown_grace_secs", &self.shutdown_grace_secs)
-            .field("redis_url", &"<redacted>")
-            .field("cache_ttl", &self.cache_ttl)
-            .field("log", &self.log)
-            .finish()
-    }
-}
-
 /// Settings of the `outbox-relay` binary.
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct RelayConfig {
     #[serde(default = "default_database_url")]
-    pub database_url: String,
+    pub database_url: Redacted<String>,
     #[serde(default = "default_amqp_url")]
-    pub amqp_url: String,
+    pub amqp_url: Redacted<String>,
     #[serde(default = "default_relay_metrics_addr", deserialize_with = "metrics_addr")]
     pub metrics_addr: SocketAddr,
     /// Cron expression with a seconds field, e.g. `*/1 * * * * *` (every second).
@@ -269,25 +286,8 @@ impl RelayConfig {
     }
 }
 
-/// URLs hold passwords: never print them.
-impl fmt::Debug for RelayConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RelayConfig")
-            .field("database_url", &"<redacted>")
-            .field("amqp_url", &"<redacted>")
-            .field("metrics_addr", &self.metrics_addr)
-            .field("relay_schedule", &self.relay_schedule.to_string())
-            .field("relay_batch_size", &self.relay_batch_size)
-            .field("relay_lanes", &self.relay_lanes)
-            .field("outbox_retention", &self.outbox_retention)
-            .field("amqp_queue_type", &self.amqp_queue_type)
-            .field("log", &self.log)
-            .finish()
-    }
-}
-
-fn default_redis_url() -> String {
-    "redis://127.0.0.1:6379".into()
+fn default_redis_url() -> Redacted<String> {
+    Redacted("redis://127.0.0.1:6379".into())
 }
 
 fn default_cache_ttl() -> Duration {
@@ -295,21 +295,20 @@ fn default_cache_ttl() -> Duration {
 }
 
 fn cache_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(text.trim()).ok().filter(|ttl| ttl.as_secs() >= 1).ok_or_else(|| {
-        D::Error::custom(format!("CACHE_TTL must be a duration of at least 1s such as 5m, not {text:?}"))
+    parse_var_with(d, "CACHE_TTL", "a duration of at least 1s such as 5m", |text| {
+        at_least(text, Duration::from_secs(1))
     })
 }
 
 /// Settings of the `saga-worker` binary.
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct WorkerConfig {
     #[serde(default = "default_database_url")]
-    pub database_url: String,
+    pub database_url: Redacted<String>,
     #[serde(default = "default_amqp_url")]
-    pub amqp_url: String,
+    pub amqp_url: Redacted<String>,
     #[serde(default = "default_redis_url")]
-    pub redis_url: String,
+    pub redis_url: Redacted<String>,
     #[serde(default = "default_worker_metrics_addr", deserialize_with = "metrics_addr")]
     pub metrics_addr: SocketAddr,
     /// The api's page TTL: how long a failed invalidation is retried.
@@ -355,23 +354,6 @@ impl WorkerConfig {
     }
 }
 
-impl fmt::Debug for WorkerConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkerConfig")
-            .field("database_url", &"<redacted>")
-            .field("amqp_url", &"<redacted>")
-            .field("redis_url", &"<redacted>")
-            .field("metrics_addr", &self.metrics_addr)
-            .field("saga_prefetch", &self.saga_prefetch)
-            .field("saga_timeout", &self.saga_timeout)
-            .field("saga_max_retries", &self.saga_max_retries)
-            .field("saga_timeout_schedule", &self.saga_timeout_schedule.to_string())
-            .field("amqp_queue_type", &self.amqp_queue_type)
-            .field("log", &self.log)
-            .finish()
-    }
-}
-
 fn default_worker_metrics_addr() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 9102))
 }
@@ -398,26 +380,16 @@ fn default_saga_timeout_schedule() -> cron::Schedule {
 pub const MIN_SAGA_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn saga_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(text.trim()).ok().filter(|timeout| *timeout >= MIN_SAGA_TIMEOUT).ok_or_else(|| {
-        D::Error::custom(format!(
-            "SAGA_TIMEOUT must be a duration of at least {}s such as 10m, not {text:?}",
-            MIN_SAGA_TIMEOUT.as_secs()
-        ))
-    })
+    let expected = format!("a duration of at least {}s such as 10m", MIN_SAGA_TIMEOUT.as_secs());
+    parse_var_with(d, "SAGA_TIMEOUT", &expected, |text| at_least(text, MIN_SAGA_TIMEOUT))
 }
 
 fn saga_timeout_schedule<'de, D: Deserializer<'de>>(d: D) -> Result<cron::Schedule, D::Error> {
-    let text = String::deserialize(d)?;
-    text.trim().parse().map_err(|e| {
-        D::Error::custom(format!(
-            "SAGA_TIMEOUT_SCHEDULE must be a cron expression with seconds, such as \"*/30 * * * * *\", not {text:?}: {e}"
-        ))
-    })
+    parse_var(d, "SAGA_TIMEOUT_SCHEDULE", "a cron expression with seconds, such as \"*/30 * * * * *\"")
 }
 
-fn default_amqp_url() -> String {
-    "amqp://guest:guest@127.0.0.1:5672/%2f".into()
+fn default_amqp_url() -> Redacted<String> {
+    Redacted("amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 fn default_relay_metrics_addr() -> SocketAddr {
@@ -449,31 +421,19 @@ fn metrics_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error>
 }
 
 fn relay_schedule<'de, D: Deserializer<'de>>(d: D) -> Result<cron::Schedule, D::Error> {
-    let text = String::deserialize(d)?;
-    text.trim().parse().map_err(|e| {
-        D::Error::custom(format!(
-            "RELAY_SCHEDULE must be a cron expression with seconds, such as \"*/1 * * * * *\", not {text:?}: {e}"
-        ))
-    })
+    parse_var(d, "RELAY_SCHEDULE", "a cron expression with seconds, such as \"*/1 * * * * *\"")
 }
 
 fn outbox_retention<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(text.trim()).map_err(|e| {
-        D::Error::custom(format!("OUTBOX_RETENTION must be a duration such as 7d or 12h, not {text:?}: {e}"))
-    })
+    parse_var_with(d, "OUTBOX_RETENTION", "a duration such as 7d or 12h", humantime::parse_duration)
 }
 
 fn amqp_queue_type<'de, D: Deserializer<'de>>(d: D) -> Result<QueueType, D::Error> {
-    match String::deserialize(d)?.to_ascii_lowercase().as_str() {
-        "quorum" => Ok(QueueType::Quorum),
-        "classic" => Ok(QueueType::Classic),
-        other => Err(D::Error::custom(format!("AMQP_QUEUE_TYPE must be quorum or classic, not {other:?}"))),
-    }
+    parse_var(d, "AMQP_QUEUE_TYPE", "quorum or classic")
 }
 
-fn default_database_url() -> String {
-    "postgres://postgres@127.0.0.1:5432/orders".into()
+fn default_database_url() -> Redacted<String> {
+    Redacted("postgres://postgres@127.0.0.1:5432/orders".into())
 }
 
 fn default_api_addr() -> SocketAddr {
@@ -503,31 +463,62 @@ fn api_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     parse_var(d, "API_ADDR", "a socket address such as 0.0.0.0:8000")
 }
 
-fn loki_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<url::Url>, D::Error> {
+fn loki_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Redacted<url::Url>>, D::Error> {
     let text = String::deserialize(d)?;
     if text.trim().is_empty() {
         return Ok(None);
     }
-    url::Url::parse(text.trim()).ok().filter(|url| matches!(url.scheme(), "http" | "https")).map(Some).ok_or_else(
-        || D::Error::custom(format!("LOKI_URL must be an http(s) URL such as http://loki:3100, not {text:?}")),
-    )
+    url::Url::parse(text.trim())
+        .ok()
+        .filter(|url| matches!(url.scheme(), "http" | "https"))
+        .map(|url| Some(Redacted(url)))
+        .ok_or_else(|| {
+            D::Error::custom(format!("LOKI_URL must be an http(s) URL such as http://loki:3100, not {text:?}"))
+        })
 }
 
 fn log_format<'de, D: Deserializer<'de>>(d: D) -> Result<LogFormat, D::Error> {
-    match String::deserialize(d)?.to_ascii_lowercase().as_str() {
-        "json" => Ok(LogFormat::Json),
-        "pretty" => Ok(LogFormat::Pretty),
-        other => Err(D::Error::custom(format!("LOG_FORMAT must be json or pretty, not {other:?}"))),
-    }
+    parse_var(d, "LOG_FORMAT", "json or pretty")
 }
 
+/// A variable parsed by its type's `FromStr`; see [`parse_var_with`].
 pub(crate) fn parse_var<'de, D, T>(d: D, var: &str, expected: &str) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: FromStr,
+    T::Err: fmt::Display,
+{
+    parse_var_with(d, var, expected, str::parse)
+}
+
+/// The one way a variable is parsed: its text, trimmed, through `parse`; an error names
+/// the variable, says what was expected and what was given, and keeps the parser's own
+/// reason.
+fn parse_var_with<'de, D, T, E>(
+    d: D,
+    var: &str,
+    expected: &str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    E: fmt::Display,
 {
     let text = String::deserialize(d)?;
-    text.trim().parse().map_err(|_| D::Error::custom(format!("{var} must be {expected}, not {text:?}")))
+    parse(text.trim()).map_err(|e| D::Error::custom(format!("{var} must be {expected}, not {text:?}: {e}")))
+}
+
+/// A duration of at least `minimum`.
+fn at_least(text: &str, minimum: Duration) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if duration < minimum {
+        return Err(format!(
+            "{} is shorter than {}",
+            humantime::format_duration(duration),
+            humantime::format_duration(minimum)
+        ));
+    }
+    Ok(duration)
 }
 
 #[cfg(test)]
@@ -541,7 +532,7 @@ mod tests {
     #[test]
     fn defaults_work_against_local_services() {
         let config = ApiConfig::from_vars(vars(&[])).unwrap();
-        assert_eq!(config.database_url, "postgres://postgres@127.0.0.1:5432/orders");
+        assert_eq!(config.database_url.as_str(), "postgres://postgres@127.0.0.1:5432/orders");
         assert_eq!(config.api_addr.to_string(), "0.0.0.0:8000");
         assert_eq!(config.max_body_bytes, 65536);
         assert_eq!(config.log.log_format, LogFormat::Json);
@@ -670,8 +661,22 @@ mod tests {
     }
 
     #[test]
-    fn debug_output_hides_the_database_url() {
-        let config = ApiConfig::from_vars(vars(&[("DATABASE_URL", "postgres://u:hunter2@db/x")])).unwrap();
-        assert!(!format!("{config:?}").contains("hunter2"));
+    fn debug_output_hides_every_url_with_credentials() {
+        let secret = [
+            ("DATABASE_URL", "postgres://u:hunter2@db/x"),
+            ("AMQP_URL", "amqp://u:hunter2@rabbit/%2f"),
+            ("REDIS_URL", "redis://:hunter2@cache:6379"),
+            ("LOKI_URL", "http://u:hunter2@loki:3100"),
+        ];
+        let api = ApiConfig::from_vars(vars(&secret)).unwrap();
+        let relay = RelayConfig::from_vars(vars(&secret)).unwrap();
+        let worker = WorkerConfig::from_vars(vars(&secret)).unwrap();
+        for printed in [format!("{api:?}"), format!("{relay:?}"), format!("{worker:?}")] {
+            assert!(!printed.contains("hunter2"), "{printed}");
+            // Derived: every other field is printed, none forgotten.
+            assert!(printed.contains("db_max_connections"), "{printed}");
+        }
+        assert!(format!("{worker:?}").contains("cache_ttl"));
+        assert_eq!(api.database_url.as_str(), "postgres://u:hunter2@db/x");
     }
 }

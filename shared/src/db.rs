@@ -1,11 +1,11 @@
 //! The PostgreSQL pool and the migrations.
 
+use crate::telemetry::names;
 use std::time::Duration;
 
 use backon::Retryable;
 
 use crate::{
-    bus::Tx,
     error::{chain, is_lost_connection},
     retry::Policy,
 };
@@ -15,6 +15,10 @@ use sqlx::{
     migrate::Migrator,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
+
+/// The transaction a command runs in. Commands take it, not a bare connection, so
+/// every write of a command (its outbox events included) provably commits together.
+pub type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
 
 /// The migrations of `migrations/`, embedded at build time. `Migrator` takes an advisory
 /// lock, so several replicas can start together.
@@ -80,12 +84,12 @@ where
         match read().await {
             Err(e) if is_lost_connection(&e) && lost < db.options().get_max_connections() => {
                 lost += 1;
-                metrics::counter!("db_connections_lost_total", "during" => "read").increment(1);
+                metrics::counter!(names::DB_CONNECTIONS_LOST, "during" => "read").increment(1);
                 tracing::info!(error.cause = %chain(&e), "a pooled connection was dead; reading again");
             }
             Err(e) => {
                 if is_lost_connection(&e) {
-                    metrics::counter!("db_requests_interrupted_total", "kind" => "read").increment(1);
+                    metrics::counter!(names::DB_REQUESTS_INTERRUPTED, "kind" => "read").increment(1);
                 }
                 return Err(e);
             }
@@ -102,7 +106,7 @@ pub async fn begin(db: &PgPool) -> Result<Tx, sqlx::Error> {
         match db.begin().await {
             Err(e) if is_lost_connection(&e) && lost < db.options().get_max_connections() => {
                 lost += 1;
-                metrics::counter!("db_connections_lost_total", "during" => "begin").increment(1);
+                metrics::counter!(names::DB_CONNECTIONS_LOST, "during" => "begin").increment(1);
                 tracing::info!(error.cause = %chain(&e), "a pooled connection was dead; beginning again");
             }
             begun => return begun,

@@ -1,17 +1,28 @@
 //! order-service: orders with a transactional outbox and a choreography saga.
 //!
-//! Read top-down:
-//! - [`http`]: the REST API (poem-openapi) of the `api` process.
+//! Three binaries run this library (`bins/`): `api` serves [`http`]; `outbox-relay` runs
+//! [`outbox::relay`]; `saga-worker` runs [`saga::worker`] (and the operator's tools,
+//! [`saga::dlq`] and [`saga::pending_sagas`]). Read top-down:
+//! - [`http`]: the REST API (poem-openapi) of the `api` process; [`pagination`]: the
+//!   `limit`/`offset`/`order` of its lists.
 //! - Features, each with its domain rules, its commands and queries (SQL inline), and
-//!   its HTTP operations in `api.rs`: [`products`], [`addresses`], [`users`], [`orders`].
+//!   its HTTP operations in `api.rs`: [`products`], [`addresses`], [`users`], [`orders`];
+//!   [`validate`]: the text and id rules they share.
 //! - [`pricing`]: money and discounts, exact decimals.
-//! - [`bus`]: the command bus: one transaction per command.
+//! - [`bus`]: the command bus: one transaction per command, and what follows its commit.
+//! - [`cache`]: the Redis read side of a user's orders (CQRS), bounded, with its
+//!   staleness bound.
 //! - [`outbox`]: events written in the same transaction as the change they announce;
-//!   `outbox::relay` publishes them (the `outbox-relay` process).
+//!   `outbox::relay` publishes them.
+//! - [`saga`]: the customer service's replies applied once, the timeout sweep, the
+//!   dead-letter tool.
 //! - [`amqp`]: RabbitMQ plumbing: topology, connections, confirmed publishing, consuming.
+//! - [`trace_context`]: the W3C trace carried from a request to its events and replies.
 //! - [`retry`]: the one backoff policy (with jitter) of every retry and reconnect loop.
 //! - [`error`]: the error every command and query ends in; `http::errors` maps it.
-//! - [`config`], [`telemetry`], [`db`]: start-up plumbing shared by the binaries.
+//! - Start-up and running plumbing shared by the binaries: [`config`], [`db`],
+//!   [`telemetry`] (logs, metrics and their names), [`probes`] (the relay's and worker's
+//!   `/healthcheck/`, `/readyz`, `/metrics`), [`shutdown`], [`schedule`].
 
 pub mod addresses;
 pub mod amqp;
@@ -23,59 +34,15 @@ pub mod error;
 pub mod http;
 pub mod orders;
 pub mod outbox;
+pub mod pagination;
 pub mod pricing;
+pub mod probes;
 pub mod products;
 pub mod retry;
 pub mod saga;
+pub mod schedule;
+pub mod shutdown;
 pub mod telemetry;
 pub mod trace_context;
 pub mod users;
 pub mod validate;
-
-/// A flag that turns true on SIGINT or SIGTERM, for loops that finish their work in
-/// hand before they stop.
-pub fn shutdown_flag() -> tokio::sync::watch::Receiver<bool> {
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop.send(true);
-    });
-    stopped
-}
-
-/// Sleeps for `delay`, or less if shutdown comes first (a retry loop's wait).
-pub async fn sleep_or_stop(delay: std::time::Duration, shutdown: &mut tokio::sync::watch::Receiver<bool>) {
-    tokio::select! {
-        () = tokio::time::sleep(delay) => {}
-        _ = shutdown.changed() => {}
-    }
-}
-
-/// How long until `schedule`'s next tick (`fallback` when it has none).
-pub fn until_next(schedule: &cron::Schedule, fallback: std::time::Duration) -> std::time::Duration {
-    schedule.upcoming(chrono::Utc).next().and_then(|at| (at - chrono::Utc::now()).to_std().ok()).unwrap_or(fallback)
-}
-
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM (`docker stop`).
-pub async fn shutdown_signal() {
-    let interrupt = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => tracing::info!("SIGINT received, shutting down"),
-        () = terminate => tracing::info!("SIGTERM received, shutting down"),
-    }
-}

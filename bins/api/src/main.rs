@@ -18,7 +18,7 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("migrations applied");
         return Ok(());
     }
-    telemetry::register_metrics("api");
+    telemetry::register_metrics(telemetry::Process::Api);
     let cache = cache::OrderCache::new(&config.redis_url, "order-service", config.cache_ttl)?;
     let state =
         http::AppState { db: db.clone(), cache, metrics: telemetry::metrics(), max_body_bytes: config.max_body_bytes };

@@ -6,9 +6,9 @@ use std::sync::{Arc, atomic::AtomicBool};
 use order_service::{
     amqp::{self, Topology},
     config::RelayConfig,
-    db, http,
+    db,
     outbox::relay::{Relay, RelaySettings},
-    telemetry,
+    probes, telemetry,
 };
 
 #[tokio::main]
@@ -16,7 +16,7 @@ async fn main() -> anyhow::Result<()> {
     let config = RelayConfig::from_env()?;
     let loki = telemetry::init_tracing(&config.log, "outbox-relay")?;
     let metrics = telemetry::metrics();
-    telemetry::register_metrics("outbox-relay");
+    telemetry::register_metrics(telemetry::Process::OutboxRelay);
     // The outbox swings from empty to a large backlog and back: a plan cached while it
     // was empty (sqlx prepares statements) turns the claim into a quadratic scan once it
     // is not. Plan each claim with the table as it is now.
@@ -38,9 +38,9 @@ async fn main() -> anyhow::Result<()> {
     let connection_name = format!("outbox-relay@{}", std::process::id());
     let amqp = amqp::connection_args(&config.amqp_url, &connection_name).map_err(anyhow::Error::msg)?;
 
-    let stopped = order_service::shutdown_flag();
+    let stopped = order_service::shutdown::flag();
     let broker_up = Arc::new(AtomicBool::new(false));
-    let ops = http::ops::spawn(config.metrics_addr, db.clone(), broker_up.clone(), metrics, stopped.clone()).await?;
+    let ops = probes::spawn(config.metrics_addr, db.clone(), broker_up.clone(), metrics, stopped.clone()).await?;
 
     let relay = Relay {
         db: db.clone(),

@@ -10,7 +10,7 @@ use order_service::{
     amqp::{self, Topology},
     cache::OrderCache,
     config::WorkerConfig,
-    db, http,
+    db, probes,
     saga::{
         self, dlq,
         worker::{APPLY_ATTEMPTS, SagaWorker, TimeoutSettings},
@@ -34,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let loki = telemetry::init_tracing(&config.log, "saga-worker")?;
     let metrics = telemetry::metrics();
-    telemetry::register_metrics("saga-worker");
+    telemetry::register_metrics(telemetry::Process::SagaWorker);
     let db = db::connect(&config.database_url, config.db_max_connections)?;
     // Every process applies pending migrations (under the migrator's advisory lock).
     db::create_database_if_missing(&config.database_url).await?;
@@ -45,9 +45,9 @@ async fn main() -> anyhow::Result<()> {
         amqp::connection_args(&config.amqp_url, &format!("{name}-dead-letters")).map_err(anyhow::Error::msg)?;
     let cache = OrderCache::new(&config.redis_url, "order-service", config.cache_ttl)?;
 
-    let stopped = order_service::shutdown_flag();
+    let stopped = order_service::shutdown::flag();
     let broker_up = Arc::new(AtomicBool::new(false));
-    let ops = http::ops::spawn(config.metrics_addr, db.clone(), broker_up.clone(), metrics, stopped.clone()).await?;
+    let ops = probes::spawn(config.metrics_addr, db.clone(), broker_up.clone(), metrics, stopped.clone()).await?;
 
     let worker = SagaWorker {
         db: db.clone(),

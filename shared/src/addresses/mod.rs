@@ -5,7 +5,8 @@ pub mod api;
 use uuid::Uuid;
 
 use crate::{
-    bus::{Command, Tx},
+    bus::Command,
+    db::Tx,
     error::{AppError, violated_constraint},
 };
 

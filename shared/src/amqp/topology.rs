@@ -32,6 +32,30 @@ pub enum QueueType {
     Classic,
 }
 
+/// `quorum` or `classic`, any case: what `AMQP_QUEUE_TYPE` holds, for every binary and
+/// example alike.
+impl std::str::FromStr for QueueType {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "quorum" => Ok(QueueType::Quorum),
+            "classic" => Ok(QueueType::Classic),
+            _ => Err("unknown queue type".to_owned()),
+        }
+    }
+}
+
+impl QueueType {
+    /// From the environment's `AMQP_QUEUE_TYPE`: quorum when unset, an error naming the
+    /// variable when it is anything else than `quorum` or `classic`.
+    pub fn from_env() -> Result<Self, String> {
+        std::env::var("AMQP_QUEUE_TYPE").map_or(Ok(QueueType::Quorum), |text| {
+            text.parse().map_err(|e| format!("AMQP_QUEUE_TYPE must be quorum or classic, not {text:?}: {e}"))
+        })
+    }
+}
+
 /// Failed deliveries of one reply before the broker dead-letters it (quorum queues
 /// count them across consumer crashes; the worker settles a failure with
 /// `basic.reject`, which every version counts, and not with `basic.nack`, which
@@ -179,6 +203,14 @@ impl Topology {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queue_types_parse_in_any_case_and_nothing_else_does() {
+        assert_eq!("quorum".parse(), Ok(QueueType::Quorum));
+        assert_eq!(" Classic ".parse(), Ok(QueueType::Classic));
+        assert_eq!("CLASSIC".parse(), Ok(QueueType::Classic));
+        assert!("stream".parse::<QueueType>().is_err());
+    }
 
     fn arguments(topology: &Topology, version: &str, queue: &str) -> Vec<(&'static str, String)> {
         let all = topology.queue_arguments(BrokerVersion::parse(version));

@@ -1,12 +1,12 @@
 //! The HTTP side of the `api` process: routes, OpenAPI spec, Swagger UI, middleware.
 
+pub mod allow;
+pub mod body_limit;
 pub mod content_type;
 pub mod errors;
 pub mod health;
 pub mod json;
 pub mod observe;
-pub mod ops;
-pub mod pagination;
 
 use std::time::Duration;
 
@@ -91,10 +91,10 @@ pub fn app(state: AppState) -> impl Endpoint {
         .at("/openapi.json", poem::get(spec_endpoint))
         .nest("/docs", poem::get(docs))
         .with(content_type::JsonByDefault)
-        .with(observe::BodyLimit(state.max_body_bytes))
+        .with(body_limit::BodyLimit(state.max_body_bytes))
         .with(observe::Observe::new(routes))
         .catch_all_error(|e| async move { errors::framework_error(e) })
-        .with(observe::AllowHeader(std::sync::Arc::new(observe::AllowedMethods::from_spec(&spec))))
+        .with(allow::AllowHeader(std::sync::Arc::new(allow::AllowedMethods::from_spec(&spec))))
         // Trims a trailing slash in place (no redirect): `/api/v1/products/` is `/api/v1/products`.
         .with(NormalizePath::new(TrailingSlash::Trim))
 }
@@ -103,6 +103,6 @@ pub fn app(state: AppState) -> impl Endpoint {
 pub async fn serve(addr: std::net::SocketAddr, state: AppState, grace: Duration) -> std::io::Result<()> {
     tracing::info!(%addr, "api listening");
     Server::new(TcpListener::bind(addr))
-        .run_with_graceful_shutdown(app(state), crate::shutdown_signal(), Some(grace))
+        .run_with_graceful_shutdown(app(state), crate::shutdown::signal(), Some(grace))
         .await
 }

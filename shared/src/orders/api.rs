@@ -1,5 +1,6 @@
 //! HTTP operations of orders.
 
+use crate::telemetry::names;
 use chrono::{DateTime, Utc};
 use poem::web::Data;
 use poem_openapi::{
@@ -23,8 +24,8 @@ use crate::{
         ApiTags, NoContent,
         errors::{CommandError, QueryError},
         json::{CaseInsensitive, JsonDecimal, RawJson},
-        pagination::{Page, PageInfo, SortOrder},
     },
+    pagination::{Page, PageInfo, SortOrder},
     pricing::{MAX_ORDER_LINES, Money},
     trace_context::TraceContext,
     validate,
@@ -300,19 +301,19 @@ pub async fn user_orders(
 ) -> Result<RawJson<OrderList>, AppError> {
     let seen = match cache.read(user_id, &page).await {
         Ok(Lookup::Hit(body)) => {
-            metrics::counter!("cache_requests_total", "result" => "hit").increment(1);
+            metrics::counter!(names::CACHE_REQUESTS, "result" => "hit").increment(1);
             return Ok(RawJson::from_bytes(body));
         }
         Ok(Lookup::Miss(generation)) => {
-            metrics::counter!("cache_requests_total", "result" => "miss").increment(1);
+            metrics::counter!(names::CACHE_REQUESTS, "result" => "miss").increment(1);
             Some(generation)
         }
         Ok(Lookup::Unsettled) => {
-            metrics::counter!("cache_requests_total", "result" => "unsettled").increment(1);
+            metrics::counter!(names::CACHE_REQUESTS, "result" => "unsettled").increment(1);
             None
         }
         Err(e) => {
-            metrics::counter!("cache_requests_total", "result" => "error").increment(1);
+            metrics::counter!(names::CACHE_REQUESTS, "result" => "error").increment(1);
             tracing::warn!(error.cause = %e, "cache unavailable, reading from PostgreSQL");
             None
         }
@@ -322,7 +323,7 @@ pub async fn user_orders(
     if let Some(generation) = seen {
         match cache.fill(user_id, &page, &generation, body.bytes()).await {
             Ok(filled) => {
-                metrics::counter!("cache_fills_total", "result" => filled.label()).increment(1);
+                metrics::counter!(names::CACHE_FILLS, "result" => filled.label()).increment(1);
                 if filled == Filled::Raced {
                     tracing::debug!(user.id = %user_id, "page changed while it was read; not cached");
                 }

@@ -23,10 +23,11 @@ use self::{
 };
 use crate::{
     addresses,
-    bus::{Command, Tx},
+    bus::Command,
+    db::Tx,
     error::{AppError, violated_constraint},
-    http::pagination::{Page, SortOrder},
     outbox,
+    pagination::{Page, SortOrder},
     pricing::{Discount, MAX_ORDER_LINES, Money},
     products,
     trace_context::TraceContext,

@@ -2,13 +2,14 @@
 //! `&mut Tx` (the same transaction) as the change it announces, so it is
 //! published if and only if the change commits. The relay publishes the rows.
 
+pub mod housekeeping;
 pub mod relay;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::{bus::Tx, trace_context::TraceContext};
+use crate::{db::Tx, trace_context::TraceContext};
 
 /// The topic exchange every event goes to.
 pub const EXCHANGE: &str = "Orders";

@@ -10,6 +10,7 @@
 //! that dies after publishing and before marking publishes the row again, and the
 //! consumers deduplicate by `message_id`.
 
+use crate::telemetry::names;
 use std::{
     sync::{
         Arc,
@@ -149,7 +150,7 @@ pub async fn relay_batch(
             published.push(row.id);
             continue;
         };
-        metrics::counter!("outbox_publish_failures_total", "reason" => error.reason()).increment(1);
+        metrics::counter!(names::OUTBOX_PUBLISH_FAILURES, "reason" => error.reason()).increment(1);
         if error.is_about_the_message() {
             tracing::warn!(outbox.id = row.id, event.id = %row.event_id, %error, "event refused by the broker, will retry with backoff");
             failed.push(row.id);
@@ -192,10 +193,10 @@ pub async fn relay_batch(
     }
     tx.commit().await?;
 
-    metrics::counter!("outbox_published_total").increment(published.len() as u64);
-    metrics::histogram!("outbox_batch_duration_seconds").record(started.elapsed().as_secs_f64());
+    metrics::counter!(names::OUTBOX_PUBLISHED).increment(published.len() as u64);
+    metrics::histogram!(names::OUTBOX_BATCH_DURATION).record(started.elapsed().as_secs_f64());
     if let Some(oldest) = rows.iter().map(|r| r.created_at).min() {
-        metrics::histogram!("outbox_publish_lag_seconds")
+        metrics::histogram!(names::OUTBOX_PUBLISH_LAG)
             .record((Utc::now() - oldest).to_std().unwrap_or_default().as_secs_f64());
     }
     tracing::debug!(claimed = rows.len(), published = published.len(), failed = failed.len(), released, "outbox batch");
@@ -227,51 +228,6 @@ fn outgoing(row: &Claimed, topology: &Topology) -> Outgoing {
     }
 }
 
-/// Refreshes `outbox_pending` and `outbox_oldest_unpublished_age_seconds`.
-pub async fn record_backlog(db: &PgPool) -> Result<(), sqlx::Error> {
-    let backlog = sqlx::query!(
-        r#"SELECT count(*) AS "pending!",
-                  COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 AS "oldest_age!"
-             FROM outbox WHERE published_at IS NULL"#
-    )
-    .fetch_one(db)
-    .await?;
-    metrics::gauge!("outbox_pending").set(backlog.pending as f64);
-    metrics::gauge!("outbox_oldest_unpublished_age_seconds").set(backlog.oldest_age);
-    Ok(())
-}
-
-/// Deletes published rows older than the retention, in batches of [`RETENTION_BATCH`]
-/// so no statement holds many locks or runs long, until none is left or
-/// [`RETENTION_BUDGET`] is spent; relays running it together skip each other's rows.
-/// Returns how many went.
-///
-/// Capped at ten batches of 1,000 every 30 s, it deleted 333 rows/s, less than one relay
-/// publishes: a busy outbox grew without bound.
-pub async fn delete_published(db: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
-    crate::db::delete_in_batches(RETENTION_BATCH as u64, RETENTION_BUDGET, || async {
-        Ok(sqlx::query!(
-            "DELETE FROM outbox WHERE id IN (
-                 SELECT id FROM outbox
-                  WHERE published_at < now() - make_interval(secs => $1)
-                  ORDER BY published_at
-                  LIMIT $2
-                    FOR UPDATE SKIP LOCKED)",
-            retention.as_secs_f64(),
-            RETENTION_BATCH
-        )
-        .execute(db)
-        .await?
-        .rows_affected())
-    })
-    .await
-}
-
-/// Rows per retention statement.
-const RETENTION_BATCH: i64 = 5_000;
-/// The longest a retention pass runs before housekeeping moves on (it runs every 30 s).
-const RETENTION_BUDGET: Duration = Duration::from_secs(10);
-
 /// The relay process: connection supervision, schedule, wake-ups, shutdown.
 pub struct Relay {
     pub db: PgPool,
@@ -289,7 +245,7 @@ impl Relay {
         let wake = Arc::new(Notify::new());
         let listener = tokio::spawn(listen(listener_pool(&self.db), wake.clone()));
         // Backlog gauges and retention keep going while the broker is away.
-        let housekeeping = tokio::spawn(housekeeping(self.db.clone(), self.settings.retention));
+        let housekeeping = tokio::spawn(super::housekeeping::run(self.db.clone(), self.settings.retention));
         // Lanes are relays inside one process, each with its own connection: while one
         // waits for its confirms, another claims and marks. What makes several relays
         // safe (SKIP LOCKED, one head per aggregate) makes lanes safe.
@@ -317,10 +273,10 @@ impl Relay {
             let mut publisher = match Publisher::connect(&self.amqp, &self.topology).await {
                 Ok(publisher) => publisher,
                 Err(e) => {
-                    metrics::counter!("outbox_publish_failures_total", "reason" => "connect").increment(1);
+                    metrics::counter!(names::OUTBOX_PUBLISH_FAILURES, "reason" => "connect").increment(1);
                     let delay = backoff.next_delay();
                     tracing::warn!(error.cause = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach RabbitMQ");
-                    crate::sleep_or_stop(delay, &mut shutdown).await;
+                    crate::shutdown::sleep_or_stop(delay, &mut shutdown).await;
                     continue;
                 }
             };
@@ -334,13 +290,13 @@ impl Relay {
                     // A resource alarm: claim nothing until the broker lifts it, then go
                     // on at once on a fresh connection (this one's unconfirmed messages
                     // could be confirmed late, against the wrong rows).
-                    metrics::gauge!("outbox_broker_blocked").set(1.0);
+                    metrics::gauge!(names::OUTBOX_BROKER_BLOCKED).set(1.0);
                     tracing::warn!("RabbitMQ blocks publishing (resource alarm); claiming nothing until it lifts");
                     tokio::select! {
                         () = publisher.unblocked() => {}
                         _ = shutdown.changed() => {}
                     }
-                    metrics::gauge!("outbox_broker_blocked").set(0.0);
+                    metrics::gauge!(names::OUTBOX_BROKER_BLOCKED).set(0.0);
                     tracing::info!("RabbitMQ alarm lifted, publishing again");
                     backoff.reset();
                 }
@@ -351,7 +307,7 @@ impl Relay {
                         "RabbitMQ connection unusable, reconnecting"
                     );
                     drop(publisher);
-                    crate::sleep_or_stop(delay, &mut shutdown).await;
+                    crate::shutdown::sleep_or_stop(delay, &mut shutdown).await;
                 }
             }
         }
@@ -370,7 +326,7 @@ impl Relay {
             if let Some(end) = self.drain(publisher, shutdown, backoff).await {
                 return end;
             }
-            let next_tick = crate::until_next(&self.schedule, Duration::from_secs(1));
+            let next_tick = crate::schedule::until_next(&self.schedule, Duration::from_secs(1));
             tokio::select! {
                 () = tokio::time::sleep(next_tick) => {}
                 () = wake.notified() => {}
@@ -410,10 +366,10 @@ impl Relay {
                     }
                 }
                 Err(e) => {
-                    metrics::counter!("outbox_publish_failures_total", "reason" => "db").increment(1);
+                    metrics::counter!(names::OUTBOX_PUBLISH_FAILURES, "reason" => "db").increment(1);
                     let delay = backoff.next_delay();
                     tracing::warn!(error.cause = %chain(&e), retry_in_ms = delay.as_millis() as u64, "outbox step failed");
-                    crate::sleep_or_stop(delay, shutdown).await;
+                    crate::shutdown::sleep_or_stop(delay, shutdown).await;
                     return None;
                 }
             }
@@ -429,81 +385,6 @@ enum LaneEnd {
     Blocked,
     /// The connection or channel is gone, or a batch went unconfirmed.
     Unusable,
-}
-
-/// Every 30 s: the backlog gauges, and deleting published rows past the retention;
-/// every 5 s: whether the outbox needs a vacuum.
-async fn housekeeping(db: PgPool, retention: Duration) {
-    let mut every = tokio::time::interval(Duration::from_secs(30));
-    let mut vacuum_check = tokio::time::interval(VACUUM_CHECK);
-    let (mut vacuum_backoff, mut vacuum_not_before) = (Policy::HOUSEKEEPING.backoff(), Instant::now());
-    loop {
-        tokio::select! {
-            _ = every.tick() => {
-                if let Err(e) = record_backlog(&db).await {
-                    tracing::warn!(error.cause = %chain(&e), "cannot measure the outbox backlog");
-                }
-                match delete_published(&db, retention).await {
-                    Ok(0) => {}
-                    Ok(deleted) => tracing::info!(deleted, "old published outbox rows deleted"),
-                    Err(e) => tracing::warn!(error.cause = %chain(&e), "outbox retention failed"),
-                }
-            }
-            _ = vacuum_check.tick() => {
-                let started = Instant::now();
-                if started < vacuum_not_before {
-                    continue;
-                }
-                match vacuum_if_needed(&db).await {
-                    Ok(None) => vacuum_backoff.reset(),
-                    Ok(Some(dead)) => {
-                        vacuum_backoff.reset();
-                        tracing::info!(dead, duration_ms = started.elapsed().as_millis() as u64, "outbox vacuumed");
-                    }
-                    Err(e) => {
-                        let delay = vacuum_backoff.next_delay();
-                        vacuum_not_before = Instant::now() + delay;
-                        tracing::warn!(error.cause = %chain(&e), retry_in_ms = delay.as_millis() as u64, "outbox vacuum failed");
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// How often the relay looks at the outbox's dead rows.
-const VACUUM_CHECK: Duration = Duration::from_secs(5);
-/// Dead rows (published rows' old versions) at which the relay vacuums the outbox.
-pub const VACUUM_AFTER_DEAD_ROWS: i64 = 5_000;
-
-/// Vacuums the outbox once enough published rows left dead versions behind. Their
-/// entries stay in the partial indexes until a vacuum, and every claim walks them from
-/// the oldest id: with 88,000 of them each claim took 10 ms, most of PostgreSQL's time
-/// at one order at a time. Autovacuum normally keeps up (the migrations make it eager
-/// for this table); where it is off or behind, this does. `SKIP_LOCKED`: when another
-/// relay is vacuuming, this one does not queue behind it.
-pub async fn vacuum_if_needed(db: &PgPool) -> Result<Option<i64>, sqlx::Error> {
-    let dead = sqlx::query_scalar!(
-        r#"SELECT n_dead_tup AS "dead!" FROM pg_stat_user_tables WHERE relid = 'outbox'::regclass"#
-    )
-    .fetch_optional(db)
-    .await?;
-    match dead {
-        Some(dead) if dead >= VACUUM_AFTER_DEAD_ROWS => {
-            // Without the pool's statement timeout (30 s): a vacuum of a large outbox
-            // outlasted it and was cancelled, and restarted 5 s later, forever. On a
-            // connection of its own, taken out of the pool and closed after, so no
-            // request ever gets a session without a timeout.
-            let mut connection = db.acquire().await?.detach();
-            sqlx::raw_sql("SET statement_timeout = 0").execute(&mut connection).await?;
-            // VACUUM cannot run in a transaction block: the simple protocol, one statement.
-            let vacuumed = sqlx::raw_sql("VACUUM (SKIP_LOCKED) outbox").execute(&mut connection).await;
-            let _ = sqlx::Connection::close(connection).await;
-            vacuumed?;
-            Ok(Some(dead))
-        }
-        _ => Ok(None),
-    }
 }
 
 /// A pool of one connection for `LISTEN`, with the relay pool's settings: the listener

@@ -18,8 +18,8 @@ use crate::{
         ApiTags, NoContent,
         errors::{CommandError, QueryError},
         json::{CaseInsensitive, JsonDecimal},
-        pagination::{Page, PageInfo, SortOrder},
     },
+    pagination::{Page, PageInfo, SortOrder},
     pricing::{Discount, Money},
     validate,
 };

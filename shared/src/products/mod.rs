@@ -8,9 +8,10 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
-    bus::{Command, Tx},
+    bus::Command,
+    db::Tx,
     error::{AppError, violated_constraint},
-    http::pagination::{Page, SortOrder},
+    pagination::{Page, SortOrder},
     pricing::{Discount, Money},
     validate,
 };

@@ -18,7 +18,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
-    bus::Tx,
+    db::Tx,
     orders::{
         domain::Order,
         events::{EventClient, OrderCanceled, OrderCreateSaga, OrderCreated, OrderLine},

@@ -8,6 +8,7 @@
 //! database outage is retried in place a few times, then handed back to the broker,
 //! whose delivery count (quorum queues) dead-letters a reply that never gets through.
 
+use crate::telemetry::names;
 use std::{
     sync::{
         Arc,
@@ -89,7 +90,7 @@ impl SagaWorker {
                 Err(e) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(error.cause = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach RabbitMQ");
-                    crate::sleep_or_stop(delay, &mut shutdown).await;
+                    crate::shutdown::sleep_or_stop(delay, &mut shutdown).await;
                     continue;
                 }
             };
@@ -107,7 +108,7 @@ impl SagaWorker {
             if !*shutdown.borrow() {
                 let delay = backoff.next_delay();
                 tracing::warn!(%why, retry_in_ms = delay.as_millis() as u64, "stopped consuming saga replies, reconnecting");
-                crate::sleep_or_stop(delay, &mut shutdown).await;
+                crate::shutdown::sleep_or_stop(delay, &mut shutdown).await;
             }
         }
         // The sweep stops between runs, never inside its transaction.
@@ -152,9 +153,9 @@ impl SagaWorker {
     async fn record_queue_depths(&self, consumer: &Consumer) {
         let t = &self.topology;
         for (queue, gauge) in [
-            (&t.customer_saga_queue, "saga_reply_queue_depth"),
-            (&t.order_saga_queue, "saga_request_queue_depth"),
-            (&t.dead_letter_queue, "saga_dead_letter_queue_depth"),
+            (&t.customer_saga_queue, names::SAGA_REPLY_QUEUE_DEPTH),
+            (&t.order_saga_queue, names::SAGA_REQUEST_QUEUE_DEPTH),
+            (&t.dead_letter_queue, names::SAGA_DEAD_LETTER_QUEUE_DEPTH),
         ] {
             match consumer.queue_depth(queue).await {
                 Ok(depth) => metrics::gauge!(gauge).set(f64::from(depth)),
@@ -213,8 +214,8 @@ impl SagaWorker {
                         halt.notify_one();
                         std::future::pending::<()>().await;
                     }
-                    metrics::counter!("saga_replies_total", "outcome" => applied.label()).increment(1);
-                    metrics::histogram!("saga_reply_duration_seconds").record(started.elapsed().as_secs_f64());
+                    metrics::counter!(names::SAGA_REPLIES, "outcome" => applied.label()).increment(1);
+                    metrics::histogram!(names::SAGA_REPLY_DURATION).record(started.elapsed().as_secs_f64());
                     match applied {
                         Applied::Approved { .. } | Applied::Rejected { .. } => {
                             tracing::info!(outcome = applied.label(), "saga reply applied");
@@ -228,7 +229,7 @@ impl SagaWorker {
                     return self.dead_letter(consumer, dead_letters, delivery, &poison).await;
                 }
                 Err(SagaError::Database(e)) => {
-                    metrics::counter!("saga_apply_failures_total").increment(1);
+                    metrics::counter!(names::SAGA_APPLY_FAILURES).increment(1);
                     // PostgreSQL away: hold the reply (and with it the consumer) and wait,
                     // however long; the broker redelivers it if this process dies. Any other
                     // error gets a few tries, then goes back to the broker, which counts it.
@@ -252,7 +253,7 @@ impl SagaWorker {
         // Back to the queue, rejected: the broker counts the failed delivery and
         // dead-letters the reply past its delivery limit, so a reply that never gets
         // through is kept, not lost, nor retried forever.
-        metrics::counter!("saga_replies_total", "outcome" => "retried").increment(1);
+        metrics::counter!(names::SAGA_REPLIES, "outcome" => "retried").increment(1);
         consumer.reject_for_retry(delivery.tag).await
     }
 
@@ -282,8 +283,8 @@ impl SagaWorker {
         match published.into_iter().next() {
             Some(Ok(())) => {
                 consumer.ack(delivery.tag).await?;
-                metrics::counter!("saga_replies_total", "outcome" => "dead_lettered").increment(1);
-                metrics::counter!("saga_dead_lettered_total", "reason" => poison.kind()).increment(1);
+                metrics::counter!(names::SAGA_REPLIES, "outcome" => "dead_lettered").increment(1);
+                metrics::counter!(names::SAGA_DEAD_LETTERED, "reason" => poison.kind()).increment(1);
                 tracing::warn!(reason = %poison, "saga reply dead-lettered");
                 Ok(())
             }
@@ -313,10 +314,10 @@ async fn sweep_loop(
     let mut last_prune = Instant::now();
     // By then the sweep has canceled an unanswered order: an older pending one means the
     // sweep is not running, or postpones for a backlog (the alert in prometheus/).
-    metrics::gauge!("saga_cancel_after_seconds")
+    metrics::gauge!(names::SAGA_CANCEL_AFTER)
         .set(settings.after.as_secs_f64() * f64::from(settings.max_retries.saturating_add(1)));
     while !*shutdown.borrow() {
-        let wait = crate::until_next(&settings.schedule, Duration::from_secs(30));
+        let wait = crate::schedule::until_next(&settings.schedule, Duration::from_secs(30));
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => break,
@@ -326,8 +327,8 @@ async fn sweep_loop(
         }
         match super::pending_summary(&db).await {
             Ok((pending, oldest)) => {
-                metrics::gauge!("saga_pending").set(pending as f64);
-                metrics::gauge!("saga_oldest_pending_age_seconds").set(oldest);
+                metrics::gauge!(names::SAGA_PENDING).set(pending as f64);
+                metrics::gauge!(names::SAGA_OLDEST_PENDING_AGE).set(oldest);
             }
             Err(e) => tracing::warn!(error.cause = %chain(&e), "cannot count pending sagas"),
         }
@@ -358,9 +359,9 @@ pub async fn sweep_once(
         }
     };
     let swept = sweep_timeouts(db, settings.after, settings.max_retries, replies).await?;
-    metrics::counter!("saga_timeouts_total", "action" => "re_requested").increment(swept.re_requested as u64);
-    metrics::counter!("saga_timeouts_total", "action" => "canceled").increment(swept.canceled.len() as u64);
-    metrics::counter!("saga_timeouts_total", "action" => "postponed").increment(swept.postponed as u64);
+    metrics::counter!(names::SAGA_TIMEOUTS, "action" => "re_requested").increment(swept.re_requested as u64);
+    metrics::counter!(names::SAGA_TIMEOUTS, "action" => "canceled").increment(swept.canceled.len() as u64);
+    metrics::counter!(names::SAGA_TIMEOUTS, "action" => "postponed").increment(swept.postponed as u64);
     if swept.postponed > 0 {
         tracing::info!(postponed = swept.postponed, ?replies, "timed-out orders not canceled while replies wait");
     }

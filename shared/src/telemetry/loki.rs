@@ -14,6 +14,7 @@
 //! and the next push decides. Every line that does not reach Loki is counted in
 //! `loki_dropped_lines_total`.
 
+use crate::telemetry::names;
 use std::{
     collections::VecDeque,
     io,
@@ -102,7 +103,7 @@ impl Sink {
     pub fn admits_event(&self) -> bool {
         let admitted = self.shared.admitting.load(Ordering::Relaxed);
         if !admitted {
-            metrics::counter!("loki_dropped_lines_total").increment(1);
+            metrics::counter!(names::LOKI_DROPPED_LINES).increment(1);
         }
         admitted
     }
@@ -114,7 +115,7 @@ impl Shared {
         let mut queue = self.queue.lock().expect("never poisoned");
         if queue.lines.len() >= QUEUE_LINES || queue.bytes + text.len() > QUEUE_BYTES {
             drop(queue);
-            metrics::counter!("loki_dropped_lines_total").increment(1);
+            metrics::counter!(names::LOKI_DROPPED_LINES).increment(1);
             return;
         }
         queue.bytes += text.len();
@@ -231,7 +232,7 @@ fn level_label(level: Level) -> &'static str {
 /// breaker for a backoff.
 async fn ship(shared: Arc<Shared>, pusher: Pusher, mut stopped: watch::Receiver<bool>) {
     let mut backoff = Policy::RECONNECT.backoff();
-    metrics::gauge!("loki_up").set(1.0);
+    metrics::gauge!(names::LOKI_UP).set(1.0);
     loop {
         let stopping = tokio::select! {
             () = shared.full.notified() => false,
@@ -241,7 +242,7 @@ async fn ship(shared: Arc<Shared>, pusher: Pusher, mut stopped: watch::Receiver<
         if stopping {
             let batch = shared.take(QUEUE_LINES);
             if !batch.is_empty() && tokio::time::timeout(FLUSH_TIMEOUT, pusher.push(&batch)).await.is_err() {
-                metrics::counter!("loki_dropped_lines_total").increment(batch.len() as u64);
+                metrics::counter!(names::LOKI_DROPPED_LINES).increment(batch.len() as u64);
             }
             return;
         }
@@ -252,13 +253,13 @@ async fn ship(shared: Arc<Shared>, pusher: Pusher, mut stopped: watch::Receiver<
         match pusher.push(&batch).await {
             Ok(()) => {
                 backoff.reset();
-                metrics::gauge!("loki_up").set(1.0);
+                metrics::gauge!(names::LOKI_UP).set(1.0);
             }
             Err(why) => {
                 shared.admitting.store(false, Ordering::Relaxed);
                 let dropped = batch.len() + shared.discard_queued();
-                metrics::counter!("loki_dropped_lines_total").increment(dropped as u64);
-                metrics::gauge!("loki_up").set(0.0);
+                metrics::counter!(names::LOKI_DROPPED_LINES).increment(dropped as u64);
+                metrics::gauge!(names::LOKI_UP).set(0.0);
                 let delay = backoff.next_delay();
                 // On stdout only: the breaker keeps this line out of Loki.
                 tracing::warn!(%why, dropped, retry_in_ms = delay.as_millis() as u64, "Loki push failed; log lines to Loki paused");

@@ -1,6 +1,9 @@
 //! Logs (tracing) and metrics (Prometheus) set-up, shared by every binary.
 
 pub mod loki;
+pub mod names;
+
+pub use names::Process;
 
 use std::{sync::OnceLock, time::Duration};
 
@@ -76,57 +79,10 @@ pub fn metrics() -> PrometheusHandle {
         .clone()
 }
 
-/// Creates the series a process exports at zero, so a dashboard shows 0 rather than
-/// "no data" before the first event (and a scrape check finds every name).
-pub fn register_metrics(process: &str) {
+/// Describes every metric (the HELP lines of `/metrics`) and creates `process`'s series
+/// at zero; see [`names`].
+pub fn register_metrics(process: Process) {
     // The recorder must exist before the series are created.
     let _ = metrics();
-    metrics::counter!("loki_dropped_lines_total").absolute(0);
-    match process {
-        "api" => {
-            for result in ["hit", "miss", "unsettled", "error"] {
-                metrics::counter!("cache_requests_total", "result" => result).absolute(0);
-            }
-            for result in ["stored", "stored_evicting", "raced", "too_large"] {
-                metrics::counter!("cache_fills_total", "result" => result).absolute(0);
-            }
-            for during in ["read", "begin"] {
-                metrics::counter!("db_connections_lost_total", "during" => during).absolute(0);
-            }
-            for kind in ["read", "transaction"] {
-                metrics::counter!("db_requests_interrupted_total", "kind" => kind).absolute(0);
-            }
-            for result in ["ok", "error"] {
-                metrics::counter!("cache_invalidations_total", "result" => result).absolute(0);
-            }
-        }
-        "outbox-relay" => {
-            metrics::counter!("outbox_published_total").absolute(0);
-            for reason in ["returned", "nacked", "timeout", "channel_closed", "send", "blocked", "connect", "db"] {
-                metrics::counter!("outbox_publish_failures_total", "reason" => reason).absolute(0);
-            }
-            metrics::gauge!("outbox_pending").set(0.0);
-            metrics::gauge!("outbox_oldest_unpublished_age_seconds").set(0.0);
-            metrics::gauge!("outbox_broker_blocked").set(0.0);
-        }
-        "saga-worker" => {
-            for outcome in ["approved", "rejected", "duplicate", "stale", "dead_lettered", "retried"] {
-                metrics::counter!("saga_replies_total", "outcome" => outcome).absolute(0);
-            }
-            for action in ["re_requested", "canceled", "postponed"] {
-                metrics::counter!("saga_timeouts_total", "action" => action).absolute(0);
-            }
-            for result in ["ok", "error"] {
-                metrics::counter!("cache_invalidations_total", "result" => result).absolute(0);
-            }
-            metrics::counter!("saga_apply_failures_total").absolute(0);
-            metrics::gauge!("saga_dead_letter_queue_depth").set(0.0);
-            metrics::gauge!("saga_pending").set(0.0);
-            metrics::gauge!("saga_oldest_pending_age_seconds").set(0.0);
-            metrics::gauge!("saga_cancel_after_seconds").set(0.0);
-            metrics::gauge!("saga_reply_queue_depth").set(0.0);
-            metrics::gauge!("saga_request_queue_depth").set(0.0);
-        }
-        _ => {}
-    }
+    names::register(process);
 }

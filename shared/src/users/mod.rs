@@ -6,7 +6,8 @@ use uuid::Uuid;
 
 use crate::{
     addresses,
-    bus::{Command, Tx},
+    bus::Command,
+    db::Tx,
     error::{AppError, violated_constraint},
 };
 

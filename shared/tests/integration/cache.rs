@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use order_service::{
     cache::{Filled, Lookup, OrderCache},
-    http::pagination::{Page, SortOrder},
     orders::api::user_orders,
+    pagination::{Page, SortOrder},
 };
 use serde_json::{Value, json};
 use sqlx::PgPool;

@@ -146,7 +146,7 @@ async fn probes_hit_routes_that_answer_on_the_port_the_process_listens_on(db: Pg
     let app = TestApp::new(db.clone());
     let ops_port = free_port();
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let ops = order_service::http::ops::spawn(
+    let ops = order_service::probes::spawn(
         ([127, 0, 0, 1], ops_port).into(),
         db.clone(),
         Arc::new(std::sync::atomic::AtomicBool::new(true)),

@@ -36,6 +36,15 @@ impl Reply {
     }
 }
 
+/// `TEST_LOG=1` (or a filter such as `TEST_LOG=order_service=debug`) shows the app's logs
+/// in the output of a failing test; without it, tests run quiet.
+pub fn show_logs_if_asked() {
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let filter = if filter == "1" { "info".to_owned() } else { filter };
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    }
+}
+
 /// A cache under a key prefix of its own, on the local Redis.
 pub fn test_cache() -> OrderCache {
     let prefix = format!("test-{}", Uuid::new_v4().simple());
@@ -50,6 +59,7 @@ impl TestApp {
     }
 
     pub fn with_cache(db: PgPool, cache: OrderCache) -> Self {
+        show_logs_if_asked();
         let state =
             AppState { db: db.clone(), cache: cache.clone(), metrics: telemetry::metrics(), max_body_bytes: 64 * 1024 };
         TestApp { client: TestClient::new(app(state).map_to_response().boxed()), db, cache }

@@ -13,6 +13,7 @@ mod e2e;
 mod helpers;
 mod hostile;
 mod loki;
+mod metrics;
 mod openapi;
 mod operators;
 mod orders;

@@ -250,7 +250,8 @@ async fn retention_deletes_old_published_rows_only(db: PgPool) {
         .execute(&db)
         .await
         .unwrap();
-    let deleted = order_service::outbox::relay::delete_published(&db, Duration::from_secs(7 * 86400)).await.unwrap();
+    let deleted =
+        order_service::outbox::housekeeping::delete_published(&db, Duration::from_secs(7 * 86400)).await.unwrap();
     assert_eq!(deleted, 1);
     let left: Vec<(bool,)> =
         sqlx::query_as("SELECT published_at IS NOT NULL FROM outbox ORDER BY id").fetch_all(&db).await.unwrap();
@@ -259,7 +260,7 @@ async fn retention_deletes_old_published_rows_only(db: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn the_relay_vacuums_the_outbox_once_published_rows_pile_up(db: PgPool) {
-    use order_service::outbox::relay::{VACUUM_AFTER_DEAD_ROWS, vacuum_if_needed};
+    use order_service::outbox::housekeeping::{VACUUM_AFTER_DEAD_ROWS, vacuum_if_needed};
     let dead_rows = || async {
         sqlx::query_scalar::<_, i64>("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'outbox'")
             .fetch_one(&db)
@@ -323,11 +324,11 @@ async fn the_relay_carries_on_when_its_database_connections_are_killed(db: PgPoo
 
 #[sqlx::test(migrations = "../migrations")]
 async fn the_relay_reports_health_and_metrics(db: PgPool) {
-    use order_service::{http::ops, telemetry};
+    use order_service::{probes, telemetry};
     use poem::test::TestClient;
 
     let broker_up = Arc::new(AtomicBool::new(false));
-    let client = TestClient::new(ops::app(db.clone(), broker_up.clone(), telemetry::metrics()));
+    let client = TestClient::new(probes::app(db.clone(), broker_up.clone(), telemetry::metrics()));
     client.get("/healthcheck/").send().await.assert_json(json!({"status": "OK"})).await;
     let response = client.get("/readyz").send().await;
     response.assert_status(poem::http::StatusCode::SERVICE_UNAVAILABLE);
@@ -336,7 +337,7 @@ async fn the_relay_reports_health_and_metrics(db: PgPool) {
     client.get("/readyz").send().await.assert_json(json!({"status": "OK"})).await;
 
     seed_events(&db, 2, 1).await;
-    order_service::outbox::relay::record_backlog(&db).await.unwrap();
+    order_service::outbox::housekeeping::record_backlog(&db).await.unwrap();
     // A failure and a success, to have every series.
     let broker = TestBroker::new().await;
     insert_event(&db, Uuid::new_v4(), "Nowhere.At.All").await;
@@ -497,7 +498,7 @@ async fn the_listener_holds_no_connection_of_the_relays_pool(db: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn the_outbox_vacuum_is_not_cut_short_by_the_statement_timeout(db: PgPool) {
-    use order_service::outbox::relay::vacuum_if_needed;
+    use order_service::outbox::housekeeping::vacuum_if_needed;
     sqlx::query("ALTER TABLE outbox SET (autovacuum_enabled = false)").execute(&db).await.unwrap();
     seed_events(&db, 50_000, 1).await;
     sqlx::query("UPDATE outbox SET published_at = now()").execute(&db).await.unwrap();
@@ -523,7 +524,8 @@ async fn one_retention_pass_deletes_everything_past_the_retention(db: PgPool) {
     seed_events(&db, 30_000, 1).await;
     sqlx::query("UPDATE outbox SET published_at = now() - interval '8 days'").execute(&db).await.unwrap();
     seed_events(&db, 10, 1).await;
-    let deleted = order_service::outbox::relay::delete_published(&db, Duration::from_secs(7 * 86400)).await.unwrap();
+    let deleted =
+        order_service::outbox::housekeeping::delete_published(&db, Duration::from_secs(7 * 86400)).await.unwrap();
     // Every 30 s, 10,000 at most was 333 rows/s: less than a busy relay publishes.
     assert_eq!(deleted, 30_000);
     assert_eq!(unpublished(&db).await, 10);
