@@ -166,20 +166,7 @@ impl Command for DeleteOrder {
     type Output = Uuid;
 
     async fn execute(self, tx: &mut Tx) -> Result<Uuid, AppError> {
-        let row = sqlx::query!(
-            "SELECT id, user_id, order_status, saga_status, deleted_at FROM orders WHERE id = $1 FOR UPDATE",
-            self.id
-        )
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or_else(|| AppError::not_found(NOT_FOUND, self.id))?;
-        let mut order = Order {
-            id: row.id,
-            user_id: row.user_id,
-            order_status: row.order_status.parse().map_err(|e| AppError::Internal(anyhow::Error::new(e)))?,
-            saga_status: row.saga_status.parse().map_err(|e| AppError::Internal(anyhow::Error::new(e)))?,
-            deleted_at: row.deleted_at,
-        };
+        let mut order = lock(tx, self.id).await?.ok_or_else(|| AppError::not_found(NOT_FOUND, self.id))?;
         // Only approved, live orders can be deleted; to the client, any other is not there.
         order.delete(Utc::now()).map_err(|_| AppError::not_found(NOT_FOUND, self.id))?;
 
@@ -217,6 +204,47 @@ pub struct OrderLineView {
     pub actual_price: Decimal,
 }
 
+/// Locks an order for the rest of the transaction (`FOR UPDATE`) and loads it for the
+/// domain to decide; none if it does not exist. A status the domain does not know is a
+/// decode error.
+pub async fn lock(tx: &mut Tx, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
+    let Some(row) = sqlx::query!(
+        "SELECT id, user_id, order_status, saga_status, deleted_at FROM orders WHERE id = $1 FOR UPDATE",
+        id
+    )
+    .fetch_optional(&mut **tx)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let corrupt = |e| sqlx::Error::Decode(Box::new(e));
+    Ok(Some(Order {
+        id: row.id,
+        user_id: row.user_id,
+        order_status: row.order_status.parse().map_err(corrupt)?,
+        saga_status: row.saga_status.parse().map_err(corrupt)?,
+        deleted_at: row.deleted_at,
+    }))
+}
+
+/// `SELECT` every column of [`OrderView`] `FROM order_views`, then `$rest`, as one
+/// `query_as!`: the column list is written once, every statement is still checked at
+/// compile time, and each keeps its own `ORDER BY` (one statement per direction, so
+/// each walks the partial index in its order).
+macro_rules! select_order_views {
+    ($rest:literal $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            OrderView,
+            r#"SELECT id AS "id!", user_id AS "user_id!", order_status AS "order_status!",
+                      saga_status AS "saga_status!", payment_method AS "payment_method!",
+                      serial_number AS "serial_number!", total_price AS "total_price!",
+                      created_at AS "created_at!", client_name AS "client_name!", address AS "address!",
+                      products AS "products!: Json<Vec<OrderLineView>>"
+                 FROM order_views "# + $rest $(, $arg)*
+        )
+    };
+}
+
 /// One order in any saga state, unless deleted.
 pub struct OrderById(pub Uuid);
 
@@ -228,18 +256,7 @@ impl OrderById {
 
 /// One order's read model, unless deleted; on a pool or inside a transaction.
 pub async fn view_by_id<'e>(db: impl sqlx::PgExecutor<'e>, id: Uuid) -> Result<Option<OrderView>, sqlx::Error> {
-    sqlx::query_as!(
-        OrderView,
-        r#"SELECT id AS "id!", user_id AS "user_id!", order_status AS "order_status!",
-                  saga_status AS "saga_status!", payment_method AS "payment_method!",
-                  serial_number AS "serial_number!", total_price AS "total_price!",
-                  created_at AS "created_at!", client_name AS "client_name!", address AS "address!",
-                  products AS "products!: Json<Vec<OrderLineView>>"
-             FROM order_views WHERE id = $1 AND NOT deleted"#,
-        id
-    )
-    .fetch_optional(db)
-    .await
+    select_order_views!("WHERE id = $1 AND NOT deleted", id).fetch_optional(db).await
 }
 
 /// A page of approved, live orders, by creation time then id.
@@ -252,34 +269,12 @@ impl ListOrders {
         let orders = crate::db::read(db, || async move {
             Ok(match order {
                 SortOrder::Asc => {
-                    sqlx::query_as!(
-                        OrderView,
-                        r#"SELECT id AS "id!", user_id AS "user_id!", order_status AS "order_status!",
-                          saga_status AS "saga_status!", payment_method AS "payment_method!",
-                          serial_number AS "serial_number!", total_price AS "total_price!",
-                          created_at AS "created_at!", client_name AS "client_name!", address AS "address!",
-                          products AS "products!: Json<Vec<OrderLineView>>"
-                     FROM order_views WHERE saga_status = 'Approved' AND NOT deleted
-                    ORDER BY created_at, id LIMIT $1 OFFSET $2"#,
-                        limit,
-                        offset
-                    )
+                    select_order_views!("WHERE saga_status = 'Approved' AND NOT deleted ORDER BY created_at, id LIMIT $1 OFFSET $2", limit, offset)
                     .fetch_all(db)
                     .await?
                 }
                 SortOrder::Desc => {
-                    sqlx::query_as!(
-                        OrderView,
-                        r#"SELECT id AS "id!", user_id AS "user_id!", order_status AS "order_status!",
-                          saga_status AS "saga_status!", payment_method AS "payment_method!",
-                          serial_number AS "serial_number!", total_price AS "total_price!",
-                          created_at AS "created_at!", client_name AS "client_name!", address AS "address!",
-                          products AS "products!: Json<Vec<OrderLineView>>"
-                     FROM order_views WHERE saga_status = 'Approved' AND NOT deleted
-                    ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2"#,
-                        limit,
-                        offset
-                    )
+                    select_order_views!("WHERE saga_status = 'Approved' AND NOT deleted ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2", limit, offset)
                     .fetch_all(db)
                     .await?
                 }
@@ -303,36 +298,12 @@ impl UserOrders {
         let orders = crate::db::read(db, || async move {
             Ok(match order {
                 SortOrder::Asc => {
-                    sqlx::query_as!(
-                        OrderView,
-                        r#"SELECT id AS "id!", user_id AS "user_id!", order_status AS "order_status!",
-                          saga_status AS "saga_status!", payment_method AS "payment_method!",
-                          serial_number AS "serial_number!", total_price AS "total_price!",
-                          created_at AS "created_at!", client_name AS "client_name!", address AS "address!",
-                          products AS "products!: Json<Vec<OrderLineView>>"
-                     FROM order_views WHERE user_id = $1 AND saga_status = 'Approved' AND NOT deleted
-                    ORDER BY created_at, id LIMIT $2 OFFSET $3"#,
-                        user_id,
-                        limit,
-                        offset
-                    )
+                    select_order_views!("WHERE user_id = $1 AND saga_status = 'Approved' AND NOT deleted ORDER BY created_at, id LIMIT $2 OFFSET $3", user_id, limit, offset)
                     .fetch_all(db)
                     .await?
                 }
                 SortOrder::Desc => {
-                    sqlx::query_as!(
-                        OrderView,
-                        r#"SELECT id AS "id!", user_id AS "user_id!", order_status AS "order_status!",
-                          saga_status AS "saga_status!", payment_method AS "payment_method!",
-                          serial_number AS "serial_number!", total_price AS "total_price!",
-                          created_at AS "created_at!", client_name AS "client_name!", address AS "address!",
-                          products AS "products!: Json<Vec<OrderLineView>>"
-                     FROM order_views WHERE user_id = $1 AND saga_status = 'Approved' AND NOT deleted
-                    ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"#,
-                        user_id,
-                        limit,
-                        offset
-                    )
+                    select_order_views!("WHERE user_id = $1 AND saga_status = 'Approved' AND NOT deleted ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3", user_id, limit, offset)
                     .fetch_all(db)
                     .await?
                 }

@@ -175,7 +175,8 @@ pub async fn apply(
     trace: TraceContext,
 ) -> Result<Applied, SagaError> {
     let mut tx = db.begin().await?;
-    let mut order = lock_order(&mut tx, reply.order_id()).await?.ok_or(Poison::UnknownOrder(reply.order_id()))?;
+    let mut order =
+        crate::orders::lock(&mut tx, reply.order_id()).await?.ok_or(Poison::UnknownOrder(reply.order_id()))?;
     let transition = match reply {
         SagaReply::Approved { .. } => order.approve(),
         SagaReply::Rejected { .. } => order.reject(),
@@ -219,26 +220,6 @@ pub async fn apply(
     };
     tx.commit().await?;
     Ok(applied)
-}
-
-async fn lock_order(tx: &mut Tx, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
-    let Some(row) = sqlx::query!(
-        "SELECT id, user_id, order_status, saga_status, deleted_at FROM orders WHERE id = $1 FOR UPDATE",
-        id
-    )
-    .fetch_optional(&mut **tx)
-    .await?
-    else {
-        return Ok(None);
-    };
-    let corrupt = |e| sqlx::Error::Decode(Box::new(e));
-    Ok(Some(Order {
-        id: row.id,
-        user_id: row.user_id,
-        order_status: row.order_status.parse().map_err(corrupt)?,
-        saga_status: row.saga_status.parse().map_err(corrupt)?,
-        deleted_at: row.deleted_at,
-    }))
 }
 
 async fn save_statuses(tx: &mut Tx, order: &Order) -> Result<(), sqlx::Error> {
