@@ -326,7 +326,7 @@ impl OrderCache {
     }
 
     async fn users_with_pages(&self) -> redis::RedisResult<Vec<Uuid>> {
-        let pattern = self.user_key(Uuid::nil(), "gen").replace(&Uuid::nil().to_string(), "*");
+        let pattern = format!("{}:user:*:gen", self.prefix);
         let mut redis = self.redis.clone();
         let mut keys: redis::AsyncIter<String> = redis.scan_match(&pattern).await?;
         let mut users = Vec::new();

@@ -74,42 +74,40 @@ pub fn connect_with(
 /// the first request after the api's connections were killed under load). A read is
 /// safe to run twice. At most one try per pooled connection and one more: each dead
 /// connection is dropped by the pool when it fails.
-pub async fn read<T, F, Fut>(db: &PgPool, mut read: F) -> Result<T, sqlx::Error>
+pub async fn read<T, F, Fut>(db: &PgPool, read: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let result = on_a_live_connection(db, "read", read).await;
+    if result.as_ref().is_err_and(is_lost_connection) {
+        metrics::counter!(names::DB_REQUESTS_INTERRUPTED, "kind" => "read").increment(1);
+    }
+    result
+}
+
+/// Begins a transaction, on another connection while the one it got turns out dead:
+/// `BEGIN` is the first statement, so nothing was done yet (see [`read`]).
+pub async fn begin(db: &PgPool) -> Result<Tx, sqlx::Error> {
+    on_a_live_connection(db, "begin", || db.begin()).await
+}
+
+/// Runs `op` again while it fails on a lost connection, at most once per pooled
+/// connection and once more; each retry is counted by `during`.
+async fn on_a_live_connection<T, F, Fut>(db: &PgPool, during: &'static str, mut op: F) -> Result<T, sqlx::Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
 {
     let mut lost = 0;
     loop {
-        match read().await {
+        match op().await {
             Err(e) if is_lost_connection(&e) && lost < db.options().get_max_connections() => {
                 lost += 1;
-                metrics::counter!(names::DB_CONNECTIONS_LOST, "during" => "read").increment(1);
-                tracing::info!(error.cause = %chain(&e), "a pooled connection was dead; reading again");
-            }
-            Err(e) => {
-                if is_lost_connection(&e) {
-                    metrics::counter!(names::DB_REQUESTS_INTERRUPTED, "kind" => "read").increment(1);
-                }
-                return Err(e);
+                metrics::counter!(names::DB_CONNECTIONS_LOST, "during" => during).increment(1);
+                tracing::info!(error.cause = %chain(&e), during, "a pooled connection was dead; trying again on another");
             }
             done => return done,
-        }
-    }
-}
-
-/// Begins a transaction, on another connection while the one it got turns out dead:
-/// `BEGIN` is the first statement, so nothing was done yet (see [`read`]).
-pub async fn begin(db: &PgPool) -> Result<Tx, sqlx::Error> {
-    let mut lost = 0;
-    loop {
-        match db.begin().await {
-            Err(e) if is_lost_connection(&e) && lost < db.options().get_max_connections() => {
-                lost += 1;
-                metrics::counter!(names::DB_CONNECTIONS_LOST, "during" => "begin").increment(1);
-                tracing::info!(error.cause = %chain(&e), "a pooled connection was dead; beginning again");
-            }
-            begun => return begun,
         }
     }
 }

@@ -161,6 +161,21 @@ impl TestApp {
         order
     }
 
+    /// An order with a chosen id (say one a reply came early for), of a product, an
+    /// address and a user of its own.
+    pub async fn place_order_with_id(&self, order: Uuid) {
+        let product = self.create_product(&format!("Product {}", Uuid::new_v4().simple()), 10.0, 0).await;
+        let address = self.create_address().await;
+        let user = self.create_user("late", address).await;
+        let reply = self
+            .post(
+                "/api/v1/orders/",
+                &json!({"orderID": order, "paymentMethod": "Card", "productsIds": [product], "userID": user, "deliveryAddress": address}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.body);
+    }
+
     /// Stands in for the saga worker: approves an order in SQL.
     pub async fn approve(&self, order: Uuid) {
         sqlx::query("UPDATE orders SET saga_status = 'Approved' WHERE id = $1")

@@ -191,16 +191,7 @@ async fn dead_letters_are_listed_by_reason_then_replayed_or_discarded_one_by_one
     assert!(eventually(Duration::from_secs(5), || async { vhost.depth(&dlq).await == 3 }).await);
 
     // The cause of one is fixed (its order now exists): replayed alone, it applies.
-    let product = app.create_product("Replayed", 10.0, 0).await;
-    let address = app.create_address().await;
-    let user = app.create_user("late", address).await;
-    let created = app
-        .post(
-            "/api/v1/orders/",
-            &json!({"orderID": early, "paymentMethod": "Card", "productsIds": [product], "userID": user, "deliveryAddress": address}),
-        )
-        .await;
-    assert_eq!(created.status.as_u16(), 204, "{}", created.body);
+    app.place_order_with_id(early).await;
     let (ok, lines, stderr) = saga_worker(&["dlq", "replay", "--id", "early"], &env);
     assert!(ok, "{stderr}");
     let done = lines.iter().find(|l| l.get("action").is_some()).expect("a line saying what was done");

@@ -455,16 +455,7 @@ async fn the_dead_letter_queue_is_listed_then_replayed_once_the_cause_is_fixed(d
 
     // The cause is fixed: the order now exists. Replay moves both back; the early reply
     // applies, the garbage is dead-lettered again, and nothing is replayed twice.
-    let product = app.create_product("Replayed", 10.0, 0).await;
-    let address = app.create_address().await;
-    let user = app.create_user("late", address).await;
-    let created = app
-        .post(
-            "/api/v1/orders/",
-            &json!({"orderID": early, "paymentMethod": "Card", "productsIds": [product], "userID": user, "deliveryAddress": address}),
-        )
-        .await;
-    assert_eq!(created.status.as_u16(), 204, "{}", created.body);
+    app.place_order_with_id(early).await;
     let moved = dlq::replay(&args, &broker.args("dlq-publish"), &broker.topology, 100).await.unwrap();
     assert_eq!(moved.len(), 2);
     assert!(settled(&app, early, "Approved").await, "the replayed reply was applied");
