@@ -1,41 +1,28 @@
 # order-service: the api, outbox-relay and saga-worker binaries (and the customer
 # simulator of the demo profile) in one small image, running as a non-root user.
 
-FROM rust:1.95-slim-bookworm AS build
+# Dependencies are cached by cargo-chef: `prepare` reduces the workspace to a recipe
+# (manifests, lock file, targets), which changes only when a dependency does, and `cook`
+# builds the dependencies from it with the same profile and flags as the real build.
+FROM rust:1.95-slim-bookworm AS chef
+RUN cargo install cargo-chef --version 0.1.78 --locked
 WORKDIR /src
 ENV CARGO_TERM_COLOR=never
 
-# 1. Dependencies only, cached until a manifest or the lock file changes: build the
-#    workspace with empty sources, with the same flags as the real build below (the
-#    example turns on dev-dependencies, and different features would rebuild them).
-COPY Cargo.toml Cargo.lock ./
-COPY shared/Cargo.toml shared/
-COPY bins/api/Cargo.toml bins/api/
-COPY bins/outbox-relay/Cargo.toml bins/outbox-relay/
-COPY bins/saga-worker/Cargo.toml bins/saga-worker/
-RUN mkdir -p shared/src shared/examples bins/api/src bins/outbox-relay/src bins/saga-worker/src \
-    && touch shared/src/lib.rs \
-    && echo 'fn main() {}' > shared/build.rs \
-    && for b in api outbox-relay saga-worker; do echo 'fn main() {}' > bins/$b/src/main.rs; done \
-    && echo 'fn main() {}' > shared/examples/customer_simulator.rs \
-    && echo 'fn main() {}' > shared/examples/saga_reply.rs \
-    && cargo build --release --locked --workspace --bins --example customer_simulator \
-    && rm -rf shared bins
+FROM chef AS planner
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json
 
-# 2. The sources. SQL is checked against the committed .sqlx/ (SQLX_OFFLINE, set in
-#    .cargo/config.toml): no database at build time.
-COPY .cargo .cargo
-COPY .sqlx .sqlx
-COPY migrations migrations
-COPY shared shared
-COPY bins bins
-# COPY keeps the files' own times, which can be older than the placeholders built
-# above: touch them so cargo rebuilds our crates.
-RUN find shared bins -name '*.rs' -exec touch {} + \
-    && cargo build --release --locked --workspace --bins --example customer_simulator \
+FROM chef AS build
+COPY --from=planner /src/recipe.json recipe.json
+RUN cargo chef cook --release --locked --workspace --bins --recipe-path recipe.json
+# SQL is checked against the committed .sqlx/ (SQLX_OFFLINE, set in .cargo/config.toml):
+# no database at build time.
+COPY . .
+RUN cargo build --release --locked --workspace --bins \
     && mkdir /out \
-    && cp target/release/api target/release/outbox-relay target/release/saga-worker /out/ \
-    && cp target/release/examples/customer_simulator /out/customer-simulator
+    && cp target/release/api target/release/outbox-relay target/release/saga-worker \
+          target/release/customer-simulator /out/
 
 FROM debian:bookworm-slim AS runtime
 # curl serves the container health checks.

@@ -45,7 +45,9 @@ test: services
 	scripts/check-deploy.sh
 	# The end-to-end test runs the real binaries: build them first.
 	cargo build --workspace --bins --examples
-	DATABASE_URL=$(TEST_DATABASE_URL) cargo test --workspace --all-targets
+	# Every test, those needing more than the three services (the binaries, rabbitmqctl,
+	# redis-server, the tools of scripts/tools.sh) included: a plain `cargo test` skips them.
+	DATABASE_URL=$(TEST_DATABASE_URL) cargo test --workspace --all-targets -- --include-ignored --skip broker_wide
 	# Tests that raise an alarm on the whole broker, alone.
 	DATABASE_URL=$(TEST_DATABASE_URL) cargo test --workspace --test integration -- broker_wide --ignored --test-threads=1
 	# The chaos suite's short variant: real processes, injected faults, a ledger.

@@ -186,7 +186,7 @@ def main():
     for name, extra in [("api", {"API_ADDR": f"127.0.0.1:{API_PORT}", "DB_MAX_CONNECTIONS": "16"}),
                         ("outbox-relay", {"METRICS_ADDR": f"127.0.0.1:{RELAY_PORT}", "RELAY_BATCH_SIZE": os.environ.get("RELAY_BATCH_SIZE", "500")}),
                         ("saga-worker", {"METRICS_ADDR": f"127.0.0.1:{WORKER_PORT}"}),
-                        ("examples/customer_simulator", {})]:
+                        ("customer-simulator", {})]:
         procs[name] = subprocess.Popen([str(BIN / name)], env=dict(env, **extra), stdout=subprocess.DEVNULL)
     rows = []
     try:
@@ -206,7 +206,7 @@ def main():
             if c == 1:
                 # Diagnostic: the same with the saga's consumers stopped, so that only the
                 # api's transaction (and the relay's asynchronous marks) reach the disk.
-                saga = [procs["saga-worker"], procs["examples/customer_simulator"]]
+                saga = [procs["saga-worker"], procs["customer-simulator"]]
                 for proc in saga:
                     proc.send_signal(signal.SIGSTOP)
                 try:

@@ -163,7 +163,7 @@ def system(redis_url):
                           dict(common, METRICS_ADDR=f"127.0.0.1:{18310 + i}")))
         procs.append(Proc(f"saga-worker-{i}", [str(BIN / "saga-worker")],
                           dict(common, METRICS_ADDR=f"127.0.0.1:{18320 + i}")))
-    procs.append(Proc("customer-simulator", [str(BIN / "examples/customer_simulator")], common))
+    procs.append(Proc("customer-simulator", [str(BIN / "customer-simulator")], common))
     return {p.name: p for p in procs}
 
 

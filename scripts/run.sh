@@ -23,7 +23,7 @@ pids+=($!)
 target/debug/saga-worker &
 pids+=($!)
 if [ "${1:-}" = --demo ]; then
-    target/debug/examples/customer_simulator &
+    target/debug/customer-simulator &
     pids+=($!)
 fi
 

@@ -11,7 +11,10 @@
 
 use std::time::Duration;
 
-use order_service::amqp::{self, Outgoing, Publisher, QueueType, Topology};
+use order_service::{
+    amqp::{Outgoing, Publisher, Topology},
+    config::{AmqpConfig, Settings},
+};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -23,11 +26,10 @@ async fn main() -> anyhow::Result<()> {
     let answer = args.next().unwrap_or_else(|| "Approved".into());
     anyhow::ensure!(answer == "Approved" || answer == "Rejected", "{usage}");
 
-    let url = std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    // Parsed as the services parse it (this read `Classic` as quorum before).
-    let topology = Topology::contract(QueueType::from_env().map_err(anyhow::Error::msg)?);
-    let mut publisher =
-        Publisher::connect(&amqp::connection_args(&url, "saga-reply").map_err(anyhow::Error::msg)?, &topology).await?;
+    // Read as the services read them.
+    let amqp = AmqpConfig::from_env()?;
+    let topology = Topology::contract(amqp.queue_type);
+    let mut publisher = Publisher::connect(&amqp.connection_args("saga-reply")?, &topology).await?;
     let reply = Outgoing {
         exchange: topology.exchange.clone(),
         routing_key: "Customer.Saga.Reply".into(),

@@ -34,30 +34,134 @@ impl<T> std::ops::Deref for Redacted<T> {
 }
 
 /// Settings of the `api` binary.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct ApiConfig {
-    #[serde(default = "default_database_url")]
-    pub database_url: Redacted<String>,
+    pub http: HttpConfig,
+    pub database: DatabaseConfig,
+    pub cache: CacheConfig,
+    pub log: LogConfig,
+}
+
+/// The api's own settings: its listener and request limits.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpConfig {
     #[serde(default = "default_api_addr", deserialize_with = "api_addr")]
     pub api_addr: SocketAddr,
-    /// Connections in the PostgreSQL pool.
-    #[serde(default = "default_db_max_connections")]
-    pub db_max_connections: u32,
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[serde(default = "default_shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
-    #[serde(default = "default_redis_url")]
-    pub redis_url: Redacted<String>,
-    /// How long a cached page of a user's orders lives, e.g. `5m`.
-    #[serde(default = "default_cache_ttl", deserialize_with = "cache_ttl")]
-    pub cache_ttl: Duration,
-    /// Read from the same variables by [`LogConfig::from_vars`] (not flattened: serde
-    /// would then hide the struct's fields from [`variables_of`]).
-    #[serde(skip)]
+}
+
+/// Settings of the `outbox-relay` binary.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    pub outbox: OutboxConfig,
+    pub database: DatabaseConfig,
+    pub amqp: AmqpConfig,
     pub log: LogConfig,
+}
+
+/// The relay's own settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OutboxConfig {
+    #[serde(default = "default_relay_metrics_addr", deserialize_with = "metrics_addr")]
+    pub metrics_addr: SocketAddr,
+    /// Cron expression with a seconds field, e.g. `*/1 * * * * *` (every second).
+    #[serde(default = "default_relay_schedule", deserialize_with = "relay_schedule")]
+    pub relay_schedule: cron::Schedule,
+    /// Rows claimed per batch.
+    #[serde(default = "default_relay_batch_size")]
+    pub relay_batch_size: u32,
+    /// Relays side by side in this process, each with its own connection.
+    #[serde(default = "default_relay_lanes")]
+    pub relay_lanes: u16,
+    /// How long published rows are kept, e.g. `7d`, `12h`.
+    #[serde(default = "default_outbox_retention", deserialize_with = "outbox_retention")]
+    pub outbox_retention: Duration,
+}
+
+/// Settings of the `saga-worker` binary.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub saga: SagaConfig,
+    pub database: DatabaseConfig,
+    pub amqp: AmqpConfig,
+    pub cache: CacheConfig,
+    pub log: LogConfig,
+}
+
+/// The worker's own settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SagaConfig {
+    #[serde(default = "default_worker_metrics_addr", deserialize_with = "metrics_addr")]
+    pub metrics_addr: SocketAddr,
+    /// Unacked replies the broker may hand this worker at once.
+    #[serde(default = "default_saga_prefetch")]
+    pub saga_prefetch: u16,
+    /// A pending order unanswered this long gets its customer check requested again.
+    #[serde(default = "default_saga_timeout", deserialize_with = "saga_timeout")]
+    pub saga_timeout: Duration,
+    /// Re-requests before an unanswered order is canceled.
+    #[serde(default = "default_saga_max_retries")]
+    pub saga_max_retries: u16,
+    /// When the timeout sweep runs: cron with seconds.
+    #[serde(default = "default_saga_timeout_schedule", deserialize_with = "saga_timeout_schedule")]
+    pub saga_timeout_schedule: cron::Schedule,
+}
+
+/// Settings of the `customer-simulator` binary (the demo's stand-in customer service).
+#[derive(Debug, Clone)]
+pub struct SimulatorConfig {
+    pub credit: CreditConfig,
+    pub amqp: AmqpConfig,
+    pub log: LogConfig,
+}
+
+/// The simulator's own setting.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CreditConfig {
+    /// Orders over this total are `Rejected`.
+    #[serde(default = "default_credit_limit", deserialize_with = "credit_limit")]
+    pub credit_limit: rust_decimal::Decimal,
+}
+
+/// PostgreSQL, read alike by every binary: `DATABASE_URL`, `DB_MAX_CONNECTIONS`. The
+/// pool's default size is each binary's own (the api serves many requests at once; the
+/// relay and the worker hold a connection per lane or batch).
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub url: Redacted<String>,
+    pub max_connections: u32,
+}
+
+#[derive(Deserialize)]
+struct DatabaseVars {
+    #[serde(default = "default_database_url")]
+    database_url: Redacted<String>,
+    db_max_connections: Option<u32>,
+}
+
+/// RabbitMQ, read alike by every binary that talks to it: `AMQP_URL`, `AMQP_QUEUE_TYPE`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AmqpConfig {
+    #[serde(rename = "amqp_url", default = "default_amqp_url")]
+    pub url: Redacted<String>,
+    #[serde(rename = "amqp_queue_type", default, deserialize_with = "amqp_queue_type")]
+    pub queue_type: QueueType,
+}
+
+/// The Redis read cache, read alike by the api and the worker: `REDIS_URL`, `CACHE_TTL`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CacheConfig {
+    #[serde(rename = "redis_url", default = "default_redis_url")]
+    pub url: Redacted<String>,
+    /// How long a cached page of a user's orders lives, e.g. `5m` (the worker retries a
+    /// failed invalidation as long).
+    #[serde(rename = "cache_ttl", default = "default_cache_ttl", deserialize_with = "cache_ttl")]
+    pub ttl: Duration,
 }
 
 /// Logging settings, the same for every binary.
@@ -74,46 +178,189 @@ pub struct LogConfig {
     pub loki_url: Option<Redacted<url::Url>>,
 }
 
+/// The environment, as the readers below take it.
+type Vars = [(String, String)];
+
+/// A binary's settings: each part read from the same variables, so a part shared by
+/// several binaries (database, AMQP, cache, logging) is declared and checked once.
+pub trait Settings: Sized {
+    fn from_parts(vars: &Vars) -> Result<Self, ConfigError>;
+
+    /// Every variable the binary reads: the names its parts ask serde for.
+    fn variables() -> Vec<String>;
+
+    fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        Self::from_parts(&vars.into_iter().collect::<Vec<_>>())
+    }
+
+    fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(std::env::vars())
+    }
+}
+
+/// One part, read by envy; its checks are the part's own.
+fn read<T: serde::de::DeserializeOwned>(vars: &Vars) -> Result<T, ConfigError> {
+    envy::from_iter(vars.iter().cloned()).map_err(|e| ConfigError(e.to_string()))
+}
+
+impl Settings for ApiConfig {
+    fn from_parts(vars: &Vars) -> Result<Self, ConfigError> {
+        let http: HttpConfig = read(vars)?;
+        at_least_one("MAX_BODY_BYTES", http.max_body_bytes as u64)?;
+        Ok(ApiConfig {
+            http,
+            database: DatabaseConfig::from_parts(vars, 16)?,
+            cache: CacheConfig::from_parts(vars)?,
+            log: LogConfig::from_parts(vars)?,
+        })
+    }
+
+    fn variables() -> Vec<String> {
+        [
+            variables_of::<HttpConfig>(),
+            variables_of::<DatabaseVars>(),
+            variables_of::<CacheConfig>(),
+            variables_of::<LogConfig>(),
+        ]
+        .concat()
+    }
+}
+
+impl Settings for RelayConfig {
+    fn from_parts(vars: &Vars) -> Result<Self, ConfigError> {
+        let outbox: OutboxConfig = read(vars)?;
+        at_least_one("RELAY_BATCH_SIZE", outbox.relay_batch_size.into())?;
+        at_least_one("RELAY_LANES", outbox.relay_lanes.into())?;
+        // A batch is published and confirmed inside the claim's transaction, which
+        // PostgreSQL kills after 10 s idle: keep batches to what confirms in a few seconds.
+        if outbox.relay_batch_size > 5000 {
+            return Err(ConfigError("RELAY_BATCH_SIZE must be at most 5000".into()));
+        }
+        let database = DatabaseConfig::from_parts(vars, 4)?;
+        // Each lane holds a connection through its batch; housekeeping (retention, VACUUM)
+        // and `/readyz` need one each besides. The LISTEN connection is not pooled.
+        let needed = u32::from(outbox.relay_lanes) + 2;
+        if database.max_connections < needed {
+            return Err(ConfigError(format!(
+                "DB_MAX_CONNECTIONS must be at least RELAY_LANES + 2 = {needed} (each lane, housekeeping and the readiness probe hold a connection), not {}",
+                database.max_connections
+            )));
+        }
+        Ok(RelayConfig { outbox, database, amqp: AmqpConfig::from_parts(vars)?, log: LogConfig::from_parts(vars)? })
+    }
+
+    fn variables() -> Vec<String> {
+        [
+            variables_of::<OutboxConfig>(),
+            variables_of::<DatabaseVars>(),
+            variables_of::<AmqpConfig>(),
+            variables_of::<LogConfig>(),
+        ]
+        .concat()
+    }
+}
+
+impl Settings for WorkerConfig {
+    fn from_parts(vars: &Vars) -> Result<Self, ConfigError> {
+        let saga: SagaConfig = read(vars)?;
+        at_least_one("SAGA_PREFETCH", saga.saga_prefetch.into())?;
+        Ok(WorkerConfig {
+            saga,
+            database: DatabaseConfig::from_parts(vars, 4)?,
+            amqp: AmqpConfig::from_parts(vars)?,
+            cache: CacheConfig::from_parts(vars)?,
+            log: LogConfig::from_parts(vars)?,
+        })
+    }
+
+    fn variables() -> Vec<String> {
+        [
+            variables_of::<SagaConfig>(),
+            variables_of::<DatabaseVars>(),
+            variables_of::<AmqpConfig>(),
+            variables_of::<CacheConfig>(),
+            variables_of::<LogConfig>(),
+        ]
+        .concat()
+    }
+}
+
+impl Settings for SimulatorConfig {
+    fn from_parts(vars: &Vars) -> Result<Self, ConfigError> {
+        Ok(SimulatorConfig {
+            credit: read(vars)?,
+            amqp: AmqpConfig::from_parts(vars)?,
+            log: LogConfig::from_parts(vars)?,
+        })
+    }
+
+    fn variables() -> Vec<String> {
+        [variables_of::<CreditConfig>(), variables_of::<AmqpConfig>(), variables_of::<LogConfig>()].concat()
+    }
+}
+
+impl DatabaseConfig {
+    fn from_parts(vars: &Vars, default_max_connections: u32) -> Result<Self, ConfigError> {
+        let read: DatabaseVars = read(vars)?;
+        let max_connections = read.db_max_connections.unwrap_or(default_max_connections);
+        at_least_one("DB_MAX_CONNECTIONS", max_connections.into())?;
+        Ok(DatabaseConfig { url: read.database_url, max_connections })
+    }
+}
+
+/// Alone, for the tools that only talk to the broker (`saga_reply`).
+impl Settings for AmqpConfig {
+    fn from_parts(vars: &Vars) -> Result<Self, ConfigError> {
+        let config: Self = read(vars)?;
+        config.connection_args("check")?;
+        Ok(config)
+    }
+
+    fn variables() -> Vec<String> {
+        variables_of::<AmqpConfig>()
+    }
+}
+
+impl AmqpConfig {
+    /// The broker's address and credentials, under a connection name the management
+    /// UI shows (`outbox-relay@<pid>`).
+    pub fn connection_args(&self, name: &str) -> Result<amqprs::connection::OpenConnectionArguments, ConfigError> {
+        crate::amqp::connection_args(&self.url, name)
+            .map_err(|e| ConfigError(format!("AMQP_URL is not a valid amqp:// URL: {e}")))
+    }
+}
+
+impl CacheConfig {
+    fn from_parts(vars: &Vars) -> Result<Self, ConfigError> {
+        let config: Self = read(vars)?;
+        redis::Client::open(config.url.as_str())
+            .map_err(|e| ConfigError(format!("REDIS_URL is not a valid redis:// URL: {e}")))?;
+        Ok(config)
+    }
+}
+
 impl LogConfig {
-    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
-        envy::from_iter(vars).map_err(|e| ConfigError(e.to_string()))
+    fn from_parts(vars: &Vars) -> Result<Self, ConfigError> {
+        let config: Self = read(vars)?;
+        config.filter()?;
+        Ok(config)
     }
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig::from_vars(std::iter::empty()).expect("every logging setting has a default")
+        LogConfig::from_parts(&[]).expect("every logging setting has a default")
     }
 }
 
 /// The environment variables a settings struct reads: its fields' names, upper-cased as
 /// envy matches them. Asked of serde itself, so the list cannot drift from the struct;
-/// the deployment checks (`tests/integration/deploy.rs`) hold the manifests to it.
-pub fn variables_of<T: serde::de::DeserializeOwned>() -> Vec<String> {
+/// the deployment checks (`tests/integration/deploy.rs`) hold Compose and the manifests
+/// to it.
+fn variables_of<T: serde::de::DeserializeOwned>() -> Vec<String> {
     let mut fields = Vec::new();
     let _ = T::deserialize(FieldNames(&mut fields));
     fields.iter().map(|field| field.to_ascii_uppercase()).collect()
-}
-
-impl ApiConfig {
-    /// Every variable the api reads.
-    pub fn variables() -> Vec<String> {
-        [variables_of::<Self>(), variables_of::<LogConfig>()].concat()
-    }
-}
-
-impl RelayConfig {
-    /// Every variable the outbox-relay reads.
-    pub fn variables() -> Vec<String> {
-        [variables_of::<Self>(), variables_of::<LogConfig>()].concat()
-    }
-}
-
-impl WorkerConfig {
-    /// Every variable the saga-worker reads.
-    pub fn variables() -> Vec<String> {
-        [variables_of::<Self>(), variables_of::<LogConfig>()].concat()
-    }
 }
 
 /// A deserializer that answers nothing, but notes the fields a struct asks for.
@@ -166,33 +413,6 @@ pub enum LogFormat {
     Pretty,
 }
 
-impl ApiConfig {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_vars(std::env::vars())
-    }
-
-    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
-        let vars: Vec<(String, String)> = vars.into_iter().collect();
-        let mut config: Self = envy::from_iter(vars.clone()).map_err(|e| ConfigError(e.to_string()))?;
-        config.log = LogConfig::from_vars(vars)?;
-        at_least_one("DB_MAX_CONNECTIONS", config.db_max_connections.into())?;
-        at_least_one("MAX_BODY_BYTES", config.max_body_bytes as u64)?;
-        valid_redis_url(&config.redis_url)?;
-        config.log.filter()?;
-        Ok(config)
-    }
-}
-
-fn valid_amqp_url(url: &str) -> Result<(), ConfigError> {
-    crate::amqp::connection_args(url, "check")
-        .map(drop)
-        .map_err(|e| ConfigError(format!("AMQP_URL is not a valid amqp:// URL: {e}")))
-}
-
-fn valid_redis_url(url: &str) -> Result<(), ConfigError> {
-    redis::Client::open(url).map(drop).map_err(|e| ConfigError(format!("REDIS_URL is not a valid redis:// URL: {e}")))
-}
-
 fn at_least_one(var: &str, value: u64) -> Result<(), ConfigError> {
     if value == 0 {
         return Err(ConfigError(format!("{var} must be at least 1")));
@@ -223,69 +443,6 @@ impl LogConfig {
     }
 }
 
-/// Settings of the `outbox-relay` binary.
-#[derive(Debug, Clone, Deserialize)]
-pub struct RelayConfig {
-    #[serde(default = "default_database_url")]
-    pub database_url: Redacted<String>,
-    #[serde(default = "default_amqp_url")]
-    pub amqp_url: Redacted<String>,
-    #[serde(default = "default_relay_metrics_addr", deserialize_with = "metrics_addr")]
-    pub metrics_addr: SocketAddr,
-    /// Cron expression with a seconds field, e.g. `*/1 * * * * *` (every second).
-    #[serde(default = "default_relay_schedule", deserialize_with = "relay_schedule")]
-    pub relay_schedule: cron::Schedule,
-    /// Rows claimed per batch.
-    #[serde(default = "default_relay_batch_size")]
-    pub relay_batch_size: u32,
-    /// Relays side by side in this process, each with its own connection.
-    #[serde(default = "default_relay_lanes")]
-    pub relay_lanes: u16,
-    /// How long published rows are kept, e.g. `7d`, `12h`.
-    #[serde(default = "default_outbox_retention", deserialize_with = "outbox_retention")]
-    pub outbox_retention: Duration,
-    #[serde(default, deserialize_with = "amqp_queue_type")]
-    pub amqp_queue_type: QueueType,
-    #[serde(default = "default_relay_db_max_connections")]
-    pub db_max_connections: u32,
-    /// Read from the same variables by [`LogConfig::from_vars`] (not flattened: serde
-    /// would then hide the struct's fields from [`variables_of`]).
-    #[serde(skip)]
-    pub log: LogConfig,
-}
-
-impl RelayConfig {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_vars(std::env::vars())
-    }
-
-    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
-        let vars: Vec<(String, String)> = vars.into_iter().collect();
-        let mut config: Self = envy::from_iter(vars.clone()).map_err(|e| ConfigError(e.to_string()))?;
-        config.log = LogConfig::from_vars(vars)?;
-        at_least_one("DB_MAX_CONNECTIONS", config.db_max_connections.into())?;
-        at_least_one("RELAY_BATCH_SIZE", config.relay_batch_size.into())?;
-        at_least_one("RELAY_LANES", config.relay_lanes.into())?;
-        // Each lane holds a connection through its batch; housekeeping (retention, VACUUM)
-        // and `/readyz` need one each besides. The LISTEN connection is not pooled.
-        let needed = u32::from(config.relay_lanes) + 2;
-        if config.db_max_connections < needed {
-            return Err(ConfigError(format!(
-                "DB_MAX_CONNECTIONS must be at least RELAY_LANES + 2 = {needed} (each lane, housekeeping and the readiness probe hold a connection), not {}",
-                config.db_max_connections
-            )));
-        }
-        // A batch is published and confirmed inside the claim's transaction, which
-        // PostgreSQL kills after 10 s idle: keep batches to what confirms in a few seconds.
-        if config.relay_batch_size > 5000 {
-            return Err(ConfigError("RELAY_BATCH_SIZE must be at most 5000".into()));
-        }
-        valid_amqp_url(&config.amqp_url)?;
-        config.log.filter()?;
-        Ok(config)
-    }
-}
-
 fn default_redis_url() -> Redacted<String> {
     Redacted("redis://127.0.0.1:6379".into())
 }
@@ -300,58 +457,12 @@ fn cache_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     })
 }
 
-/// Settings of the `saga-worker` binary.
-#[derive(Debug, Clone, Deserialize)]
-pub struct WorkerConfig {
-    #[serde(default = "default_database_url")]
-    pub database_url: Redacted<String>,
-    #[serde(default = "default_amqp_url")]
-    pub amqp_url: Redacted<String>,
-    #[serde(default = "default_redis_url")]
-    pub redis_url: Redacted<String>,
-    #[serde(default = "default_worker_metrics_addr", deserialize_with = "metrics_addr")]
-    pub metrics_addr: SocketAddr,
-    /// The api's page TTL: how long a failed invalidation is retried.
-    #[serde(default = "default_cache_ttl", deserialize_with = "cache_ttl")]
-    pub cache_ttl: Duration,
-    /// Unacked replies the broker may hand this worker at once.
-    #[serde(default = "default_saga_prefetch")]
-    pub saga_prefetch: u16,
-    /// A pending order unanswered this long gets its customer check requested again.
-    #[serde(default = "default_saga_timeout", deserialize_with = "saga_timeout")]
-    pub saga_timeout: Duration,
-    /// Re-requests before an unanswered order is canceled.
-    #[serde(default = "default_saga_max_retries")]
-    pub saga_max_retries: u16,
-    /// When the timeout sweep runs: cron with seconds.
-    #[serde(default = "default_saga_timeout_schedule", deserialize_with = "saga_timeout_schedule")]
-    pub saga_timeout_schedule: cron::Schedule,
-    #[serde(default, deserialize_with = "amqp_queue_type")]
-    pub amqp_queue_type: QueueType,
-    #[serde(default = "default_relay_db_max_connections")]
-    pub db_max_connections: u32,
-    /// Read from the same variables by [`LogConfig::from_vars`] (not flattened: serde
-    /// would then hide the struct's fields from [`variables_of`]).
-    #[serde(skip)]
-    pub log: LogConfig,
+fn default_credit_limit() -> rust_decimal::Decimal {
+    rust_decimal::Decimal::from(1000)
 }
 
-impl WorkerConfig {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_vars(std::env::vars())
-    }
-
-    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
-        let vars: Vec<(String, String)> = vars.into_iter().collect();
-        let mut config: Self = envy::from_iter(vars.clone()).map_err(|e| ConfigError(e.to_string()))?;
-        config.log = LogConfig::from_vars(vars)?;
-        at_least_one("DB_MAX_CONNECTIONS", config.db_max_connections.into())?;
-        at_least_one("SAGA_PREFETCH", config.saga_prefetch.into())?;
-        valid_amqp_url(&config.amqp_url)?;
-        valid_redis_url(&config.redis_url)?;
-        config.log.filter()?;
-        Ok(config)
-    }
+fn credit_limit<'de, D: Deserializer<'de>>(d: D) -> Result<rust_decimal::Decimal, D::Error> {
+    parse_var(d, "CREDIT_LIMIT", "a number such as 1000")
 }
 
 fn default_worker_metrics_addr() -> SocketAddr {
@@ -412,10 +523,6 @@ fn default_outbox_retention() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
 }
 
-fn default_relay_db_max_connections() -> u32 {
-    4
-}
-
 fn metrics_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     parse_var(d, "METRICS_ADDR", "a socket address such as 0.0.0.0:9101")
 }
@@ -438,10 +545,6 @@ fn default_database_url() -> Redacted<String> {
 
 fn default_api_addr() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8000))
-}
-
-fn default_db_max_connections() -> u32 {
-    16
 }
 
 fn default_max_body_bytes() -> usize {
@@ -532,9 +635,10 @@ mod tests {
     #[test]
     fn defaults_work_against_local_services() {
         let config = ApiConfig::from_vars(vars(&[])).unwrap();
-        assert_eq!(config.database_url.as_str(), "postgres://postgres@127.0.0.1:5432/orders");
-        assert_eq!(config.api_addr.to_string(), "0.0.0.0:8000");
-        assert_eq!(config.max_body_bytes, 65536);
+        assert_eq!(config.database.url.as_str(), "postgres://postgres@127.0.0.1:5432/orders");
+        assert_eq!(config.database.max_connections, 16);
+        assert_eq!(config.http.api_addr.to_string(), "0.0.0.0:8000");
+        assert_eq!(config.http.max_body_bytes, 65536);
         assert_eq!(config.log.log_format, LogFormat::Json);
     }
 
@@ -547,8 +651,8 @@ mod tests {
             ("LOG_LEVEL", "debug"),
         ]))
         .unwrap();
-        assert_eq!(config.api_addr.port(), 9000);
-        assert_eq!(config.db_max_connections, 4);
+        assert_eq!(config.http.api_addr.port(), 9000);
+        assert_eq!(config.database.max_connections, 4);
         assert_eq!(config.log.log_format, LogFormat::Pretty);
         assert_eq!(config.log.log_level, "debug");
     }
@@ -583,18 +687,19 @@ mod tests {
     #[test]
     fn relay_defaults_and_bad_values() {
         let config = RelayConfig::from_vars(vars(&[])).unwrap();
-        assert_eq!(config.metrics_addr.port(), 9101);
-        assert_eq!(config.relay_batch_size, 500);
-        assert_eq!(config.outbox_retention, Duration::from_secs(7 * 86400));
-        assert_eq!(config.amqp_queue_type, QueueType::Quorum);
+        assert_eq!(config.outbox.metrics_addr.port(), 9101);
+        assert_eq!(config.outbox.relay_batch_size, 500);
+        assert_eq!(config.outbox.outbox_retention, Duration::from_secs(7 * 86400));
+        assert_eq!(config.amqp.queue_type, QueueType::Quorum);
+        assert_eq!(config.database.max_connections, 4);
         let config = RelayConfig::from_vars(vars(&[
             ("RELAY_SCHEDULE", "*/5 * * * * *"),
             ("OUTBOX_RETENTION", "12h"),
             ("AMQP_QUEUE_TYPE", "classic"),
         ]))
         .unwrap();
-        assert_eq!(config.outbox_retention, Duration::from_secs(12 * 3600));
-        assert_eq!(config.amqp_queue_type, QueueType::Classic);
+        assert_eq!(config.outbox.outbox_retention, Duration::from_secs(12 * 3600));
+        assert_eq!(config.amqp.queue_type, QueueType::Classic);
         for (var, value) in [
             // A five-field Unix line has no seconds.
             ("RELAY_SCHEDULE", "* * * * *"),
@@ -622,9 +727,10 @@ mod tests {
     #[test]
     fn worker_defaults_and_bad_values() {
         let config = WorkerConfig::from_vars(vars(&[])).unwrap();
-        assert_eq!(config.metrics_addr.port(), 9102);
-        assert_eq!((config.saga_prefetch, config.saga_max_retries), (32, 3));
-        assert_eq!(config.saga_timeout, Duration::from_secs(600));
+        assert_eq!(config.saga.metrics_addr.port(), 9102);
+        assert_eq!((config.saga.saga_prefetch, config.saga.saga_max_retries), (32, 3));
+        assert_eq!(config.saga.saga_timeout, Duration::from_secs(600));
+        assert_eq!(config.cache.ttl, Duration::from_secs(300));
         for (var, value) in [
             ("SAGA_PREFETCH", "0"),
             ("SAGA_PREFETCH", "lots"),
@@ -661,6 +767,28 @@ mod tests {
     }
 
     #[test]
+    fn simulator_reads_its_credit_limit_and_the_shared_amqp_settings() {
+        let config = SimulatorConfig::from_vars(vars(&[])).unwrap();
+        assert_eq!(config.credit.credit_limit, rust_decimal::Decimal::from(1000));
+        assert_eq!(config.amqp.queue_type, QueueType::Quorum);
+        // `Classic` is classic, as for every other binary (the examples once read any
+        // text but "classic" as quorum).
+        let config =
+            SimulatorConfig::from_vars(vars(&[("AMQP_QUEUE_TYPE", "Classic"), ("CREDIT_LIMIT", "25.5")])).unwrap();
+        assert_eq!(config.amqp.queue_type, QueueType::Classic);
+        assert_eq!(config.credit.credit_limit.to_string(), "25.5");
+        for (var, value) in [("CREDIT_LIMIT", "lots"), ("AMQP_QUEUE_TYPE", "stream"), ("AMQP_URL", "http://rabbit")] {
+            let error = SimulatorConfig::from_vars(vars(&[(var, value)])).unwrap_err().to_string();
+            assert!(error.contains(var), "{error}");
+        }
+        let simulator = SimulatorConfig::variables();
+        for var in ["CREDIT_LIMIT", "AMQP_URL", "AMQP_QUEUE_TYPE", "LOG_FORMAT"] {
+            assert!(simulator.contains(&var.to_owned()), "{var} in {simulator:?}");
+        }
+        assert!(!simulator.contains(&"DATABASE_URL".to_owned()));
+    }
+
+    #[test]
     fn debug_output_hides_every_url_with_credentials() {
         let secret = [
             ("DATABASE_URL", "postgres://u:hunter2@db/x"),
@@ -674,9 +802,9 @@ mod tests {
         for printed in [format!("{api:?}"), format!("{relay:?}"), format!("{worker:?}")] {
             assert!(!printed.contains("hunter2"), "{printed}");
             // Derived: every other field is printed, none forgotten.
-            assert!(printed.contains("db_max_connections"), "{printed}");
+            assert!(printed.contains("max_connections"), "{printed}");
         }
-        assert!(format!("{worker:?}").contains("cache_ttl"));
-        assert_eq!(api.database_url.as_str(), "postgres://u:hunter2@db/x");
+        assert!(format!("{worker:?}").contains("ttl"));
+        assert_eq!(api.database.url.as_str(), "postgres://u:hunter2@db/x");
     }
 }

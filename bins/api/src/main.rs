@@ -5,24 +5,32 @@
 
 use std::time::Duration;
 
-use order_service::{cache, config::ApiConfig, db, http, telemetry};
+use order_service::{
+    cache,
+    config::{ApiConfig, Settings},
+    db, http, telemetry,
+};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = ApiConfig::from_env()?;
     let loki = telemetry::init_tracing(&config.log, "api")?;
-    db::create_database_if_missing(&config.database_url).await?;
-    let db = db::connect(&config.database_url, config.db_max_connections)?;
+    db::create_database_if_missing(&config.database.url).await?;
+    let db = db::connect(&config.database.url, config.database.max_connections)?;
     db::migrate(&db).await?;
     if std::env::args().nth(1).as_deref() == Some("migrate") {
         tracing::info!("migrations applied");
         return Ok(());
     }
     telemetry::register_metrics(telemetry::Process::Api);
-    let cache = cache::OrderCache::new(&config.redis_url, "order-service", config.cache_ttl)?;
-    let state =
-        http::AppState { db: db.clone(), cache, metrics: telemetry::metrics(), max_body_bytes: config.max_body_bytes };
-    http::serve(config.api_addr, state, Duration::from_secs(config.shutdown_grace_secs)).await?;
+    let cache = cache::OrderCache::new(&config.cache.url, "order-service", config.cache.ttl)?;
+    let state = http::AppState {
+        db: db.clone(),
+        cache,
+        metrics: telemetry::metrics(),
+        max_body_bytes: config.http.max_body_bytes,
+    };
+    http::serve(config.http.api_addr, state, Duration::from_secs(config.http.shutdown_grace_secs)).await?;
     db.close().await;
     tracing::info!("api stopped");
     if let Some(loki) = loki {

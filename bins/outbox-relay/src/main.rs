@@ -4,8 +4,8 @@
 use std::sync::{Arc, atomic::AtomicBool};
 
 use order_service::{
-    amqp::{self, Topology},
-    config::RelayConfig,
+    amqp::Topology,
+    config::{RelayConfig, Settings},
     db,
     outbox::relay::{Relay, RelaySettings},
     probes, telemetry,
@@ -27,32 +27,33 @@ async fn main() -> anyhow::Result<()> {
     // fsync it saves is one per order, which the api's own commits then do not queue
     // behind.
     let db = db::connect_with(
-        &config.database_url,
-        config.db_max_connections,
+        &config.database.url,
+        config.database.max_connections,
         &[("plan_cache_mode", "force_custom_plan"), ("synchronous_commit", "off")],
     )?;
     // Every process applies pending migrations (under the migrator's advisory lock), so
     // any of them may start first; this also waits for PostgreSQL to come up.
-    db::create_database_if_missing(&config.database_url).await?;
+    db::create_database_if_missing(&config.database.url).await?;
     db::migrate(&db).await?;
     let connection_name = format!("outbox-relay@{}", std::process::id());
-    let amqp = amqp::connection_args(&config.amqp_url, &connection_name).map_err(anyhow::Error::msg)?;
+    let amqp = config.amqp.connection_args(&connection_name)?;
 
     let stopped = order_service::shutdown::flag();
     let broker_up = Arc::new(AtomicBool::new(false));
-    let ops = probes::spawn(config.metrics_addr, db.clone(), broker_up.clone(), metrics, stopped.clone()).await?;
+    let ops =
+        probes::spawn(config.outbox.metrics_addr, db.clone(), broker_up.clone(), metrics, stopped.clone()).await?;
 
     let relay = Relay {
         db: db.clone(),
         amqp,
-        topology: Topology::contract(config.amqp_queue_type),
+        topology: Topology::contract(config.amqp.queue_type),
         settings: RelaySettings {
-            batch_size: config.relay_batch_size.into(),
-            retention: config.outbox_retention,
-            lanes: config.relay_lanes.into(),
+            batch_size: config.outbox.relay_batch_size.into(),
+            retention: config.outbox.outbox_retention,
+            lanes: config.outbox.relay_lanes.into(),
             ..RelaySettings::default()
         },
-        schedule: config.relay_schedule,
+        schedule: config.outbox.relay_schedule,
         broker_up,
     };
     relay.run(stopped).await;

@@ -7,9 +7,9 @@ use std::{
 };
 
 use order_service::{
-    amqp::{self, Topology},
+    amqp::Topology,
     cache::OrderCache,
-    config::WorkerConfig,
+    config::{Settings, WorkerConfig},
     db, probes,
     saga::{
         self, dlq,
@@ -35,31 +35,30 @@ async fn main() -> anyhow::Result<()> {
     let loki = telemetry::init_tracing(&config.log, "saga-worker")?;
     let metrics = telemetry::metrics();
     telemetry::register_metrics(telemetry::Process::SagaWorker);
-    let db = db::connect(&config.database_url, config.db_max_connections)?;
+    let db = db::connect(&config.database.url, config.database.max_connections)?;
     // Every process applies pending migrations (under the migrator's advisory lock).
-    db::create_database_if_missing(&config.database_url).await?;
+    db::create_database_if_missing(&config.database.url).await?;
     db::migrate(&db).await?;
     let name = format!("saga-worker@{}", std::process::id());
-    let amqp = amqp::connection_args(&config.amqp_url, &name).map_err(anyhow::Error::msg)?;
-    let dead_letter_amqp =
-        amqp::connection_args(&config.amqp_url, &format!("{name}-dead-letters")).map_err(anyhow::Error::msg)?;
-    let cache = OrderCache::new(&config.redis_url, "order-service", config.cache_ttl)?;
+    let amqp = config.amqp.connection_args(&name)?;
+    let dead_letter_amqp = config.amqp.connection_args(&format!("{name}-dead-letters"))?;
+    let cache = OrderCache::new(&config.cache.url, "order-service", config.cache.ttl)?;
 
     let stopped = order_service::shutdown::flag();
     let broker_up = Arc::new(AtomicBool::new(false));
-    let ops = probes::spawn(config.metrics_addr, db.clone(), broker_up.clone(), metrics, stopped.clone()).await?;
+    let ops = probes::spawn(config.saga.metrics_addr, db.clone(), broker_up.clone(), metrics, stopped.clone()).await?;
 
     let worker = SagaWorker {
         db: db.clone(),
         amqp,
         dead_letter_amqp,
-        topology: Topology::contract(config.amqp_queue_type),
+        topology: Topology::contract(config.amqp.queue_type),
         cache,
-        prefetch: config.saga_prefetch,
+        prefetch: config.saga.saga_prefetch,
         timeouts: TimeoutSettings {
-            after: config.saga_timeout,
-            max_retries: config.saga_max_retries.into(),
-            schedule: config.saga_timeout_schedule,
+            after: config.saga.saga_timeout,
+            max_retries: config.saga.saga_max_retries.into(),
+            schedule: config.saga.saga_timeout_schedule,
         },
         broker_up,
         apply_attempts: APPLY_ATTEMPTS,
@@ -76,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// `sagas pending`: one JSON line per order waiting on the customer service, oldest first.
 async fn pending_sagas(config: &WorkerConfig, older_than: std::time::Duration, limit: i64) -> anyhow::Result<()> {
-    let db = db::connect(&config.database_url, 1)?;
+    let db = db::connect(&config.database.url, 1)?;
     let pending = saga::pending_sagas(&db, older_than, limit).await?;
     // Not println!: a closed pipe (`| head`) is an error to return, not a panic.
     let mut out = std::io::stdout().lock();
@@ -90,10 +89,10 @@ async fn pending_sagas(config: &WorkerConfig, older_than: std::time::Duration, l
 /// all left in the queue. `dlq replay`: moves them back to `CustomerSaga`, one log line
 /// each. `dlq replay|discard --id`: one message, and a JSON line saying what was done.
 async fn dead_letters(config: &WorkerConfig, operator: Invocation) -> anyhow::Result<()> {
-    let topology = Topology::contract(config.amqp_queue_type);
+    let topology = Topology::contract(config.amqp.queue_type);
     let name = format!("saga-worker-dlq@{}", std::process::id());
-    let consume = amqp::connection_args(&config.amqp_url, &name).map_err(anyhow::Error::msg)?;
-    let publish = || amqp::connection_args(&config.amqp_url, &format!("{name}-replay")).map_err(anyhow::Error::msg);
+    let consume = config.amqp.connection_args(&name)?;
+    let publish = || config.amqp.connection_args(&format!("{name}-replay"));
     let mut out = std::io::stdout().lock();
     if let Invocation::DlqList { limit } = operator {
         let letters = dlq::list(&consume, &topology, limit).await?;

@@ -46,16 +46,6 @@ impl std::str::FromStr for QueueType {
     }
 }
 
-impl QueueType {
-    /// From the environment's `AMQP_QUEUE_TYPE`: quorum when unset, an error naming the
-    /// variable when it is anything else than `quorum` or `classic`.
-    pub fn from_env() -> Result<Self, String> {
-        std::env::var("AMQP_QUEUE_TYPE").map_or(Ok(QueueType::Quorum), |text| {
-            text.parse().map_err(|e| format!("AMQP_QUEUE_TYPE must be quorum or classic, not {text:?}: {e}"))
-        })
-    }
-}
-
 /// Failed deliveries of one reply before the broker dead-letters it (quorum queues
 /// count them across consumer crashes; the worker settles a failure with
 /// `basic.reject`, which every version counts, and not with `basic.nack`, which

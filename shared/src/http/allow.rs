@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use poem::{Endpoint, IntoResponse, Middleware, Request, Response, Result, http::StatusCode};
+use poem::{Endpoint, IntoResponse, Request, Response, Result, http::StatusCode};
 
 /// The methods each path answers, from the OpenAPI document, for the `Allow` header
 /// that a 405 must carry (RFC 9110).
@@ -37,36 +37,21 @@ impl AllowedMethods {
 }
 
 /// Adds `Allow` to every 405.
-pub struct AllowHeader(pub Arc<AllowedMethods>);
-
-impl<E: Endpoint> Middleware<E> for AllowHeader {
-    type Output = AllowHeaderEndpoint<E>;
-
-    fn transform(&self, inner: E) -> Self::Output {
-        AllowHeaderEndpoint { inner, allowed: self.0.clone() }
-    }
-}
-
-pub struct AllowHeaderEndpoint<E> {
-    inner: E,
+pub async fn add_allow_header<E: Endpoint>(
+    next: Arc<E>,
+    req: Request,
     allowed: Arc<AllowedMethods>,
-}
-
-impl<E: Endpoint> Endpoint for AllowHeaderEndpoint<E> {
-    type Output = Response;
-
-    async fn call(&self, req: Request) -> Result<Self::Output> {
-        // A clone of the URI shares its bytes: no copy of the path on every request.
-        let uri = req.uri().clone();
-        let mut response = self.inner.call(req).await?.into_response();
-        if response.status() == StatusCode::METHOD_NOT_ALLOWED
-            && let Some(methods) = self.allowed.for_path(uri.path())
-            && let Ok(value) = poem::http::HeaderValue::from_str(methods)
-        {
-            response.headers_mut().insert(poem::http::header::ALLOW, value);
-        }
-        Ok(response)
+) -> Result<Response> {
+    // A clone of the URI shares its bytes: no copy of the path on every request.
+    let uri = req.uri().clone();
+    let mut response = next.call(req).await?.into_response();
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED
+        && let Some(methods) = allowed.for_path(uri.path())
+        && let Ok(value) = poem::http::HeaderValue::from_str(methods)
+    {
+        response.headers_mut().insert(poem::http::header::ALLOW, value);
     }
+    Ok(response)
 }
 
 #[cfg(test)]

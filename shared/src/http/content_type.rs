@@ -5,7 +5,9 @@
 //! curl's default form type; any other declared type is left alone (a 415 as before),
 //! and so is a form that is really a form.
 
-use poem::{Body, Endpoint, Middleware, Request, Result, http::header::CONTENT_TYPE};
+use std::sync::Arc;
+
+use poem::{Body, Endpoint, Request, Result, http::header::CONTENT_TYPE};
 
 /// Whether a body with this declared type (if any) is to be read as JSON.
 pub fn taken_as_json(content_type: Option<&str>, body: &[u8]) -> bool {
@@ -19,39 +21,22 @@ pub fn taken_as_json(content_type: Option<&str>, body: &[u8]) -> bool {
     unlabelled && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
 }
 
-/// Relabels such bodies `application/json`. Runs inside `BodyLimit`, which has already
-/// read the body into memory (bounded), so reading it here copies nothing.
-pub struct JsonByDefault;
-
-impl<E: Endpoint> Middleware<E> for JsonByDefault {
-    type Output = JsonByDefaultEndpoint<E>;
-
-    fn transform(&self, inner: E) -> Self::Output {
-        JsonByDefaultEndpoint { inner }
-    }
-}
-
-pub struct JsonByDefaultEndpoint<E> {
-    inner: E,
-}
-
-impl<E: Endpoint> Endpoint for JsonByDefaultEndpoint<E> {
-    type Output = E::Output;
-
-    async fn call(&self, mut req: Request) -> Result<Self::Output> {
-        let declared = req.headers().get(CONTENT_TYPE).map(|v| v.to_str().unwrap_or("?"));
-        let may_relabel =
-            declared.is_none_or(|d| d.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
-        if may_relabel && req.method() != poem::http::Method::GET {
-            let declared = declared.map(str::to_owned);
-            let body = req.take_body().into_bytes().await?;
-            if taken_as_json(declared.as_deref(), &body) {
-                req.headers_mut().insert(CONTENT_TYPE, poem::http::HeaderValue::from_static("application/json"));
-            }
-            req.set_body(Body::from_bytes(body));
+/// Relabels such bodies `application/json`. Runs inside [`limit_body`], which has
+/// already read the body into memory (bounded), so reading it here copies nothing.
+///
+/// [`limit_body`]: super::body_limit::limit_body
+pub async fn json_by_default<E: Endpoint>(next: Arc<E>, mut req: Request) -> Result<E::Output> {
+    let declared = req.headers().get(CONTENT_TYPE).map(|v| v.to_str().unwrap_or("?"));
+    let may_relabel = declared.is_none_or(|d| d.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
+    if may_relabel && req.method() != poem::http::Method::GET {
+        let declared = declared.map(str::to_owned);
+        let body = req.take_body().into_bytes().await?;
+        if taken_as_json(declared.as_deref(), &body) {
+            req.headers_mut().insert(CONTENT_TYPE, poem::http::HeaderValue::from_static("application/json"));
         }
-        self.inner.call(req).await
+        req.set_body(Body::from_bytes(body));
     }
+    next.call(req).await
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ pub mod health;
 pub mod json;
 pub mod observe;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use poem::{
@@ -80,9 +80,11 @@ pub fn openapi(state: &AppState) -> OpenApiService<Apis, ()> {
 pub fn app(state: AppState) -> impl Endpoint {
     let api = openapi(&state);
     let spec: serde_json::Value = serde_json::from_str(&api.spec()).unwrap_or_default();
-    let routes = observe::RouteNames::from_spec_paths(
+    let routes = Arc::new(observe::RouteNames::from_spec_paths(
         spec["paths"].as_object().into_iter().flat_map(|paths| paths.keys().map(String::as_str)),
-    );
+    ));
+    let allowed = Arc::new(allow::AllowedMethods::from_spec(&spec));
+    let max_body_bytes = state.max_body_bytes;
     let spec_endpoint = api.spec_endpoint();
     let docs = api.swagger_ui();
     Route::new()
@@ -90,11 +92,11 @@ pub fn app(state: AppState) -> impl Endpoint {
         // The spec and Swagger UI answer any method on their own: GET only, like the rest.
         .at("/openapi.json", poem::get(spec_endpoint))
         .nest("/docs", poem::get(docs))
-        .with(content_type::JsonByDefault)
-        .with(body_limit::BodyLimit(state.max_body_bytes))
-        .with(observe::Observe::new(routes))
+        .around(content_type::json_by_default)
+        .around(move |next, req| body_limit::limit_body(next, req, max_body_bytes))
+        .around(move |next, req| observe::observe(next, req, routes.clone()))
         .catch_all_error(|e| async move { errors::framework_error(e) })
-        .with(allow::AllowHeader(std::sync::Arc::new(allow::AllowedMethods::from_spec(&spec))))
+        .around(move |next, req| allow::add_allow_header(next, req, allowed.clone()))
         // Trims a trailing slash in place (no redirect): `/api/v1/products/` is `/api/v1/products`.
         .with(NormalizePath::new(TrailingSlash::Trim))
 }

@@ -3,23 +3,10 @@
 use crate::telemetry::names;
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
-use poem::{Endpoint, IntoResponse, Middleware, PathPattern, Request, Response, Result, http::StatusCode};
+use poem::{Endpoint, IntoResponse, PathPattern, Request, Response, Result, http::StatusCode};
 use tracing::Instrument;
 
 use crate::trace_context::TraceContext;
-
-/// Reads or starts the W3C trace, runs the request in a span carrying its trace id, and
-/// records `http_requests_total` and `http_request_duration_seconds` by route template
-/// (never the raw path: ids would make the series unbounded) and status.
-pub struct Observe {
-    routes: Arc<RouteNames>,
-}
-
-impl Observe {
-    pub fn new(routes: RouteNames) -> Self {
-        Observe { routes: Arc::new(routes) }
-    }
-}
 
 /// poem-openapi routes `/products/{productName}` as `/products/:param0`; metrics and
 /// logs use the spec's spelling, which is what a reader of the dashboard knows.
@@ -60,54 +47,40 @@ impl RouteNames {
     }
 }
 
-impl<E: Endpoint> Middleware<E> for Observe {
-    type Output = ObserveEndpoint<E>;
-
-    fn transform(&self, inner: E) -> Self::Output {
-        ObserveEndpoint { inner, routes: self.routes.clone() }
-    }
-}
-
-pub struct ObserveEndpoint<E> {
-    inner: E,
-    routes: Arc<RouteNames>,
-}
-
-impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
-    type Output = Response;
-
-    async fn call(&self, mut req: Request) -> Result<Self::Output> {
-        let started = Instant::now();
-        let trace = TraceContext::from_header(req.headers().get("traceparent").and_then(|v| v.to_str().ok()));
-        req.set_data(trace);
-        let method = req.method().clone();
-        let span = tracing::info_span!(
-            "http.request",
-            http.method = %method,
-            http.path = %req.uri().path(),
-            trace_id = %trace.trace_id(),
+/// Reads or starts the W3C trace, runs the request in a span carrying its trace id, and
+/// records `http_requests_total` and `http_request_duration_seconds` by route template
+/// (never the raw path: ids would make the series unbounded) and status.
+pub async fn observe<E: Endpoint>(next: Arc<E>, mut req: Request, routes: Arc<RouteNames>) -> Result<Response> {
+    let started = Instant::now();
+    let trace = TraceContext::from_header(req.headers().get("traceparent").and_then(|v| v.to_str().ok()));
+    req.set_data(trace);
+    let method = req.method().clone();
+    let span = tracing::info_span!(
+        "http.request",
+        http.method = %method,
+        http.path = %req.uri().path(),
+        trace_id = %trace.trace_id(),
+    );
+    let result = next.call(req).instrument(span.clone()).await.map(IntoResponse::into_response);
+    let (status, route) = match &result {
+        Ok(resp) => (resp.status(), resp.data::<PathPattern>().map(|p| p.0.clone())),
+        Err(err) => (err.status(), err.data::<PathPattern>().map(|p| p.0.clone())),
+    };
+    let route = routes.name(route.as_deref(), status);
+    let elapsed = started.elapsed();
+    let labels =
+        [("method", method_label(&method).to_owned()), ("route", route), ("status", status.as_u16().to_string())];
+    metrics::counter!(names::HTTP_REQUESTS, &labels).increment(1);
+    metrics::histogram!(names::HTTP_REQUEST_DURATION, &labels).record(elapsed.as_secs_f64());
+    span.in_scope(|| {
+        tracing::info!(
+            http.status = status.as_u16(),
+            http.route = %labels[1].1,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "request finished"
         );
-        let result = self.inner.call(req).instrument(span.clone()).await.map(IntoResponse::into_response);
-        let (status, route) = match &result {
-            Ok(resp) => (resp.status(), resp.data::<PathPattern>().map(|p| p.0.clone())),
-            Err(err) => (err.status(), err.data::<PathPattern>().map(|p| p.0.clone())),
-        };
-        let route = self.routes.name(route.as_deref(), status);
-        let elapsed = started.elapsed();
-        let labels =
-            [("method", method_label(&method).to_owned()), ("route", route), ("status", status.as_u16().to_string())];
-        metrics::counter!(names::HTTP_REQUESTS, &labels).increment(1);
-        metrics::histogram!(names::HTTP_REQUEST_DURATION, &labels).record(elapsed.as_secs_f64());
-        span.in_scope(|| {
-            tracing::info!(
-                http.status = status.as_u16(),
-                http.route = %labels[1].1,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                "request finished"
-            );
-        });
-        result
-    }
+    });
+    result
 }
 
 /// Standard methods by name, anything else as one label, so made-up methods cannot

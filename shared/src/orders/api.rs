@@ -125,10 +125,9 @@ impl TryFrom<OrderView> for Order {
     type Error = AppError;
 
     fn try_from(view: OrderView) -> Result<Self, AppError> {
-        let corrupt = |e| AppError::Internal(anyhow::Error::new(e));
         Ok(Order {
-            order_status: view.order_status.parse().map_err(corrupt)?,
-            payment_method: view.payment_method.parse().map_err(corrupt)?,
+            order_status: view.order_status,
+            payment_method: view.payment_method,
             client: Client { client_id: view.user_id, client_name: view.client_name },
             address: view.address,
             order_id: view.id,
@@ -145,7 +144,7 @@ impl TryFrom<OrderView> for Order {
                 .collect(),
             created_at: view.created_at,
             total_price: Money::from_db(view.total_price).into(),
-            saga_status: view.saga_status.parse().map_err(corrupt)?,
+            saga_status: view.saga_status,
         })
     }
 }

@@ -10,9 +10,11 @@ use std::{fmt, str::FromStr};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-// The derives give the OpenAPI schema of these enums; the variant names are the wire
-// and database spelling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, poem_openapi::Enum, serde::Serialize)]
+// The derives give the OpenAPI schema of these enums, their JSON, and their column type:
+// the variant names are the wire and database spelling, stored as `text` (a value the
+// code does not know is a decode error, not a silent default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, poem_openapi::Enum, serde::Serialize, sqlx::Type)]
+#[sqlx(type_name = "text")]
 pub enum OrderStatus {
     New,
     InProcessing,
@@ -21,14 +23,16 @@ pub enum OrderStatus {
     Canceled,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, poem_openapi::Enum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, poem_openapi::Enum, serde::Serialize, sqlx::Type)]
+#[sqlx(type_name = "text")]
 pub enum SagaStatus {
     Pending,
     Approved,
     Rejected,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, poem_openapi::Enum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, poem_openapi::Enum, serde::Serialize, sqlx::Type)]
+#[sqlx(type_name = "text")]
 pub enum PaymentMethod {
     Online,
     Card,

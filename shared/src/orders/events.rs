@@ -3,7 +3,11 @@
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::{outbox::Event, pricing::Money};
+use crate::{
+    orders::domain::{OrderStatus, PaymentMethod, SagaStatus},
+    outbox::Event,
+    pricing::Money,
+};
 
 /// Starts the saga: asks the customer service to approve the order.
 #[derive(Debug, Clone, Serialize)]
@@ -76,11 +80,11 @@ pub struct OrderCreated {
     #[serde(rename = "userID")]
     pub user_id: Uuid,
     #[serde(rename = "orderStatus")]
-    pub order_status: String,
+    pub order_status: OrderStatus,
     #[serde(rename = "sagaStatus")]
-    pub saga_status: String,
+    pub saga_status: SagaStatus,
     #[serde(rename = "paymentMethod")]
-    pub payment_method: String,
+    pub payment_method: PaymentMethod,
     pub client: EventClient,
     pub address: String,
     #[serde(rename = "serialNumber")]

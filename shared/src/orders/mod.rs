@@ -18,7 +18,7 @@ use sqlx::{PgPool, types::Json};
 use uuid::Uuid;
 
 use self::{
-    domain::{Order, PaymentMethod},
+    domain::{Order, OrderStatus, PaymentMethod, SagaStatus},
     events::{OrderCreateSaga, OrderDeleted},
 };
 use crate::{
@@ -106,7 +106,7 @@ impl Command for CreateOrder {
             self.id,
             self.user_id,
             self.delivery_address_id,
-            self.payment_method.as_str(),
+            self.payment_method as PaymentMethod,
             total_price.amount(),
             saga_event_id,
         )
@@ -184,9 +184,9 @@ impl Command for DeleteOrder {
 pub struct OrderView {
     pub id: Uuid,
     pub user_id: Uuid,
-    pub order_status: String,
-    pub saga_status: String,
-    pub payment_method: String,
+    pub order_status: OrderStatus,
+    pub saga_status: SagaStatus,
+    pub payment_method: PaymentMethod,
     pub serial_number: i32,
     pub total_price: Decimal,
     pub created_at: DateTime<Utc>,
@@ -208,23 +208,15 @@ pub struct OrderLineView {
 /// domain to decide; none if it does not exist. A status the domain does not know is a
 /// decode error.
 pub async fn lock(tx: &mut Tx, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
-    let Some(row) = sqlx::query!(
-        "SELECT id, user_id, order_status, saga_status, deleted_at FROM orders WHERE id = $1 FOR UPDATE",
+    sqlx::query_as!(
+        Order,
+        r#"SELECT id, user_id, order_status AS "order_status: OrderStatus", saga_status AS "saga_status: SagaStatus",
+                  deleted_at
+             FROM orders WHERE id = $1 FOR UPDATE"#,
         id
     )
     .fetch_optional(&mut **tx)
-    .await?
-    else {
-        return Ok(None);
-    };
-    let corrupt = |e| sqlx::Error::Decode(Box::new(e));
-    Ok(Some(Order {
-        id: row.id,
-        user_id: row.user_id,
-        order_status: row.order_status.parse().map_err(corrupt)?,
-        saga_status: row.saga_status.parse().map_err(corrupt)?,
-        deleted_at: row.deleted_at,
-    }))
+    .await
 }
 
 /// `SELECT` every column of [`OrderView`] `FROM order_views`, then `$rest`, as one
@@ -235,8 +227,8 @@ macro_rules! select_order_views {
     ($rest:literal $(, $arg:expr)* $(,)?) => {
         sqlx::query_as!(
             OrderView,
-            r#"SELECT id AS "id!", user_id AS "user_id!", order_status AS "order_status!",
-                      saga_status AS "saga_status!", payment_method AS "payment_method!",
+            r#"SELECT id AS "id!", user_id AS "user_id!", order_status AS "order_status!: OrderStatus",
+                      saga_status AS "saga_status!: SagaStatus", payment_method AS "payment_method!: PaymentMethod",
                       serial_number AS "serial_number!", total_price AS "total_price!",
                       created_at AS "created_at!", client_name AS "client_name!", address AS "address!",
                       products AS "products!: Json<Vec<OrderLineView>>"

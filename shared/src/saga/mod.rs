@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::{
     db::Tx,
     orders::{
-        domain::Order,
+        domain::{Order, OrderStatus, SagaStatus},
         events::{EventClient, OrderCanceled, OrderCreateSaga, OrderCreated, OrderLine},
     },
     outbox,
@@ -226,8 +226,8 @@ async fn save_statuses(tx: &mut Tx, order: &Order) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "UPDATE orders SET saga_status = $2, order_status = $3 WHERE id = $1",
         order.id,
-        order.saga_status.as_str(),
-        order.order_status.as_str(),
+        order.saga_status as SagaStatus,
+        order.order_status as OrderStatus,
     )
     .execute(&mut **tx)
     .await?;
@@ -307,7 +307,8 @@ pub async fn sweep_timeouts(
 ) -> Result<Swept, sqlx::Error> {
     let mut tx = db.begin().await?;
     let due = sqlx::query!(
-        r#"SELECT id, user_id, order_status, saga_status, deleted_at, saga_retries, total_price,
+        r#"SELECT id, user_id, order_status AS "order_status: OrderStatus", saga_status AS "saga_status: SagaStatus",
+                  deleted_at, saga_retries, total_price,
                 -- Orders placed before the column existed: their first request's row.
                 COALESCE(saga_event_id,
                          (SELECT event_id FROM outbox
@@ -356,12 +357,11 @@ pub async fn sweep_timeouts(
             // once they are applied (or the broker can be asked again).
             swept.postponed += 1;
         } else {
-            let corrupt = |e| sqlx::Error::Decode(Box::new(e));
             let mut order = Order {
                 id: row.id,
                 user_id: row.user_id,
-                order_status: row.order_status.parse().map_err(corrupt)?,
-                saga_status: row.saga_status.parse().map_err(corrupt)?,
+                order_status: row.order_status,
+                saga_status: row.saga_status,
                 deleted_at: row.deleted_at,
             };
             if let Err(refused) = order.reject() {

@@ -23,8 +23,8 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::{
-    broker::{TestBroker, eventually, rabbitmqctl},
-    helpers::TestApp,
+    helpers::broker::{TestBroker, eventually, rabbitmqctl},
+    helpers::{Placed, TestApp},
     saga::{RunningWorker, reply, saga_status, send_reply, settled},
 };
 
@@ -83,7 +83,7 @@ async fn the_worker_consumes_again_after_its_queue_is_deleted_and_is_not_ready_m
         "the worker did not consume again"
     );
     println!("worker consuming again {:?} after the queue was deleted", deleted.elapsed());
-    let (_, _, order) = app.place_order(&[phone]).await;
+    let Placed { order, .. } = app.place_order(&[phone]).await;
     send_reply(&broker, &reply(order, "Approved"), "after-the-cancel").await;
     assert!(settled(&app, order, "Approved").await, "a reply sent after the queue came back was not applied");
     worker.stop().await;
@@ -184,7 +184,7 @@ async fn a_reply_that_keeps_failing_is_dead_lettered_not_retried_forever(db: PgP
     let app = TestApp::new(db);
     let broker = TestBroker::new().await;
     let phone = app.create_product("Phone", 1.0, 0).await;
-    let (_, _, order) = app.place_order(&[phone]).await;
+    let Placed { order, .. } = app.place_order(&[phone]).await;
     // Every write of a reply fails, and not because the database is away.
     sqlx::raw_sql(
         "CREATE FUNCTION fail_inbox() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -241,7 +241,7 @@ async fn no_order_is_canceled_while_its_answer_waits_in_customer_saga(db: PgPool
     let app = TestApp::new(db);
     let broker = TestBroker::new().await;
     let phone = app.create_product("Phone", 1.0, 0).await;
-    let (_, _, order) = app.place_order(&[phone]).await;
+    let Placed { order, .. } = app.place_order(&[phone]).await;
     // Its last retry is long past, and its request left the outbox long ago…
     sqlx::query("UPDATE orders SET saga_retries = 3, saga_requested_at = now() - interval '1 hour' WHERE id = $1")
         .bind(order)

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{OwnRedis, TestApp, test_cache};
+use crate::helpers::{OwnRedis, Placed, TestApp, test_cache};
 
 fn ids(body: &Value) -> Vec<Value> {
     body["orders"].as_array().unwrap().iter().map(|o| o["OrderID"].clone()).collect()
@@ -26,7 +26,7 @@ async fn a_page_is_served_from_the_cache_until_the_user_is_invalidated(db: PgPoo
     let cache = test_cache();
     let app = TestApp::with_cache(db, cache.clone());
     let phone = app.create_product("Phone", 10.0, 0).await;
-    let (user, address, first) = app.place_order(&[phone]).await;
+    let Placed { user, address, order: first } = app.place_order(&[phone]).await;
     app.approve(first).await;
     let path = format!("/api/v1/orders/user/{user}");
     assert_eq!(ids(&app.get(&path).await.body), [json!(first)]);
@@ -48,7 +48,7 @@ async fn a_refill_that_raced_an_invalidation_stores_nothing(db: PgPool) {
     let cache = test_cache();
     let app = TestApp::with_cache(db.clone(), cache.clone());
     let phone = app.create_product("Phone", 10.0, 0).await;
-    let (user, _, order) = app.place_order(&[phone]).await;
+    let Placed { user, order, .. } = app.place_order(&[phone]).await;
 
     // The reader misses and reads PostgreSQL: the order is still pending, so the page is empty.
     let Lookup::Miss(seen) = cache.read(user, &page()).await.unwrap() else { panic!("a cold cache") };
@@ -74,7 +74,7 @@ async fn the_read_path_fences_its_own_refill(db: PgPool) {
     let cache = test_cache();
     let app = TestApp::with_cache(db.clone(), cache.clone());
     let phone = app.create_product("Phone", 10.0, 0).await;
-    let (user, _, order) = app.place_order(&[phone]).await;
+    let Placed { user, order, .. } = app.place_order(&[phone]).await;
     let mut lock = db.begin().await.unwrap();
     sqlx::query("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
     let reader = {
@@ -82,7 +82,7 @@ async fn the_read_path_fences_its_own_refill(db: PgPool) {
         tokio::spawn(async move { user_orders(&db, &cache, user, page()).await.map(|b| b.bytes().to_vec()) })
     };
     // Wait until the reader's query is queued behind the lock.
-    let blocked = crate::broker::eventually(Duration::from_secs(10), || async {
+    let blocked = crate::helpers::broker::eventually(Duration::from_secs(10), || async {
         sqlx::query_scalar::<_, bool>(
             "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE NOT granted AND relation = 'orders'::regclass)",
         )
@@ -108,7 +108,7 @@ async fn the_read_path_fences_its_own_refill(db: PgPool) {
 async fn deleting_an_order_invalidates_its_users_pages(db: PgPool) {
     let app = TestApp::new(db);
     let phone = app.create_product("Phone", 10.0, 0).await;
-    let (user, _, order) = app.place_order(&[phone]).await;
+    let Placed { user, order, .. } = app.place_order(&[phone]).await;
     app.approve(order).await;
     let path = format!("/api/v1/orders/user/{user}");
     assert_eq!(ids(&app.get(&path).await.body), [json!(order)]);
@@ -122,7 +122,7 @@ async fn with_redis_down_the_list_is_served_from_postgres(db: PgPool) {
     let down = OrderCache::new("redis://127.0.0.1:1", "down", Duration::from_secs(60)).unwrap();
     let app = TestApp::with_cache(db, down);
     let phone = app.create_product("Phone", 10.0, 0).await;
-    let (user, _, order) = app.place_order(&[phone]).await;
+    let Placed { user, order, .. } = app.place_order(&[phone]).await;
     app.approve(order).await;
     let reply = app.get(&format!("/api/v1/orders/user/{user}")).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
@@ -134,15 +134,16 @@ async fn with_redis_down_the_list_is_served_from_postgres(db: PgPool) {
 }
 
 #[sqlx::test(migrations = "../migrations")]
+#[ignore = "needs redis-server, to stop and start a Redis of its own"]
 async fn the_api_carries_on_through_a_redis_restart(db: PgPool) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut redis = OwnRedis::start(port);
     let url = format!("redis://127.0.0.1:{}", redis.port);
     let cache = OrderCache::new(&url, "restart", Duration::from_secs(60)).unwrap();
-    assert!(crate::broker::eventually(Duration::from_secs(10), || async { cache.ping().await.is_ok() }).await);
+    assert!(crate::helpers::broker::eventually(Duration::from_secs(10), || async { cache.ping().await.is_ok() }).await);
     let app = TestApp::with_cache(db, cache.clone());
     let phone = app.create_product("Phone", 10.0, 0).await;
-    let (user, _, order) = app.place_order(&[phone]).await;
+    let Placed { user, order, .. } = app.place_order(&[phone]).await;
     app.approve(order).await;
     let path = format!("/api/v1/orders/user/{user}");
     assert_eq!(ids(&app.get(&path).await.body), [json!(order)]);
@@ -154,7 +155,7 @@ async fn the_api_carries_on_through_a_redis_restart(db: PgPool) {
     let _redis = OwnRedis::start(port);
     // Back by itself: the next reads fill and then hit the cache again.
     assert!(
-        crate::broker::eventually(Duration::from_secs(10), || async {
+        crate::helpers::broker::eventually(Duration::from_secs(10), || async {
             let _ = app.get(&path).await;
             matches!(cache.read(user, &page()).await, Ok(Lookup::Hit(_)))
         })
@@ -194,7 +195,7 @@ async fn one_client_walking_offsets_leaves_a_bounded_number_of_keys(db: PgPool) 
     let cache = OrderCache::new(crate::helpers::REDIS_URL, &prefix, Duration::from_secs(300)).unwrap();
     let app = TestApp::with_cache(db, cache.clone());
     let phone = app.create_product("Phone", 10.0, 0).await;
-    let (user, _, order) = app.place_order(&[phone]).await;
+    let Placed { user, order, .. } = app.place_order(&[phone]).await;
     app.approve(order).await;
     for offset in 0..300 {
         let reply = app.get(&format!("/api/v1/orders/user/{user}?offset={offset}&limit=7")).await;
@@ -222,7 +223,7 @@ async fn a_page_past_the_entry_cap_is_served_from_postgres_and_not_stored(db: Pg
     .fetch_all(&db)
     .await
     .unwrap();
-    let (user, address, first) = app.place_order(&products).await;
+    let Placed { user, address, order: first } = app.place_order(&products).await;
     app.approve(first).await;
     for _ in 1..14 {
         let order = app.order_for(user, address, &products).await;
@@ -245,7 +246,7 @@ async fn a_page_past_the_entry_cap_is_served_from_postgres_and_not_stored(db: Pg
 async fn a_delete_whose_client_disconnects_still_invalidates_the_users_pages(db: PgPool) {
     let app = TestApp::new(db.clone());
     let phone = app.create_product("Phone", 10.0, 0).await;
-    let (user, _, order) = app.place_order(&[phone]).await;
+    let Placed { user, order, .. } = app.place_order(&[phone]).await;
     app.approve(order).await;
     let path = format!("/api/v1/orders/user/{user}");
     assert_eq!(ids(&app.get(&path).await.body), [json!(order)], "cached");
@@ -255,7 +256,7 @@ async fn a_delete_whose_client_disconnects_still_invalidates_the_users_pages(db:
     sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE").bind(order).execute(&mut *lock).await.unwrap();
     let request = app.client.delete("/api/v1/orders/").body_json(&json!({"orderID": order})).send();
     let waiting = async {
-        crate::broker::eventually(Duration::from_secs(10), || async {
+        crate::helpers::broker::eventually(Duration::from_secs(10), || async {
             sqlx::query_scalar::<_, bool>(
                 "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
                                  WHERE datname = current_database() AND wait_event_type = 'Lock')",
@@ -273,7 +274,7 @@ async fn a_delete_whose_client_disconnects_still_invalidates_the_users_pages(db:
     // …and the client went away: poem dropped the handler's future (the `select!` did
     // here), as it does when a connection closes or a shutdown outlasts its grace.
     lock.commit().await.unwrap();
-    let deleted = crate::broker::eventually(Duration::from_secs(10), || async {
+    let deleted = crate::helpers::broker::eventually(Duration::from_secs(10), || async {
         sqlx::query_scalar::<_, bool>("SELECT deleted FROM orders WHERE id = $1")
             .bind(order)
             .fetch_one(&db)
@@ -283,9 +284,10 @@ async fn a_delete_whose_client_disconnects_still_invalidates_the_users_pages(db:
     .await;
     assert!(deleted, "the DELETE was committed whatever the client did");
     // The task that committed invalidated the page.
-    let fresh =
-        crate::broker::eventually(Duration::from_secs(3), || async { ids(&app.get(&path).await.body).is_empty() })
-            .await;
+    let fresh = crate::helpers::broker::eventually(Duration::from_secs(3), || async {
+        ids(&app.get(&path).await.body).is_empty()
+    })
+    .await;
     assert!(fresh, "the deleted order is still served from the cache");
 }
 
@@ -299,7 +301,9 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    assert!(crate::broker::eventually(Duration::from_secs(10), || async { reader.ping().await.is_ok() }).await);
+    assert!(
+        crate::helpers::broker::eventually(Duration::from_secs(10), || async { reader.ping().await.is_ok() }).await
+    );
     tokio::time::sleep(STALENESS_BOUND).await;
     for _ in 0..20 {
         if !fresh().await {
@@ -323,6 +327,7 @@ async fn outage_redis() -> (OwnRedis, impl Fn() -> OrderCache) {
 const OUTAGE_SECS: u64 = 14;
 
 #[sqlx::test(migrations = "../migrations")]
+#[ignore = "needs redis-server, to stop and start a Redis of its own"]
 async fn a_redis_outage_longer_than_the_retry_window_leaves_no_stale_page(db: PgPool) {
     let (mut redis, process) = outage_redis().await;
     let cache = process();
@@ -330,7 +335,7 @@ async fn a_redis_outage_longer_than_the_retry_window_leaves_no_stale_page(db: Pg
     let other = process();
     let app = TestApp::with_cache(db, cache.clone());
     let phone = app.create_product("Phone", 10.0, 0).await;
-    let (user, _, order) = app.place_order(&[phone]).await;
+    let Placed { user, order, .. } = app.place_order(&[phone]).await;
     app.approve(order).await;
     let path = format!("/api/v1/orders/user/{user}");
     assert_eq!(ids(&app.get(&path).await.body), [json!(order)]);
@@ -354,6 +359,7 @@ async fn a_redis_outage_longer_than_the_retry_window_leaves_no_stale_page(db: Pg
 }
 
 #[sqlx::test(migrations = "../migrations")]
+#[ignore = "needs redis-server, to stop and start a Redis of its own"]
 async fn a_saga_reply_applied_during_a_redis_outage_leaves_no_stale_page(db: PgPool) {
     use crate::saga::{RunningWorker, reply, send_reply, settled};
     let (mut redis, process) = outage_redis().await;
@@ -361,9 +367,9 @@ async fn a_saga_reply_applied_during_a_redis_outage_leaves_no_stale_page(db: PgP
     let app = TestApp::with_cache(db.clone(), cache.clone());
     // The worker is another process: a cache of its own on the same Redis.
     let worker_side = TestApp::with_cache(db, process());
-    let broker = crate::broker::TestBroker::new().await;
+    let broker = crate::helpers::broker::TestBroker::new().await;
     let phone = app.create_product("Phone", 10.0, 0).await;
-    let (user, _, order) = app.place_order(&[phone]).await;
+    let Placed { user, order, .. } = app.place_order(&[phone]).await;
     let path = format!("/api/v1/orders/user/{user}");
     assert_eq!(ids(&app.get(&path).await.body), Vec::<Value>::new(), "an empty page, cached");
     assert!(matches!(cache.read(user, &page()).await.unwrap(), Lookup::Hit(_)));
@@ -383,6 +389,7 @@ async fn a_saga_reply_applied_during_a_redis_outage_leaves_no_stale_page(db: PgP
 }
 
 #[sqlx::test(migrations = "../migrations")]
+#[ignore = "needs redis-server, to stop and start a Redis of its own"]
 async fn more_failed_invalidations_than_remembered_invalidate_every_user(db: PgPool) {
     use order_service::cache::Limits;
     let mut redis = OwnRedis::persistent();
@@ -395,7 +402,7 @@ async fn more_failed_invalidations_than_remembered_invalidate_every_user(db: PgP
     let phone = app.create_product("Phone", 10.0, 0).await;
     let mut users = Vec::new();
     for _ in 0..3 {
-        let (user, _, order) = app.place_order(&[phone]).await;
+        let Placed { user, order, .. } = app.place_order(&[phone]).await;
         app.approve(order).await;
         assert_eq!(ids(&app.get(&format!("/api/v1/orders/user/{user}")).await.body), [json!(order)]);
         users.push((user, order));

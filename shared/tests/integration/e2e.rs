@@ -3,9 +3,7 @@
 //! RabbitMQ vhost.
 
 use std::{
-    net::TcpListener,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -13,126 +11,39 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::broker::eventually;
+use crate::helpers::{
+    broker::{OwnVhost, eventually},
+    processes::{Processes, free_port, target_dir},
+};
 
-/// Kills the processes it started, also when the test fails.
-pub struct Processes(pub Vec<(String, Child)>);
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.0 {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-        }
-        for (name, child) in &mut self.0 {
-            let stopped = (0..50).any(|_| {
-                std::thread::sleep(Duration::from_millis(100));
-                matches!(child.try_wait(), Ok(Some(_)))
-            });
-            if !stopped {
-                eprintln!("{name} ignored SIGTERM; killing it");
-                let _ = child.kill();
-            }
-        }
-    }
-}
-
-/// A RabbitMQ vhost of the test's own, deleted afterwards even when the test fails.
-struct Vhost(String);
-
-impl Vhost {
-    fn create() -> Self {
-        let name = format!("e2e-{}", Uuid::new_v4().simple());
-        rabbitmqctl(&["add_vhost", &name]);
-        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
-        Vhost(name)
-    }
-}
-
-impl Drop for Vhost {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl").args(["delete_vhost", &self.0, "-q"]).status();
-    }
-}
-
-pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")))
-        .join("debug")
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Runs a checking tool (off the async runtime) and fails the test with its output
-/// unless it succeeds.
-pub async fn run_to_success(mut command: Command) {
-    let program = format!("{:?}", command.get_program());
-    let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap();
-    let output = output.unwrap_or_else(|e| panic!("{program} does not run: {e}"));
-    assert!(
-        output.status.success(),
-        "{program} failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// The real api binary on the test's database and a free port, answering once this
-/// returns; it stops when the `Processes` drop. Returns its base URL.
-pub async fn spawn_api(db: &sqlx::PgPool, env: &[(&str, &str)]) -> (Processes, String) {
-    let database = db.connect_options().get_database().unwrap().to_owned();
-    let port = free_port();
-    let api = Command::new(target_dir().join("api"))
-        .env("DATABASE_URL", format!("postgres://postgres@127.0.0.1:5432/{database}"))
-        .env("API_ADDR", format!("127.0.0.1:{port}"))
-        .env("LOG_LEVEL", "warn")
-        .envs(env.iter().copied())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("the api is built (`make test` builds it)");
-    let processes = Processes(vec![("api".into(), api)]);
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    assert!(
-        crate::broker::eventually(std::time::Duration::from_secs(30), || async {
-            client.get(format!("{base}/healthcheck/")).send().await.is_ok()
-        })
-        .await,
-        "the api did not answer"
-    );
-    (processes, base)
-}
-
-fn rabbitmqctl(args: &[&str]) {
-    let status = Command::new("rabbitmqctl").args(args).arg("-q").status().expect("rabbitmqctl runs");
-    assert!(status.success(), "rabbitmqctl {args:?} failed");
-}
-
-fn curl(method: &str, url: &str, body: Option<&Value>) -> (u16, Value) {
-    let mut command = Command::new("curl");
-    command.args(["-s", "-X", method, "-w", "\n%{http_code}", url]);
+/// A request to a live process: its status and its body as JSON (`Null` when there is
+/// none).
+async fn call(client: &reqwest::Client, method: reqwest::Method, url: &str, body: Option<&Value>) -> (u16, Value) {
+    let mut request = client.request(method, url);
     if let Some(body) = body {
-        command.args(["-H", "Content-Type: application/json", "-d", &body.to_string()]);
+        request = request.header("content-type", "application/json").body(body.to_string());
     }
-    let output = command.output().expect("curl runs");
-    let text = String::from_utf8_lossy(&output.stdout).to_string();
-    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (status.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(Value::Null))
+    match request.send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap_or_default();
+            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        }
+        Err(_) => (0, Value::Null),
+    }
 }
 
 #[sqlx::test(migrations = "../migrations")]
+#[ignore = "needs the binaries (make test builds them), rabbitmqctl and Prometheus"]
 async fn a_saga_runs_end_to_end_through_real_processes(db: PgPool) {
     let bin = target_dir();
-    for name in ["api", "outbox-relay", "saga-worker", "examples/customer_simulator"] {
+    for name in ["api", "outbox-relay", "saga-worker", "customer-simulator"] {
         assert!(bin.join(name).exists(), "{name} is not built: `make test` builds every binary first");
     }
     let database = db.connect_options().get_database().unwrap().to_owned();
     let database_url = format!("postgres://postgres@127.0.0.1:5432/{database}");
-    let vhost = Vhost::create();
-    let vhost = vhost.0.as_str();
-    let amqp_url = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
+    let vhost = OwnVhost::create("e2e");
+    let amqp_url = vhost.url.clone();
     let (api_port, relay_port, worker_port) = (free_port(), free_port(), free_port());
     let api = format!("http://127.0.0.1:{api_port}");
 
@@ -148,7 +59,7 @@ async fn a_saga_runs_end_to_end_through_real_processes(db: PgPool) {
         ("api", vec![("API_ADDR", format!("127.0.0.1:{api_port}"))]),
         ("outbox-relay", vec![("METRICS_ADDR", format!("127.0.0.1:{relay_port}"))]),
         ("saga-worker", vec![("METRICS_ADDR", format!("127.0.0.1:{worker_port}"))]),
-        ("examples/customer_simulator", vec![]),
+        ("customer-simulator", vec![]),
     ] {
         let child = Command::new(bin.join(name))
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -158,9 +69,17 @@ async fn a_saga_runs_end_to_end_through_real_processes(db: PgPool) {
             .unwrap_or_else(|e| panic!("{name} does not start: {e}"));
         processes.0.push((name.to_owned(), child));
     }
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let get = |url: String| {
+        let client = &client;
+        async move { call(client, reqwest::Method::GET, &url, None).await }
+    };
+    let post = |url: String, body: Value| {
+        let client = &client;
+        async move { call(client, reqwest::Method::POST, &url, Some(&body)).await.0 }
+    };
     assert!(
-        eventually(Duration::from_secs(30), || async { curl("GET", &format!("{api}/healthcheck/"), None).0 == 200 })
-            .await,
+        eventually(Duration::from_secs(30), || async { get(format!("{api}/healthcheck/")).await.0 == 200 }).await,
         "the api did not come up"
     );
 
@@ -175,21 +94,22 @@ async fn a_saga_runs_end_to_end_through_real_processes(db: PgPool) {
         ("users", json!({"userID": user, "username": "test", "addressID": address})),
     ];
     for (resource, body) in posts {
-        assert_eq!(curl("POST", &format!("{api}/api/v1/{resource}/"), Some(&body)).0, 204, "{resource}");
+        assert_eq!(post(format!("{api}/api/v1/{resource}/"), body).await, 204, "{resource}");
     }
     // Read the user's (empty) list first: the cache now holds a page the worker must
     // invalidate when it approves the order.
-    assert_eq!(curl("GET", &format!("{api}/api/v1/orders/user/{user}"), None).1["orders"], json!([]));
+    assert_eq!(get(format!("{api}/api/v1/orders/user/{user}")).await.1["orders"], json!([]));
     let (approved, rejected) = (Uuid::new_v4(), Uuid::new_v4());
     for (order, product) in [(approved, cheap), (rejected, dear)] {
         let body = json!({"orderID": order, "paymentMethod": "Card", "productsIds": [product], "userID": user, "deliveryAddress": address});
-        assert_eq!(curl("POST", &format!("{api}/api/v1/orders/"), Some(&body)).0, 204);
+        assert_eq!(post(format!("{api}/api/v1/orders/"), body).await, 204);
     }
 
     let saga = |order: Uuid| {
         let url = format!("{api}/api/v1/orders/{order}");
+        let get = &get;
         async move {
-            let body = curl("GET", &url, None).1;
+            let body = get(url).await.1;
             (
                 body["sagaStatus"].as_str().unwrap_or_default().to_owned(),
                 body["orderStatus"].as_str().unwrap_or_default().to_owned(),
@@ -207,14 +127,11 @@ async fn a_saga_runs_end_to_end_through_real_processes(db: PgPool) {
     );
     assert_eq!(saga(rejected).await.1, "Canceled");
     let ids = |body: Value| body["orders"].as_array().unwrap().iter().map(|o| o["OrderID"].clone()).collect::<Vec<_>>();
-    assert_eq!(ids(curl("GET", &format!("{api}/api/v1/orders/"), None).1), [json!(approved)]);
-    assert_eq!(ids(curl("GET", &format!("{api}/api/v1/orders/user/{user}"), None).1), [json!(approved)]);
+    assert_eq!(ids(get(format!("{api}/api/v1/orders/")).await.1), [json!(approved)]);
+    assert_eq!(ids(get(format!("{api}/api/v1/orders/user/{user}")).await.1), [json!(approved)]);
 
     // The saga's outcomes were published on `Orders` (bound to `Order.*`).
-    let args =
-        order_service::amqp::connection_args(&format!("amqp://guest:guest@127.0.0.1:5672/{vhost}"), "e2e-reader")
-            .unwrap();
-    let connection = order_service::amqp::connect(&args).await.unwrap();
+    let connection = order_service::amqp::connect(&vhost.args("e2e-reader")).await.unwrap();
     let channel = connection.open_channel(None).await.unwrap();
     let types = std::cell::RefCell::new(Vec::new());
     let mut get = amqprs::channel::BasicGetArguments::new("Orders");
@@ -234,9 +151,11 @@ async fn a_saga_runs_end_to_end_through_real_processes(db: PgPool) {
 
     // Observability, against these live processes: every metric the dashboard queries
     // is exported, and Prometheus with the deployment's scrape settings reads all three.
-    let exported = [api_port, relay_port, worker_port]
-        .map(|port| curl_text(&format!("http://127.0.0.1:{port}/metrics")))
-        .join("\n");
+    let mut exported = String::new();
+    for port in [api_port, relay_port, worker_port] {
+        exported += &text(&client, &format!("http://127.0.0.1:{port}/metrics")).await;
+        exported.push('\n');
+    }
     for metric in dashboard_metrics() {
         assert!(
             exported
@@ -245,14 +164,16 @@ async fn a_saga_runs_end_to_end_through_real_processes(db: PgPool) {
             "the dashboard queries {metric}, which no process exports"
         );
     }
-    scrape_with_prometheus(api_port, relay_port, worker_port).await;
+    scrape_with_prometheus(&client, api_port, relay_port, worker_port).await;
 
     drop(processes);
 }
 
-fn curl_text(url: &str) -> String {
-    let output = Command::new("curl").args(["-s", url]).output().expect("curl runs");
-    String::from_utf8_lossy(&output.stdout).into_owned()
+async fn text(client: &reqwest::Client, url: &str) -> String {
+    match client.get(url).send().await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
 }
 
 /// Metric names in the dashboard's Prometheus queries: the identifiers with an
@@ -285,7 +206,7 @@ fn dashboard_metrics() -> Vec<String> {
 
 /// Runs Debian's Prometheus on loopback with prometheus/prometheus.yml, its Docker DNS
 /// discovery swapped for these processes' addresses, and reads a metric of each back.
-async fn scrape_with_prometheus(api_port: u16, relay_port: u16, worker_port: u16) {
+async fn scrape_with_prometheus(client: &reqwest::Client, api_port: u16, relay_port: u16, worker_port: u16) {
     let mut config =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../prometheus/prometheus.yml")).unwrap();
     for (service, port, local) in
@@ -312,7 +233,7 @@ async fn scrape_with_prometheus(api_port: u16, relay_port: u16, worker_port: u16
     let query = |q: &str| {
         let url = format!("http://127.0.0.1:{port}/api/v1/query?query={q}");
         async move {
-            serde_json::from_str::<Value>(&curl_text(&url)).unwrap_or(Value::Null)["data"]["result"]
+            serde_json::from_str::<Value>(&text(client, &url).await).unwrap_or(Value::Null)["data"]["result"]
                 .as_array()
                 .map_or(0, Vec::len)
         }

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::TestApp;
+use crate::helpers::{Placed, TestApp};
 
 /// Strings that break naive SQL, JSON or terminals.
 const NASTY: [&str; 6] = [
@@ -232,7 +232,7 @@ async fn a_product_name_with_a_nul_is_a_4xx_like_any_other_bad_name(db: PgPool) 
 async fn ordinary_requests_keep_answering_while_the_deepest_pages_are_read(db: PgPool) {
     let app = std::sync::Arc::new(TestApp::new(db.clone()));
     let phone = app.create_product("Phone", 1.0, 0).await;
-    let (user, address, order) = app.place_order(&[phone]).await;
+    let Placed { user, address, order } = app.place_order(&[phone]).await;
     // 10,500 approved orders, so the deepest allowed page skips 10,000 real rows.
     sqlx::query(
         "INSERT INTO orders (id, user_id, delivery_address_id, payment_method, order_status, saga_status, total_price, serial_number)

@@ -15,8 +15,8 @@ use poem::{EndpointExt, Route, Server, get, handler, listener::TcpListener, post
 use sqlx::PgPool;
 
 use crate::{
-    broker::eventually,
-    e2e::{Processes, free_port, target_dir},
+    helpers::broker::eventually,
+    helpers::processes::{Processes, free_port, target_dir},
 };
 
 #[derive(Clone, Default)]
@@ -110,6 +110,7 @@ async fn api_logging_to(stand_in: &StandIn, db: &PgPool) -> (Processes, u32, u16
 }
 
 #[sqlx::test(migrations = "../migrations")]
+#[ignore = "needs the binaries: make test builds them"]
 async fn logs_reach_loki_labelled_and_a_hanging_loki_costs_nothing_but_lines(db: PgPool) {
     let stand_in = StandIn::default();
     let (_api, pid, api_port) = api_logging_to(&stand_in, &db).await;
@@ -226,16 +227,19 @@ async fn under_a_failing_push(db: PgPool, fault: PushFault, seconds: u64) {
 }
 
 #[sqlx::test(migrations = "../migrations")]
+#[ignore = "needs the binaries: make test builds them"]
 async fn a_loki_that_refuses_pushes_with_429_costs_only_lines(db: PgPool) {
     under_a_failing_push(db, PushFault::Status(429), 25).await;
 }
 
 #[sqlx::test(migrations = "../migrations")]
+#[ignore = "needs the binaries: make test builds them"]
 async fn a_loki_that_fails_pushes_with_500_costs_only_lines(db: PgPool) {
     under_a_failing_push(db, PushFault::Status(500), 10).await;
 }
 
 #[sqlx::test(migrations = "../migrations")]
+#[ignore = "needs the binaries: make test builds them"]
 async fn a_loki_whose_pushes_hang_while_it_says_ready_costs_only_lines(db: PgPool) {
     under_a_failing_push(db, PushFault::Hang, 10).await;
 }

@@ -5,7 +5,6 @@
 // Test code: a panic is how a failed expectation reports itself.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod broker;
 mod broker_faults;
 mod cache;
 mod deploy;

@@ -4,7 +4,7 @@
 use std::{process::Command, sync::Arc, time::Duration};
 
 use order_service::{
-    amqp::{self, Outgoing, Publisher, QueueType, Topology},
+    amqp::{Outgoing, Publisher, QueueType, Topology},
     saga::worker::{APPLY_ATTEMPTS, SagaWorker, TimeoutSettings},
 };
 use serde_json::{Value, json};
@@ -13,9 +13,11 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::{
-    broker::{AMQP_URL, eventually, rabbitmqctl},
-    e2e::target_dir,
-    helpers::TestApp,
+    helpers::{
+        Placed, TestApp,
+        broker::{OwnVhost, eventually},
+        processes::target_dir,
+    },
     saga::{saga_status, settled},
 };
 
@@ -39,10 +41,11 @@ fn saga_worker(args: &[&str], env: &[(&str, &str)]) -> (bool, Vec<Value>, String
 }
 
 #[sqlx::test(migrations = "../migrations")]
+#[ignore = "needs the binaries: make test builds them"]
 async fn sagas_pending_lists_the_waiting_orders_oldest_first(db: PgPool) {
     let app = TestApp::new(db.clone());
     let phone = app.create_product("Phone", 1.0, 0).await;
-    let (user, address, fresh) = app.place_order(&[phone]).await;
+    let Placed { user, address, order: fresh } = app.place_order(&[phone]).await;
     let old = app.order_for(user, address, &[phone]).await;
     let older = app.order_for(user, address, &[phone]).await;
     let answered = app.order_for(user, address, &[phone]).await;
@@ -89,49 +92,12 @@ async fn sagas_pending_lists_the_waiting_orders_oldest_first(db: PgPool) {
     assert!(!ok && stderr.contains("--older-than"), "{stderr}");
 }
 
-/// A vhost of the test's own, with the contract's topology: the binary uses the
-/// contract's names, as in production.
-struct OwnVhost {
-    name: String,
-    url: String,
-}
-
-impl OwnVhost {
-    async fn new() -> Self {
-        let name = format!("ops-{}", &Uuid::new_v4().simple().to_string()[..12]);
-        for args in [&["add_vhost", &name][..], &["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]] {
-            let status = rabbitmqctl().args(args).arg("-q").status().unwrap();
-            assert!(status.success(), "rabbitmqctl {args:?}");
-        }
-        let base = AMQP_URL.rsplit_once('/').unwrap().0;
-        let vhost = OwnVhost { url: format!("{base}/{name}"), name };
-        let connection = amqp::connect(&vhost.args("declare")).await.unwrap();
-        let channel = connection.open_channel(None).await.unwrap();
-        let version = amqp::BrokerVersion::parse(connection.server_properties().version());
-        Topology::contract(QueueType::Quorum).declare(&channel, version).await.unwrap();
-        let _ = connection.close().await;
-        vhost
-    }
-
-    fn args(&self, name: &str) -> amqprs::connection::OpenConnectionArguments {
-        amqp::connection_args(&self.url, name).unwrap()
-    }
-
-    async fn depth(&self, queue: &str) -> u32 {
-        amqp::queue_depth(&self.args("depth"), queue).await.unwrap()
-    }
-}
-
-impl Drop for OwnVhost {
-    fn drop(&mut self) {
-        let _ = rabbitmqctl().args(["delete_vhost", &self.name, "-q"]).status();
-    }
-}
-
 #[sqlx::test(migrations = "../migrations")]
+#[ignore = "needs the binaries (make test builds them) and rabbitmqctl"]
 async fn dead_letters_are_listed_by_reason_then_replayed_or_discarded_one_by_one(db: PgPool) {
     let app = TestApp::new(db.clone());
-    let vhost = OwnVhost::new().await;
+    let vhost = OwnVhost::create("ops");
+    vhost.declare_contract().await;
     let topology = Topology::contract(QueueType::Quorum);
     // A reply that came before its order existed, and two that can never apply.
     let early = Uuid::new_v4();

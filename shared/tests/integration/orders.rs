@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::TestApp;
+use crate::helpers::{Placed, TestApp};
 
 fn order_body(order: Uuid, products: &[Uuid], user: Uuid, address: Uuid) -> Value {
     json!({"orderID": order, "paymentMethod": "Card", "productsIds": products, "userID": user, "deliveryAddress": address})
@@ -15,7 +15,7 @@ async fn an_order_reads_back_exactly_as_the_contract_says(db: PgPool) {
     let app = TestApp::new(db);
     let phone = app.create_product("he3444443h1", 100.0, 10).await;
     let case = app.create_product("Case", 0.25, 50).await;
-    let (user, _, order) = app.place_order(&[phone, case]).await;
+    let Placed { user, order, .. } = app.place_order(&[phone, case]).await;
 
     let reply = app.get(&format!("/api/v1/orders/{order}/")).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
@@ -42,7 +42,7 @@ async fn an_order_reads_back_exactly_as_the_contract_says(db: PgPool) {
 async fn the_order_and_its_saga_event_are_written_together(db: PgPool) {
     let app = TestApp::new(db);
     let phone = app.create_product("Phone", 100.0, 10).await;
-    let (user, _, order) = app.place_order(&[phone]).await;
+    let Placed { user, order, .. } = app.place_order(&[phone]).await;
 
     let (exchange, routing_key, event_type, aggregate, payload, headers): (
         String,
@@ -143,7 +143,7 @@ async fn a_duplicate_order_id_is_409_and_leaves_the_tables_as_they_were(db: PgPo
     let app = TestApp::new(db);
     let phone = app.create_product("Phone", 1.0, 0).await;
     let other = app.create_product("Other", 2.0, 0).await;
-    let (user, address, order) = app.place_order(&[phone]).await;
+    let Placed { user, address, order } = app.place_order(&[phone]).await;
     let before = app.order_tables().await;
     assert_eq!(before, (1, 1, 1));
     app.post("/api/v1/orders/", &order_body(order, &[phone, other], user, address))
@@ -156,10 +156,10 @@ async fn a_duplicate_order_id_is_409_and_leaves_the_tables_as_they_were(db: PgPo
 async fn lists_show_approved_live_orders_only(db: PgPool) {
     let app = TestApp::new(db);
     let phone = app.create_product("Phone", 10.0, 0).await;
-    let (user, address, first) = app.place_order(&[phone]).await;
+    let Placed { user, address, order: first } = app.place_order(&[phone]).await;
     let second = Uuid::new_v4();
     assert_eq!(app.post("/api/v1/orders/", &order_body(second, &[phone], user, address)).await.status, 204);
-    let (_, _, pending) = app.place_order(&[phone]).await;
+    let Placed { order: pending, .. } = app.place_order(&[phone]).await;
     app.approve(first).await;
     app.approve(second).await;
 
@@ -200,7 +200,7 @@ async fn a_users_orders_need_a_known_user(db: PgPool) {
 async fn only_an_approved_live_order_can_be_deleted(db: PgPool) {
     let app = TestApp::new(db);
     let phone = app.create_product("Phone", 10.0, 0).await;
-    let (user, _, order) = app.place_order(&[phone]).await;
+    let Placed { user, order, .. } = app.place_order(&[phone]).await;
 
     app.delete("/api/v1/orders/", &json!({"orderID": order})).await.assert_error(404, "Order with this id not exist;");
     app.approve(order).await;
@@ -218,10 +218,11 @@ async fn only_an_approved_live_order_can_be_deleted(db: PgPool) {
     assert!(deleted && deleted_at_set, "the row stays, marked deleted");
     let events: Vec<(String, Value)> =
         sqlx::query_as("SELECT routing_key, payload::jsonb FROM outbox ORDER BY id").fetch_all(&app.db).await.unwrap();
-    assert_eq!(events.len(), 2);
-    assert_eq!(events[1].0, "Order.Delete");
-    assert_eq!(events[1].1["eventType"], "OrderDeleted");
-    assert_eq!(events[1].1["userID"], json!(user));
+    // The saga's request, the approval's `OrderCreated`, then the deletion.
+    let keys: Vec<&str> = events.iter().map(|(key, _)| key.as_str()).collect();
+    assert_eq!(keys, ["Order.Saga.Create", "Order.Create", "Order.Delete"]);
+    assert_eq!(events[2].1["eventType"], "OrderDeleted");
+    assert_eq!(events[2].1["userID"], json!(user));
     assert_eq!(app.get(&format!("/api/v1/orders/user/{user}")).await.body["orders"], json!([]));
     app.get(&format!("/api/v1/orders/{order}")).await.assert_error(404, "not exist");
 }
@@ -259,7 +260,7 @@ async fn serial_numbers_cycle_after_100(db: PgPool) {
     let app = TestApp::new(db);
     sqlx::query("SELECT setval('order_serial_number', 99)").execute(&app.db).await.unwrap();
     let phone = app.create_product("Phone", 1.0, 0).await;
-    let (user, address, a) = app.place_order(&[phone]).await;
+    let Placed { user, address, order: a } = app.place_order(&[phone]).await;
     let b = Uuid::new_v4();
     assert_eq!(app.post("/api/v1/orders/", &order_body(b, &[phone], user, address)).await.status, 204);
     assert_eq!(app.get(&format!("/api/v1/orders/{a}")).await.body["serialNumber"], 100);
@@ -327,7 +328,7 @@ async fn a_users_list_validates_its_paging_too(db: PgPool) {
 async fn a_list_reads_back_exactly(db: PgPool) {
     let app = TestApp::new(db);
     let phone = app.create_product("Phone", 19.99, 15).await;
-    let (user, _, order) = app.place_order(&[phone]).await;
+    let Placed { user, order, .. } = app.place_order(&[phone]).await;
     app.approve(order).await;
     for path in [
         "/api/v1/orders/?limit=5&offset=0&order=desc".to_owned(),
@@ -355,7 +356,7 @@ async fn a_list_reads_back_exactly(db: PgPool) {
 async fn an_order_keeps_the_name_and_price_it_was_placed_with(db: PgPool) {
     let app = TestApp::new(db);
     let phone = app.create_product("Phone", 10.0, 0).await;
-    let (_, _, order) = app.place_order(&[phone]).await;
+    let Placed { order, .. } = app.place_order(&[phone]).await;
     let reply = app.put(&format!("/api/v1/products/{phone}/productName"), &json!({"productName": "Phone X"})).await;
     assert_eq!(reply.status, 204);
     let line = app.get(&format!("/api/v1/orders/{order}")).await.body["products"][0].clone();

@@ -7,7 +7,7 @@ use std::process::Command;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::e2e::spawn_api;
+use crate::helpers::processes::spawn_api;
 
 const COMMANDS: &str = include_str!("../fixtures/original-readme-commands.sh");
 
@@ -24,6 +24,7 @@ fn run(command: &str, base: &str) -> String {
 }
 
 #[sqlx::test(migrations = "../migrations")]
+#[ignore = "needs the binaries (make test builds them) and curl"]
 async fn the_original_readmes_commands_work_as_written(db: PgPool) {
     let (_api, base) = spawn_api(&db, &[]).await;
     let commands: Vec<&str> = COMMANDS
@@ -53,6 +54,7 @@ async fn the_original_readmes_commands_work_as_written(db: PgPool) {
 }
 
 #[sqlx::test(migrations = "../migrations")]
+#[ignore = "needs the binaries (make test builds them) and curl"]
 async fn a_body_that_is_not_json_still_needs_the_json_content_type(db: PgPool) {
     let (_api, base) = spawn_api(&db, &[]).await;
     let client = reqwest::Client::new();

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use crate::e2e::spawn_api;
+use crate::helpers::processes::spawn_api;
 
 /// Eight requests at once: each holds one of the api's four connections for a while.
 async fn fill_the_pool(client: &reqwest::Client, list: &str) {
@@ -35,6 +35,7 @@ async fn kill_api_connections(db: &PgPool, database: &str) -> i64 {
 }
 
 #[sqlx::test(migrations = "../migrations")]
+#[ignore = "needs the binaries: make test builds them"]
 async fn killed_idle_connections_cost_no_request(db: PgPool) {
     let database = db.connect_options().get_database().unwrap().to_owned();
     let (_api, base) = spawn_api(&db, &[("DB_MAX_CONNECTIONS", "4")]).await;
@@ -52,6 +53,7 @@ async fn killed_idle_connections_cost_no_request(db: PgPool) {
 }
 
 #[sqlx::test(migrations = "../migrations")]
+#[ignore = "needs the binaries: make test builds them"]
 async fn connections_killed_right_after_use_cost_no_request(db: PgPool) {
     // Killed while the pool is busy, so no connection has sat idle long enough to be
     // pinged before reuse: the request that finds one dead must still be answered.

@@ -10,13 +10,14 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::{
-    broker::TestBroker,
-    e2e::run_to_success,
-    helpers::TestApp,
+    helpers::broker::TestBroker,
+    helpers::processes::run_to_success,
+    helpers::{Placed, TestApp},
     saga::{RunningWorker, saga_status, settled},
 };
 
 #[sqlx::test(migrations = "../migrations")]
+#[ignore = "needs scripts/tools.sh"]
 async fn a_saga_answered_from_the_rabbitmq_admin_panel_approves_the_order(db: PgPool) {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let python = format!("{root}/target/tools/venv/bin/python");
@@ -26,7 +27,7 @@ async fn a_saga_answered_from_the_rabbitmq_admin_panel_approves_the_order(db: Pg
     let app = TestApp::new(db);
     let broker = TestBroker::new().await;
     let phone = app.create_product("Phone", 100.0, 10).await;
-    let (_, _, order) = app.place_order(&[phone]).await;
+    let Placed { order, .. } = app.place_order(&[phone]).await;
     let worker = RunningWorker::start(&app, &broker);
 
     std::fs::create_dir_all(format!("{root}/target/artifacts")).unwrap();

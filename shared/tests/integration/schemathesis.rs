@@ -11,9 +11,10 @@ use std::process::Command;
 
 use sqlx::PgPool;
 
-use crate::e2e::{run_to_success, spawn_api};
+use crate::helpers::processes::{run_to_success, spawn_api};
 
 #[sqlx::test(migrations = "../migrations")]
+#[ignore = "needs scripts/tools.sh"]
 async fn schemathesis_finds_no_server_error_and_no_response_off_the_spec(db: PgPool) {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let schemathesis = format!("{root}/target/tools/venv/bin/schemathesis");

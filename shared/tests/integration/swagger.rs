@@ -5,9 +5,10 @@ use std::process::Command;
 
 use sqlx::PgPool;
 
-use crate::e2e::{run_to_success, spawn_api};
+use crate::helpers::processes::{run_to_success, spawn_api};
 
 #[sqlx::test(migrations = "../migrations")]
+#[ignore = "needs scripts/tools.sh"]
 async fn swagger_ui_lists_every_route_and_tries_a_create(db: PgPool) {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let python = format!("{root}/target/tools/venv/bin/python");

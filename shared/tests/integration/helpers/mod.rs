@@ -1,4 +1,10 @@
-//! `TestApp`: the whole app in-process, with helpers to seed data through the API.
+//! Every test helper, in one place: `TestApp` (the whole app in-process, with helpers
+//! to seed data through the API), a Redis of a test's own, [`broker`] (the broker under
+//! test, a topology or a vhost of a test's own) and [`processes`] (the real binaries and
+//! the checking tools).
+
+pub mod broker;
+pub mod processes;
 
 use poem::{EndpointExt, Response, endpoint::BoxEndpoint, http::StatusCode, test::TestClient};
 use serde_json::{Value, json};
@@ -10,13 +16,23 @@ use std::time::Duration;
 use order_service::{
     cache::OrderCache,
     http::{AppState, app},
+    saga::{self, Applied, SagaReply},
     telemetry,
+    trace_context::TraceContext,
 };
 
 pub struct TestApp {
     pub client: TestClient<BoxEndpoint<'static, Response>>,
     pub db: PgPool,
     pub cache: OrderCache,
+}
+
+/// What [`TestApp::place_order`] created.
+#[derive(Debug, Clone, Copy)]
+pub struct Placed {
+    pub user: Uuid,
+    pub address: Uuid,
+    pub order: Uuid,
 }
 
 pub struct Reply {
@@ -133,8 +149,8 @@ impl TestApp {
         id
     }
 
-    /// A user with an address and an order of the given products; returns (user, address, order).
-    pub async fn place_order(&self, products: &[Uuid]) -> (Uuid, Uuid, Uuid) {
+    /// A user with an address and an order of the given products.
+    pub async fn place_order(&self, products: &[Uuid]) -> Placed {
         let address = self.create_address().await;
         let user = self.create_user("test", address).await;
         let order = Uuid::new_v4();
@@ -145,7 +161,7 @@ impl TestApp {
             )
             .await;
         assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.body);
-        (user, address, order)
+        Placed { user, address, order }
     }
 
     /// Another order of an existing user.
@@ -176,13 +192,12 @@ impl TestApp {
         assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.body);
     }
 
-    /// Stands in for the saga worker: approves an order in SQL.
+    /// Stands in for the customer service and the worker: applies an `Approved` reply as
+    /// the worker does (without the worker's cache invalidation, which tests check).
     pub async fn approve(&self, order: Uuid) {
-        sqlx::query("UPDATE orders SET saga_status = 'Approved' WHERE id = $1")
-            .bind(order)
-            .execute(&self.db)
-            .await
-            .unwrap();
+        let reply = SagaReply::Approved { order_id: order };
+        let applied = saga::apply(&self.db, &format!("test-approve-{order}"), reply, TraceContext::new_root()).await;
+        assert!(matches!(applied, Ok(Applied::Approved { .. })), "{applied:?}");
     }
 
     /// Row counts of the tables an order writes.
@@ -211,7 +226,7 @@ impl OwnRedis {
     }
 
     pub fn persistent() -> Self {
-        let port = crate::e2e::free_port();
+        let port = processes::free_port();
         let dir = std::env::temp_dir().join(format!("own-redis-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         Self::launch(port, Some(dir))
@@ -254,7 +269,7 @@ impl OwnRedis {
 
     pub async fn answers(&self) -> bool {
         let url = self.url();
-        crate::broker::eventually(Duration::from_secs(10), || async {
+        broker::eventually(Duration::from_secs(10), || async {
             match redis::Client::open(url.as_str()) {
                 Ok(client) => match client.get_multiplexed_async_connection().await {
                     Ok(mut c) => redis::cmd("PING").query_async::<String>(&mut c).await.is_ok(),

@@ -171,3 +171,46 @@ where
     }
     false
 }
+
+/// A vhost of the test's own on the broker under test, deleted afterwards even when the
+/// test fails: for the real binaries, which use the contract's names as in production.
+pub struct OwnVhost {
+    pub name: String,
+    pub url: String,
+}
+
+impl OwnVhost {
+    pub fn create(prefix: &str) -> Self {
+        let name = format!("{prefix}-{}", &Uuid::new_v4().simple().to_string()[..12]);
+        for args in [&["add_vhost", &name][..], &["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]] {
+            let status = rabbitmqctl().args(args).arg("-q").status().expect("rabbitmqctl runs");
+            assert!(status.success(), "rabbitmqctl {args:?}");
+        }
+        let base = AMQP_URL.rsplit_once('/').unwrap().0;
+        OwnVhost { url: format!("{base}/{name}"), name }
+    }
+
+    /// Declares the contract's topology, as the binaries would, for a tool that expects
+    /// it to be there.
+    pub async fn declare_contract(&self) {
+        let connection = amqp::connect(&self.args("declare")).await.unwrap();
+        let channel = connection.open_channel(None).await.unwrap();
+        let version = amqp::BrokerVersion::parse(connection.server_properties().version());
+        Topology::contract(QueueType::Quorum).declare(&channel, version).await.unwrap();
+        let _ = connection.close().await;
+    }
+
+    pub fn args(&self, name: &str) -> OpenConnectionArguments {
+        amqp::connection_args(&self.url, name).unwrap()
+    }
+
+    pub async fn depth(&self, queue: &str) -> u32 {
+        amqp::queue_depth(&self.args("depth"), queue).await.unwrap()
+    }
+}
+
+impl Drop for OwnVhost {
+    fn drop(&mut self) {
+        let _ = rabbitmqctl().args(["delete_vhost", &self.name, "-q"]).status();
+    }
+}

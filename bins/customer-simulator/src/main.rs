@@ -1,68 +1,39 @@
 //! A stand-in for the external customer service, so the whole saga runs without
-//! publishing replies by hand (`make demo`, the end-to-end test). Not a production
-//! binary.
+//! publishing replies by hand (`make run-demo`, `docker compose --profile demo`, the
+//! end-to-end test, chaos and bench). Not part of the order service itself: shipped in
+//! the image for the demo profile.
 //!
 //! It consumes `OrderSaga` and answers each `OrderCreateSaga` on the `Orders` exchange
 //! (routing key `Customer.Saga.Reply`): `Approved`, or `Rejected` when the order's
 //! total is over `CREDIT_LIMIT`. The reply's message id is derived from the request's,
 //! so a redelivered request yields the very same reply, which the worker ignores.
 //!
-//! Environment: `AMQP_URL`, `AMQP_QUEUE_TYPE` (as the other processes), `CREDIT_LIMIT`
-//! (default 1000), `LOG_LEVEL`, `LOG_FORMAT`.
+//! Environment ([`SimulatorConfig`]): `AMQP_URL`, `AMQP_QUEUE_TYPE` (as the other
+//! processes), `CREDIT_LIMIT` (default 1000), `LOG_LEVEL`, `LOG_FORMAT`, `LOKI_URL`.
 
 use std::{str::FromStr, time::Duration};
 
-use order_service::retry::Policy;
-
 use order_service::{
-    amqp::{self, Consumer, Outgoing, Publisher, QueueType, Topology},
-    config::LogConfig,
+    amqp::{Consumer, Outgoing, Publisher, Topology},
+    config::{Settings, SimulatorConfig},
+    retry::Policy,
     telemetry,
 };
 use rust_decimal::Decimal;
-use serde::Deserialize;
 use serde_json::{Value, json};
-
-#[derive(Deserialize)]
-struct Config {
-    #[serde(default = "default_amqp_url")]
-    amqp_url: String,
-    #[serde(default)]
-    amqp_queue_type: Option<String>,
-    #[serde(default = "default_credit_limit")]
-    credit_limit: String,
-    #[serde(skip)]
-    log: LogConfig,
-}
-
-fn default_amqp_url() -> String {
-    "amqp://guest:guest@127.0.0.1:5672/%2f".into()
-}
-
-fn default_credit_limit() -> String {
-    "1000".into()
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut config: Config = envy::from_env()?;
-    config.log = LogConfig::from_vars(std::env::vars())?;
+    let config = SimulatorConfig::from_env()?;
     let loki = telemetry::init_tracing(&config.log, "customer-simulator")?;
     // SIGTERM (docker stop) as well as Ctrl-C.
     let stop = order_service::shutdown::signal();
     tokio::pin!(stop);
-    let limit = Decimal::from_str(config.credit_limit.trim())
-        .map_err(|e| anyhow::anyhow!("CREDIT_LIMIT must be a number, not {:?}: {e}", config.credit_limit))?;
-    let queue_type: QueueType = match config.amqp_queue_type.as_deref() {
-        None => QueueType::Quorum,
-        Some(text) => {
-            text.parse().map_err(|e| anyhow::anyhow!("AMQP_QUEUE_TYPE must be quorum or classic, not {text:?}: {e}"))?
-        }
-    };
-    let topology = Topology::contract(queue_type);
+    let limit = config.credit.credit_limit;
+    let topology = Topology::contract(config.amqp.queue_type);
     let name = format!("customer-simulator@{}", std::process::id());
-    let consume = amqp::connection_args(&config.amqp_url, &name).map_err(anyhow::Error::msg)?;
-    let publish = amqp::connection_args(&config.amqp_url, &format!("{name}-replies")).map_err(anyhow::Error::msg)?;
+    let consume = config.amqp.connection_args(&name)?;
+    let publish = config.amqp.connection_args(&format!("{name}-replies"))?;
     tracing::info!(credit_limit = %limit, "customer simulator answering OrderSaga");
 
     let mut backoff = Policy::RECONNECT.backoff();

@@ -1,0 +1,81 @@
+//! The real binaries as separate processes, for the tests that need them (`make test`
+//! builds them first), and the external checking tools.
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command},
+    time::Duration,
+};
+
+/// Kills the processes it started, also when the test fails.
+pub struct Processes(pub Vec<(String, Child)>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        }
+        for (name, child) in &mut self.0 {
+            let stopped = (0..50).any(|_| {
+                std::thread::sleep(Duration::from_millis(100));
+                matches!(child.try_wait(), Ok(Some(_)))
+            });
+            if !stopped {
+                eprintln!("{name} ignored SIGTERM; killing it");
+                let _ = child.kill();
+            }
+        }
+    }
+}
+
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")))
+        .join("debug")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Runs a checking tool (off the async runtime) and fails the test with its output
+/// unless it succeeds.
+pub async fn run_to_success(mut command: Command) {
+    let program = format!("{:?}", command.get_program());
+    let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap();
+    let output = output.unwrap_or_else(|e| panic!("{program} does not run: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The real api binary on the test's database and a free port, answering once this
+/// returns; it stops when the `Processes` drop. Returns its base URL.
+pub async fn spawn_api(db: &sqlx::PgPool, env: &[(&str, &str)]) -> (Processes, String) {
+    let database = db.connect_options().get_database().unwrap().to_owned();
+    let port = free_port();
+    let api = Command::new(target_dir().join("api"))
+        .env("DATABASE_URL", format!("postgres://postgres@127.0.0.1:5432/{database}"))
+        .env("API_ADDR", format!("127.0.0.1:{port}"))
+        .env("LOG_LEVEL", "warn")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("the api is built (`make test` builds it)");
+    let processes = Processes(vec![("api".into(), api)]);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    assert!(
+        super::broker::eventually(std::time::Duration::from_secs(30), || async {
+            client.get(format!("{base}/healthcheck/")).send().await.is_ok()
+        })
+        .await,
+        "the api did not answer"
+    );
+    (processes, base)
+}
