@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use crate::{db::Tx, error::AppError};
 
-pub trait Command: Send + 'static {
+pub(crate) trait Command: Send + 'static {
     type Output: Send + 'static;
 
     /// Does the work inside the transaction. Returning an error rolls everything back.
@@ -26,13 +26,13 @@ pub trait Command: Send + 'static {
 /// client disconnects, and a `begin()` cancelled mid-flight can hand a connection back
 /// to the pool inside an open transaction (sqlx #4385). A spawned task runs to commit
 /// or rollback whatever the client does.
-pub async fn dispatch<C: Command>(db: &PgPool, command: C) -> Result<C::Output, AppError> {
+pub(crate) async fn dispatch<C: Command>(db: &PgPool, command: C) -> Result<C::Output, AppError> {
     dispatch_then(db, command, |_| std::future::ready(())).await
 }
 
 /// [`dispatch`], then `after_commit` with the output, in the same task: what must
 /// follow a commit (a cache invalidation) runs even if the caller is dropped.
-pub async fn dispatch_then<C, F, Fut>(db: &PgPool, command: C, after_commit: F) -> Result<C::Output, AppError>
+pub(crate) async fn dispatch_then<C, F, Fut>(db: &PgPool, command: C, after_commit: F) -> Result<C::Output, AppError>
 where
     C: Command,
     F: FnOnce(&C::Output) -> Fut + Send + 'static,

@@ -488,7 +488,7 @@ fn default_saga_timeout_schedule() -> cron::Schedule {
 /// The shortest `SAGA_TIMEOUT`: shorter, and an answer on its normal way (seconds,
 /// through two queues and the customer service) would be re-requested, and after
 /// `SAGA_MAX_RETRIES` sweeps every pending order canceled; 0 did that within minutes.
-pub const MIN_SAGA_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const MIN_SAGA_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn saga_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let expected = format!("a duration of at least {}s such as 10m", MIN_SAGA_TIMEOUT.as_secs());

@@ -18,11 +18,11 @@ use sqlx::{
 
 /// The transaction a command runs in. Commands take it, not a bare connection, so
 /// every write of a command (its outbox events included) provably commits together.
-pub type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+pub(crate) type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
 
 /// The migrations of `migrations/`, embedded at build time. `Migrator` takes an advisory
 /// lock, so several replicas can start together.
-pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
 /// A pool that cannot be poisoned for long: a connection left inside a transaction (a
 /// cancelled `begin()`, sqlx #4385) is killed by the server after a few seconds, and
@@ -153,7 +153,7 @@ pub async fn create_database_if_missing(database_url: &str) -> anyhow::Result<()
 /// Runs `batch` (one bounded DELETE, returning the rows it removed) until a batch
 /// removes fewer than `size` rows or `budget` is spent: housekeeping that never holds
 /// many locks or runs long, yet keeps up however much is due. Returns how many rows went.
-pub async fn delete_in_batches<F, Fut>(size: u64, budget: Duration, mut batch: F) -> Result<u64, sqlx::Error>
+pub(crate) async fn delete_in_batches<F, Fut>(size: u64, budget: Duration, mut batch: F) -> Result<u64, sqlx::Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<u64, sqlx::Error>>,

@@ -45,7 +45,7 @@ impl From<sqlx::Error> for AppError {
 
 /// Whether an error means "the database is not there right now" rather than "this
 /// request is wrong": the former is worth a 503 and a retry.
-pub fn is_unavailable(error: &sqlx::Error) -> bool {
+pub(crate) fn is_unavailable(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
@@ -63,7 +63,7 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
 
 /// The connection died under the statement: killed by an operator, a PostgreSQL restart
 /// or a failover. Another connection may well succeed.
-pub fn is_lost_connection(error: &sqlx::Error) -> bool {
+pub(crate) fn is_lost_connection(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
         sqlx::Error::Database(db) => {
@@ -74,7 +74,7 @@ pub fn is_lost_connection(error: &sqlx::Error) -> bool {
 }
 
 /// The name of the constraint a database error violated, if any.
-pub fn violated_constraint(error: &sqlx::Error) -> Option<&str> {
+pub(crate) fn violated_constraint(error: &sqlx::Error) -> Option<&str> {
     match error {
         sqlx::Error::Database(db) => db.constraint(),
         _ => None,
@@ -82,7 +82,7 @@ pub fn violated_constraint(error: &sqlx::Error) -> Option<&str> {
 }
 
 /// `error: cause: cause…`, the whole chain on one line for the log.
-pub fn chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -24,25 +24,25 @@
 //!   [`telemetry`] (logs, metrics and their names), [`probes`] (the relay's and worker's
 //!   `/healthcheck/`, `/readyz`, `/metrics`), [`shutdown`], [`schedule`].
 
-pub mod addresses;
+pub(crate) mod addresses;
 pub mod amqp;
-pub mod bus;
+pub(crate) mod bus;
 pub mod cache;
 pub mod config;
 pub mod db;
-pub mod error;
+pub(crate) mod error;
 pub mod http;
 pub mod orders;
 pub mod outbox;
 pub mod pagination;
-pub mod pricing;
+pub(crate) mod pricing;
 pub mod probes;
-pub mod products;
+pub(crate) mod products;
 pub mod retry;
 pub mod saga;
-pub mod schedule;
+pub(crate) mod schedule;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trace_context;
-pub mod users;
-pub mod validate;
+pub(crate) mod users;
+pub(crate) mod validate;

@@ -10,13 +10,13 @@ pub enum SortOrder {
     Desc,
 }
 
-pub const DEFAULT_LIMIT: i64 = 1000;
+pub(crate) const DEFAULT_LIMIT: i64 = 1000;
 
 /// The deepest `offset` of every list. PostgreSQL builds each skipped row (for orders,
 /// with its lines and address) before it drops it: sixteen requests at an offset of a
 /// million held the api's whole pool for up to 30 s. At 10,000 a page costs about as
 /// much as ten full pages. The `validator(maximum)` of each `offset` parameter says 10000.
-pub const MAX_OFFSET: i64 = 10_000;
+pub(crate) const MAX_OFFSET: i64 = 10_000;
 
 /// A validated page request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,10 +10,10 @@ use serde::{Serialize, Serializer};
 
 /// The most a single price may be (the `numeric(10,2)` column). Keeping amounts to at
 /// most 13 significant digits is also what makes [`json_number`] exact.
-pub const MAX_PRICE: Decimal = Decimal::from_parts(0x540B_E3FF, 2, 0, false, 2); // 99999999.99
+pub(crate) const MAX_PRICE: Decimal = Decimal::from_parts(0x540B_E3FF, 2, 0, false, 2); // 99999999.99
 
 /// How many products one order may hold, so a total never exceeds `numeric(13,2)`.
-pub const MAX_ORDER_LINES: usize = 1000;
+pub(crate) const MAX_ORDER_LINES: usize = 1000;
 
 /// A non-negative amount of money with at most two decimal places.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -88,7 +88,7 @@ impl Serialize for Money {
 /// Whole amounts become integers (`90`, not `90.0`). Others go through `f64`: for up to
 /// 15 significant digits the shortest representation that round-trips, which is what
 /// serde_json prints, is the decimal itself, and every amount here has at most 13.
-pub fn json_number(amount: Decimal) -> serde_json::Number {
+pub(crate) fn json_number(amount: Decimal) -> serde_json::Number {
     let amount = amount.normalize();
     if amount.scale() == 0
         && let Some(whole) = amount.to_i64()
@@ -100,7 +100,7 @@ pub fn json_number(amount: Decimal) -> serde_json::Number {
 
 /// Parses a JSON number exactly: serde_json keeps the shortest decimal form of the
 /// number that was sent, so `100.1` arrives as `100.1`, not `100.09999…`.
-pub fn decimal_from_json(number: &serde_json::Number) -> Option<Decimal> {
+pub(crate) fn decimal_from_json(number: &serde_json::Number) -> Option<Decimal> {
     if let Some(whole) = number.as_i64() {
         return Some(Decimal::from(whole));
     }

@@ -14,7 +14,7 @@ pub fn flag() -> tokio::sync::watch::Receiver<bool> {
 }
 
 /// Sleeps for `delay`, or less if shutdown comes first (a retry loop's wait).
-pub async fn sleep_or_stop(delay: std::time::Duration, shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn sleep_or_stop(delay: std::time::Duration, shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     tokio::select! {
         () = tokio::time::sleep(delay) => {}
         _ = shutdown.changed() => {}

@@ -6,13 +6,13 @@ use crate::error::AppError;
 
 /// An id from a path segment. Parsed here rather than by poem-openapi, whose error
 /// would name the parameter `param0`.
-pub fn id(field: &'static str, value: &str) -> Result<Uuid, AppError> {
+pub(crate) fn id(field: &'static str, value: &str) -> Result<Uuid, AppError> {
     Uuid::parse_str(value).map_err(|_| AppError::invalid(field, format!("must be a UUID, not {value:?}")))
 }
 
 /// A trimmed, non-blank text of at most `max` characters without NUL (which PostgreSQL
 /// cannot store in `text`).
-pub fn text(field: &'static str, value: &str, max: usize) -> Result<String, AppError> {
+pub(crate) fn text(field: &'static str, value: &str, max: usize) -> Result<String, AppError> {
     let value = value.trim();
     if value.is_empty() {
         return Err(AppError::invalid(field, "must not be empty"));
@@ -21,7 +21,7 @@ pub fn text(field: &'static str, value: &str, max: usize) -> Result<String, AppE
 }
 
 /// Like [`text`], but an empty value is allowed.
-pub fn optional_text(field: &'static str, value: &str, max: usize) -> Result<String, AppError> {
+pub(crate) fn optional_text(field: &'static str, value: &str, max: usize) -> Result<String, AppError> {
     if value.contains('\0') {
         return Err(AppError::invalid(field, "must not contain NUL characters"));
     }

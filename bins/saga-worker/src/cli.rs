@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-pub const USAGE: &str = "usage: saga-worker
+pub(crate) const USAGE: &str = "usage: saga-worker
        saga-worker sagas pending [--older-than DURATION] [LIMIT]
        saga-worker dlq list [LIMIT]
        saga-worker dlq replay [LIMIT]
@@ -11,7 +11,7 @@ pub const USAGE: &str = "usage: saga-worker
        saga-worker dlq discard --id MESSAGE_ID";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Invocation {
+pub(crate) enum Invocation {
     /// Consume replies and sweep timeouts until stopped.
     Run,
     /// One JSON line per pending order, oldest first.
@@ -26,7 +26,7 @@ pub enum Invocation {
     DlqDiscardOne { message_id: String },
 }
 
-pub fn parse(args: &[&str]) -> Result<Invocation, String> {
+pub(crate) fn parse(args: &[&str]) -> Result<Invocation, String> {
     let limit = |text: Option<&&str>, max: i64| -> Result<i64, String> {
         text.map_or(Ok(max), |text| {
             text.parse::<i64>()

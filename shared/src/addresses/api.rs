@@ -19,7 +19,7 @@ pub struct AddressesApi {
 /// A new address.
 #[derive(Debug, Object)]
 #[oai(example)]
-pub struct CreateAddressRequest {
+pub(crate) struct CreateAddressRequest {
     #[oai(rename = "addressID")]
     pub address_id: Uuid,
     /// Greater than 0.

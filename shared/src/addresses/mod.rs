@@ -1,6 +1,6 @@
 //! Addresses: where a client lives and where an order is delivered.
 
-pub mod api;
+pub(crate) mod api;
 
 use uuid::Uuid;
 
@@ -10,12 +10,12 @@ use crate::{
     error::{AppError, violated_constraint},
 };
 
-pub const PART_MAX: usize = 200;
-pub const NOT_FOUND: &str = "Address with this id not exist;";
+pub(crate) const PART_MAX: usize = 200;
+pub(crate) const NOT_FOUND: &str = "Address with this id not exist;";
 
 /// Creates an address. Its parts are validated at the edge (`api.rs`).
 #[derive(Debug, Clone)]
-pub struct CreateAddress {
+pub(crate) struct CreateAddress {
     pub id: Uuid,
     pub building_number: i32,
     pub street_name: String,

@@ -26,7 +26,7 @@ pub(crate) struct Watched {
 
 impl Watched {
     /// Opens a connection and starts listening to what the broker says about it.
-    pub async fn open(args: &OpenConnectionArguments) -> Result<Self, amqprs::error::Error> {
+    pub(super) async fn open(args: &OpenConnectionArguments) -> Result<Self, amqprs::error::Error> {
         let connection = Connection::open(args).await?;
         let (lost_sender, lost) = watch::channel(false);
         let (blocked_sender, blocked) = watch::channel(None);
@@ -41,20 +41,20 @@ impl Watched {
     }
 
     /// The broker's major version, which some queue arguments depend on.
-    pub fn version(&self) -> BrokerVersion {
+    pub(super) fn version(&self) -> BrokerVersion {
         BrokerVersion::parse(self.connection.server_properties().version())
     }
 
-    pub fn is_lost(&self) -> bool {
+    pub(super) fn is_lost(&self) -> bool {
         *self.lost.borrow() || !self.connection.is_open()
     }
 
-    pub fn is_blocked(&self) -> bool {
+    pub(super) fn is_blocked(&self) -> bool {
         self.blocked.borrow().is_some()
     }
 
     /// Closes the connection politely.
-    pub async fn close(&self) {
+    pub(super) async fn close(&self) {
         let _ = self.connection.clone().close().await;
     }
 }

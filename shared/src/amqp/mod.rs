@@ -18,9 +18,9 @@ use std::time::Duration;
 pub use connection::{connect, queue_depth};
 pub use consumer::{Consumer, Delivery, Stopped};
 pub use publisher::{Outgoing, PublishError, Publisher};
-pub use topology::{BrokerVersion, DELIVERY_LIMIT, ORDERS_MAX_LENGTH, QueueType, Topology};
+pub use topology::{BrokerVersion, QueueType, Topology};
 pub use url::connection_args;
 
 /// How long opening a connection (TCP, handshake, topology) may take: amqprs has no
 /// timeout of its own, and heartbeats start only once the connection is open.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

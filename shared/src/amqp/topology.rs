@@ -50,11 +50,11 @@ impl std::str::FromStr for QueueType {
 /// count them across consumer crashes; the worker settles a failure with
 /// `basic.reject`, which every version counts, and not with `basic.nack`, which
 /// RabbitMQ 4.3 no longer counts).
-pub const DELIVERY_LIMIT: i64 = 10;
+pub(crate) const DELIVERY_LIMIT: i64 = 10;
 
 /// Messages `Orders` keeps before it drops the oldest: a day of events at about one
 /// order a second, well under a broker's memory.
-pub const ORDERS_MAX_LENGTH: i64 = 100_000;
+pub(crate) const ORDERS_MAX_LENGTH: i64 = 100_000;
 
 /// The broker we talk to, as far as queue arguments care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

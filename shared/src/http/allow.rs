@@ -7,10 +7,10 @@ use poem::{Endpoint, IntoResponse, Request, Response, Result, http::StatusCode};
 /// The methods each path answers, from the OpenAPI document, for the `Allow` header
 /// that a 405 must carry (RFC 9110).
 #[derive(Debug, Default)]
-pub struct AllowedMethods(Vec<(Vec<String>, String)>);
+pub(crate) struct AllowedMethods(Vec<(Vec<String>, String)>);
 
 impl AllowedMethods {
-    pub fn from_spec(spec: &serde_json::Value) -> Self {
+    pub(crate) fn from_spec(spec: &serde_json::Value) -> Self {
         let mut routes = vec![(vec!["openapi.json".to_owned()], "GET".to_owned())];
         for (path, operations) in spec["paths"].as_object().into_iter().flatten() {
             let mut methods: Vec<String> =
@@ -37,7 +37,7 @@ impl AllowedMethods {
 }
 
 /// Adds `Allow` to every 405.
-pub async fn add_allow_header<E: Endpoint>(
+pub(crate) async fn add_allow_header<E: Endpoint>(
     next: Arc<E>,
     req: Request,
     allowed: Arc<AllowedMethods>,

@@ -6,7 +6,7 @@ use poem::{Body, Endpoint, Request, Result, http::StatusCode};
 
 /// Answers 413 to a body larger than `limit`, whether or not it declares its length (a
 /// chunked body is read up to the limit, not trusted); else passes the request on.
-pub async fn limit_body<E: Endpoint>(next: Arc<E>, mut req: Request, limit: usize) -> Result<E::Output> {
+pub(crate) async fn limit_body<E: Endpoint>(next: Arc<E>, mut req: Request, limit: usize) -> Result<E::Output> {
     let declared = req
         .headers()
         .get(poem::http::header::CONTENT_LENGTH)

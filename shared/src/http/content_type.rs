@@ -10,7 +10,7 @@ use std::sync::Arc;
 use poem::{Body, Endpoint, Request, Result, http::header::CONTENT_TYPE};
 
 /// Whether a body with this declared type (if any) is to be read as JSON.
-pub fn taken_as_json(content_type: Option<&str>, body: &[u8]) -> bool {
+pub(crate) fn taken_as_json(content_type: Option<&str>, body: &[u8]) -> bool {
     let unlabelled = match content_type {
         None => true,
         Some(declared) => {
@@ -25,7 +25,7 @@ pub fn taken_as_json(content_type: Option<&str>, body: &[u8]) -> bool {
 /// already read the body into memory (bounded), so reading it here copies nothing.
 ///
 /// [`limit_body`]: super::body_limit::limit_body
-pub async fn json_by_default<E: Endpoint>(next: Arc<E>, mut req: Request) -> Result<E::Output> {
+pub(crate) async fn json_by_default<E: Endpoint>(next: Arc<E>, mut req: Request) -> Result<E::Output> {
     let declared = req.headers().get(CONTENT_TYPE).map(|v| v.to_str().unwrap_or("?"));
     let may_relabel = declared.is_none_or(|d| d.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
     if may_relabel && req.method() != poem::http::Method::GET {

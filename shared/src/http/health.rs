@@ -24,7 +24,7 @@ pub struct Status {
 }
 
 #[derive(Debug, ApiResponse)]
-pub enum ReadyResponse {
+pub(crate) enum ReadyResponse {
     /// Every dependency answers.
     #[oai(status = 200)]
     Ready(Json<Status>),

@@ -23,7 +23,7 @@ use crate::pricing;
 /// Before `T` parses, every required property is checked to be present and every
 /// property to have the JSON type its schema says, so those errors name the field
 /// (poem-openapi's own messages do not). The OpenAPI spec shows `T` unchanged.
-pub struct CaseInsensitive<T>(pub T);
+pub(crate) struct CaseInsensitive<T>(pub T);
 
 impl<T: Type> Type for CaseInsensitive<T> {
     const IS_REQUIRED: bool = T::IS_REQUIRED;

@@ -22,7 +22,7 @@ use sqlx::PgPool;
 use crate::{addresses, orders, products, users};
 
 #[derive(Tags)]
-pub enum ApiTags {
+pub(crate) enum ApiTags {
     /// Liveness, readiness and metrics.
     Health,
     /// The catalogue.
@@ -37,7 +37,7 @@ pub enum ApiTags {
 
 /// The answer of a successful command.
 #[derive(Debug, ApiResponse)]
-pub enum NoContent {
+pub(crate) enum NoContent {
     /// Done.
     #[oai(status = 204)]
     Done,
@@ -52,7 +52,7 @@ pub struct AppState {
     pub max_body_bytes: usize,
 }
 
-pub type Apis = (
+pub(crate) type Apis = (
     health::HealthApi,
     products::api::ProductsApi,
     addresses::api::AddressesApi,

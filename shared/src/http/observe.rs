@@ -11,11 +11,11 @@ use crate::trace_context::TraceContext;
 /// poem-openapi routes `/products/{productName}` as `/products/:param0`; metrics and
 /// logs use the spec's spelling, which is what a reader of the dashboard knows.
 #[derive(Debug, Default)]
-pub struct RouteNames(HashMap<String, String>);
+pub(crate) struct RouteNames(HashMap<String, String>);
 
 impl RouteNames {
     /// From the OpenAPI paths (`/orders/{orderID}`), in the order poem-openapi numbers them.
-    pub fn from_spec_paths<'a>(paths: impl IntoIterator<Item = &'a str>) -> Self {
+    pub(crate) fn from_spec_paths<'a>(paths: impl IntoIterator<Item = &'a str>) -> Self {
         let mut names = HashMap::new();
         for path in paths {
             let mut index = 0;
@@ -50,7 +50,7 @@ impl RouteNames {
 /// Reads or starts the W3C trace, runs the request in a span carrying its trace id, and
 /// records `http_requests_total` and `http_request_duration_seconds` by route template
 /// (never the raw path: ids would make the series unbounded) and status.
-pub async fn observe<E: Endpoint>(next: Arc<E>, mut req: Request, routes: Arc<RouteNames>) -> Result<Response> {
+pub(crate) async fn observe<E: Endpoint>(next: Arc<E>, mut req: Request, routes: Arc<RouteNames>) -> Result<Response> {
     let started = Instant::now();
     let trace = TraceContext::from_header(req.headers().get("traceparent").and_then(|v| v.to_str().ok()));
     req.set_data(trace);

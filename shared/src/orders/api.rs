@@ -39,7 +39,7 @@ pub struct OrdersApi {
 /// A new order.
 #[derive(Debug, Object)]
 #[oai(example)]
-pub struct CreateOrderRequest {
+pub(crate) struct CreateOrderRequest {
     #[oai(rename = "orderID")]
     pub order_id: Uuid,
     #[oai(rename = "paymentMethod")]
@@ -71,7 +71,7 @@ impl Example for CreateOrderRequest {
 
 /// Which order to delete.
 #[derive(Debug, Object)]
-pub struct DeleteOrderRequest {
+pub(crate) struct DeleteOrderRequest {
     #[oai(rename = "orderID")]
     pub order_id: Uuid,
 }
@@ -165,20 +165,20 @@ impl OrderList {
 }
 
 #[derive(Debug, ApiResponse)]
-pub enum OrderResponse {
+pub(crate) enum OrderResponse {
     #[oai(status = 200)]
     Ok(Json<Order>),
 }
 
 #[derive(Debug, ApiResponse)]
-pub enum OrderListResponse {
+pub(crate) enum OrderListResponse {
     #[oai(status = 200)]
     Ok(Json<OrderList>),
 }
 
 /// A user's orders: bytes from the cache, or freshly serialized (and cached).
 #[derive(ApiResponse)]
-pub enum UserOrdersResponse {
+pub(crate) enum UserOrdersResponse {
     #[oai(status = 200)]
     Ok(RawJson<OrderList>),
 }

@@ -34,11 +34,11 @@ use crate::{
     users,
 };
 
-pub const NOT_FOUND: &str = "Order with this id not exist;";
+pub(crate) const NOT_FOUND: &str = "Order with this id not exist;";
 
 /// Places an order and starts its saga.
 #[derive(Debug, Clone)]
-pub struct CreateOrder {
+pub(crate) struct CreateOrder {
     pub id: Uuid,
     pub user_id: Uuid,
     pub delivery_address_id: Uuid,
@@ -49,7 +49,7 @@ pub struct CreateOrder {
 }
 
 impl CreateOrder {
-    pub fn new(
+    pub(crate) fn new(
         id: Uuid,
         user_id: Uuid,
         delivery_address_id: Uuid,
@@ -157,7 +157,7 @@ impl Command for CreateOrder {
 
 /// Soft-deletes an approved order. Returns the user whose orders changed.
 #[derive(Debug, Clone)]
-pub struct DeleteOrder {
+pub(crate) struct DeleteOrder {
     pub id: Uuid,
     pub trace: TraceContext,
 }
@@ -181,7 +181,7 @@ impl Command for DeleteOrder {
 
 /// An order as the API shows it, read from `order_views`.
 #[derive(Debug, Clone)]
-pub struct OrderView {
+pub(crate) struct OrderView {
     pub id: Uuid,
     pub user_id: Uuid,
     pub order_status: OrderStatus,
@@ -196,7 +196,7 @@ pub struct OrderView {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct OrderLineView {
+pub(crate) struct OrderLineView {
     #[serde(rename = "productID")]
     pub product_id: Uuid,
     pub name: String,
@@ -238,24 +238,24 @@ macro_rules! select_order_views {
 }
 
 /// One order in any saga state, unless deleted.
-pub struct OrderById(pub Uuid);
+pub(crate) struct OrderById(pub Uuid);
 
 impl OrderById {
-    pub async fn fetch(self, db: &PgPool) -> Result<OrderView, AppError> {
+    pub(crate) async fn fetch(self, db: &PgPool) -> Result<OrderView, AppError> {
         crate::db::read(db, || view_by_id(db, self.0)).await?.ok_or_else(|| AppError::not_found(NOT_FOUND, self.0))
     }
 }
 
 /// One order's read model, unless deleted; on a pool or inside a transaction.
-pub async fn view_by_id<'e>(db: impl sqlx::PgExecutor<'e>, id: Uuid) -> Result<Option<OrderView>, sqlx::Error> {
+pub(crate) async fn view_by_id<'e>(db: impl sqlx::PgExecutor<'e>, id: Uuid) -> Result<Option<OrderView>, sqlx::Error> {
     select_order_views!("WHERE id = $1 AND NOT deleted", id).fetch_optional(db).await
 }
 
 /// A page of approved, live orders, by creation time then id.
-pub struct ListOrders(pub Page);
+pub(crate) struct ListOrders(pub Page);
 
 impl ListOrders {
-    pub async fn fetch(self, db: &PgPool) -> Result<Vec<OrderView>, AppError> {
+    pub(crate) async fn fetch(self, db: &PgPool) -> Result<Vec<OrderView>, AppError> {
         let Page { limit, offset, order } = self.0;
         // One statement per direction, so each walks the partial index in its order.
         let orders = crate::db::read(db, || async move {
@@ -278,13 +278,13 @@ impl ListOrders {
 }
 
 /// A page of one user's approved, live orders. An unknown user is a 404, not an empty page.
-pub struct UserOrders {
+pub(crate) struct UserOrders {
     pub user_id: Uuid,
     pub page: Page,
 }
 
 impl UserOrders {
-    pub async fn fetch(self, db: &PgPool) -> Result<Vec<OrderView>, AppError> {
+    pub(crate) async fn fetch(self, db: &PgPool) -> Result<Vec<OrderView>, AppError> {
         let Page { limit, offset, order } = self.page;
         let user_id = self.user_id;
         let orders = crate::db::read(db, || async move {

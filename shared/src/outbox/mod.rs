@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::{db::Tx, trace_context::TraceContext};
 
 /// The topic exchange every event goes to.
-pub const EXCHANGE: &str = "Orders";
+pub(crate) const EXCHANGE: &str = "Orders";
 
 /// An event of the wire contract: its routing key and `eventType` are fixed by its type.
 pub trait Event: Serialize {
@@ -38,7 +38,7 @@ struct Envelope<'a, E> {
 }
 
 /// Serializes an event into its envelope.
-pub fn envelope<E: Event>(event: &E, event_id: Uuid, at: DateTime<Utc>) -> serde_json::Result<String> {
+pub(crate) fn envelope<E: Event>(event: &E, event_id: Uuid, at: DateTime<Utc>) -> serde_json::Result<String> {
     serde_json::to_string(&Envelope { event_id, event_type: E::EVENT_TYPE, event_time_stamp: at, event })
 }
 
@@ -49,7 +49,7 @@ pub async fn append<E: Event>(tx: &mut Tx, event: &E, trace: TraceContext) -> Re
 
 /// [`append`] with an `eventID` chosen by the caller (who stored it elsewhere in the
 /// same transaction); a v7 UUID keeps the outbox's ids in time order.
-pub async fn append_as<E: Event>(
+pub(crate) async fn append_as<E: Event>(
     tx: &mut Tx,
     event: &E,
     event_id: Uuid,

@@ -32,7 +32,7 @@ use crate::{
 };
 
 /// The channel `NOTIFY`-ed after every outbox insert (a trigger, see migrations/).
-pub const CHANNEL: &str = "outbox";
+pub(crate) const CHANNEL: &str = "outbox";
 
 #[derive(Debug, Clone)]
 pub struct RelaySettings {

@@ -31,7 +31,7 @@ pub struct ProductsApi {
 /// A new product.
 #[derive(Debug, Object)]
 #[oai(example)]
-pub struct CreateProductRequest {
+pub(crate) struct CreateProductRequest {
     #[oai(rename = "productID")]
     pub product_id: Uuid,
     /// Price before discount: a number ≥ 0 with at most 2 decimals, at most 99999999.99.
@@ -74,14 +74,14 @@ impl TryFrom<CreateProductRequest> for CreateProduct {
 
 /// A new name for a product.
 #[derive(Debug, Object)]
-pub struct RenameProductRequest {
+pub(crate) struct RenameProductRequest {
     /// Must start with a capital letter; unique.
     #[oai(rename = "productName")]
     pub product_name: String,
 }
 
 #[derive(Debug, Object)]
-pub struct Product {
+pub(crate) struct Product {
     #[oai(rename = "productID")]
     pub product_id: Uuid,
     pub name: String,
@@ -110,20 +110,20 @@ impl From<ProductView> for Product {
 }
 
 #[derive(Debug, Object)]
-pub struct ProductList {
+pub(crate) struct ProductList {
     pub products: Vec<Product>,
     #[oai(flatten)]
     pub page: PageInfo,
 }
 
 #[derive(Debug, ApiResponse)]
-pub enum ProductResponse {
+pub(crate) enum ProductResponse {
     #[oai(status = 200)]
     Ok(Json<Product>),
 }
 
 #[derive(Debug, ApiResponse)]
-pub enum ProductListResponse {
+pub(crate) enum ProductListResponse {
     #[oai(status = 200)]
     Ok(Json<ProductList>),
 }

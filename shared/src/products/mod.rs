@@ -1,6 +1,6 @@
 //! The catalogue: products with a unique name, a price and a percent discount.
 
-pub mod api;
+pub(crate) mod api;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -16,20 +16,20 @@ use crate::{
     validate,
 };
 
-pub const NAME_MAX: usize = 200;
-pub const DESCRIPTION_MAX: usize = 2000;
+pub(crate) const NAME_MAX: usize = 200;
+pub(crate) const DESCRIPTION_MAX: usize = 2000;
 
 /// A product's name: not blank, at most [`NAME_MAX`] characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProductName(String);
+pub(crate) struct ProductName(String);
 
 impl ProductName {
-    pub fn parse(field: &'static str, name: &str) -> Result<Self, AppError> {
+    pub(crate) fn parse(field: &'static str, name: &str) -> Result<Self, AppError> {
         validate::text(field, name, NAME_MAX).map(ProductName)
     }
 
     /// A new name given by a rename, which must start with a capital letter.
-    pub fn parse_rename(field: &'static str, name: &str) -> Result<Self, AppError> {
+    pub(crate) fn parse_rename(field: &'static str, name: &str) -> Result<Self, AppError> {
         let name = Self::parse(field, name)?;
         if !name.0.chars().next().is_some_and(char::is_uppercase) {
             return Err(AppError::invalid(field, "Product name must be start with capital letter"));
@@ -37,19 +37,19 @@ impl ProductName {
         Ok(name)
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
 
-pub const NAME_TAKEN: &str = "Product with this name already exists;";
-pub const ID_TAKEN: &str = "Product with this id already exists;";
-pub const NOT_FOUND_BY_ID: &str = "Product with this id not exist;";
-pub const NOT_FOUND_BY_NAME: &str = "Product with this name not exist;";
+pub(crate) const NAME_TAKEN: &str = "Product with this name already exists;";
+pub(crate) const ID_TAKEN: &str = "Product with this id already exists;";
+pub(crate) const NOT_FOUND_BY_ID: &str = "Product with this id not exist;";
+pub(crate) const NOT_FOUND_BY_NAME: &str = "Product with this name not exist;";
 
 /// Creates a product, with `quantity = 1` and `availability = true`.
 #[derive(Debug, Clone)]
-pub struct CreateProduct {
+pub(crate) struct CreateProduct {
     pub id: Uuid,
     pub name: ProductName,
     pub description: String,
@@ -82,7 +82,7 @@ impl Command for CreateProduct {
 
 /// Renames a product.
 #[derive(Debug, Clone)]
-pub struct RenameProduct {
+pub(crate) struct RenameProduct {
     pub id: Uuid,
     pub name: ProductName,
 }
@@ -107,7 +107,7 @@ impl Command for RenameProduct {
 
 /// A product as the API shows it.
 #[derive(Debug, Clone)]
-pub struct ProductView {
+pub(crate) struct ProductView {
     pub id: Uuid,
     pub name: String,
     pub description: String,
@@ -119,10 +119,10 @@ pub struct ProductView {
 }
 
 /// One product by its name.
-pub struct ProductByName(pub String);
+pub(crate) struct ProductByName(pub String);
 
 impl ProductByName {
-    pub async fn fetch(self, db: &PgPool) -> Result<ProductView, AppError> {
+    pub(crate) async fn fetch(self, db: &PgPool) -> Result<ProductView, AppError> {
         let name = &self.0;
         crate::db::read(db, || {
             sqlx::query_as!(
@@ -139,10 +139,10 @@ impl ProductByName {
 }
 
 /// A page of products, by price then id.
-pub struct ListProducts(pub Page);
+pub(crate) struct ListProducts(pub Page);
 
 impl ListProducts {
-    pub async fn fetch(self, db: &PgPool) -> Result<Vec<ProductView>, AppError> {
+    pub(crate) async fn fetch(self, db: &PgPool) -> Result<Vec<ProductView>, AppError> {
         let Page { limit, offset, order } = self.0;
         // Two statements rather than a dynamic ORDER BY, so both walk the (price, id) index.
         let products = crate::db::read(db, || async move {

@@ -435,7 +435,7 @@ pub async fn pending_summary(db: &PgPool) -> Result<(i64, f64), sqlx::Error> {
 /// Deletes inbox rows older than `retention`, in bounded batches, for at most 10 s a
 /// pass (it runs hourly: ten batches of 1,000 an hour were 2.8 rows/s, less than the
 /// replies a busy worker records).
-pub async fn prune_inbox(db: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
+pub(crate) async fn prune_inbox(db: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
     crate::db::delete_in_batches(1000, Duration::from_secs(10), || async {
         Ok(sqlx::query!(
             "DELETE FROM saga_inbox WHERE message_id IN (

@@ -33,14 +33,14 @@ use tracing_subscriber::fmt::MakeWriter;
 use crate::retry::Policy;
 
 /// Lines waiting for a push, at most.
-pub const QUEUE_LINES: usize = 10_000;
+pub(crate) const QUEUE_LINES: usize = 10_000;
 /// Bytes of lines waiting for a push, at most.
-pub const QUEUE_BYTES: usize = 8 * 1024 * 1024;
+pub(crate) const QUEUE_BYTES: usize = 8 * 1024 * 1024;
 /// Lines per push, at most; a push leaves at least every [`PUSH_EVERY`].
 const BATCH_LINES: usize = 2_000;
 const PUSH_EVERY: Duration = Duration::from_secs(1);
 /// The longest a push may take: past it, it counts as failed.
-pub const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest the last push may take at exit.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 

@@ -6,32 +6,32 @@
 use metrics::{describe_counter, describe_gauge, describe_histogram};
 
 pub const HTTP_REQUESTS: &str = "http_requests_total";
-pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
-pub const CACHE_REQUESTS: &str = "cache_requests_total";
-pub const CACHE_FILLS: &str = "cache_fills_total";
-pub const CACHE_INVALIDATIONS: &str = "cache_invalidations_total";
-pub const DB_CONNECTIONS_LOST: &str = "db_connections_lost_total";
-pub const DB_REQUESTS_INTERRUPTED: &str = "db_requests_interrupted_total";
-pub const LOKI_DROPPED_LINES: &str = "loki_dropped_lines_total";
-pub const LOKI_UP: &str = "loki_up";
-pub const OUTBOX_PUBLISHED: &str = "outbox_published_total";
-pub const OUTBOX_PUBLISH_FAILURES: &str = "outbox_publish_failures_total";
-pub const OUTBOX_PUBLISH_LAG: &str = "outbox_publish_lag_seconds";
-pub const OUTBOX_BATCH_DURATION: &str = "outbox_batch_duration_seconds";
-pub const OUTBOX_PENDING: &str = "outbox_pending";
-pub const OUTBOX_OLDEST_UNPUBLISHED_AGE: &str = "outbox_oldest_unpublished_age_seconds";
-pub const OUTBOX_BROKER_BLOCKED: &str = "outbox_broker_blocked";
-pub const SAGA_REPLIES: &str = "saga_replies_total";
-pub const SAGA_REPLY_DURATION: &str = "saga_reply_duration_seconds";
-pub const SAGA_APPLY_FAILURES: &str = "saga_apply_failures_total";
-pub const SAGA_DEAD_LETTERED: &str = "saga_dead_lettered_total";
-pub const SAGA_TIMEOUTS: &str = "saga_timeouts_total";
+pub(crate) const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
+pub(crate) const CACHE_REQUESTS: &str = "cache_requests_total";
+pub(crate) const CACHE_FILLS: &str = "cache_fills_total";
+pub(crate) const CACHE_INVALIDATIONS: &str = "cache_invalidations_total";
+pub(crate) const DB_CONNECTIONS_LOST: &str = "db_connections_lost_total";
+pub(crate) const DB_REQUESTS_INTERRUPTED: &str = "db_requests_interrupted_total";
+pub(crate) const LOKI_DROPPED_LINES: &str = "loki_dropped_lines_total";
+pub(crate) const LOKI_UP: &str = "loki_up";
+pub(crate) const OUTBOX_PUBLISHED: &str = "outbox_published_total";
+pub(crate) const OUTBOX_PUBLISH_FAILURES: &str = "outbox_publish_failures_total";
+pub(crate) const OUTBOX_PUBLISH_LAG: &str = "outbox_publish_lag_seconds";
+pub(crate) const OUTBOX_BATCH_DURATION: &str = "outbox_batch_duration_seconds";
+pub(crate) const OUTBOX_PENDING: &str = "outbox_pending";
+pub(crate) const OUTBOX_OLDEST_UNPUBLISHED_AGE: &str = "outbox_oldest_unpublished_age_seconds";
+pub(crate) const OUTBOX_BROKER_BLOCKED: &str = "outbox_broker_blocked";
+pub(crate) const SAGA_REPLIES: &str = "saga_replies_total";
+pub(crate) const SAGA_REPLY_DURATION: &str = "saga_reply_duration_seconds";
+pub(crate) const SAGA_APPLY_FAILURES: &str = "saga_apply_failures_total";
+pub(crate) const SAGA_DEAD_LETTERED: &str = "saga_dead_lettered_total";
+pub(crate) const SAGA_TIMEOUTS: &str = "saga_timeouts_total";
 pub const SAGA_PENDING: &str = "saga_pending";
 pub const SAGA_OLDEST_PENDING_AGE: &str = "saga_oldest_pending_age_seconds";
-pub const SAGA_CANCEL_AFTER: &str = "saga_cancel_after_seconds";
-pub const SAGA_REPLY_QUEUE_DEPTH: &str = "saga_reply_queue_depth";
-pub const SAGA_REQUEST_QUEUE_DEPTH: &str = "saga_request_queue_depth";
-pub const SAGA_DEAD_LETTER_QUEUE_DEPTH: &str = "saga_dead_letter_queue_depth";
+pub(crate) const SAGA_CANCEL_AFTER: &str = "saga_cancel_after_seconds";
+pub(crate) const SAGA_REPLY_QUEUE_DEPTH: &str = "saga_reply_queue_depth";
+pub(crate) const SAGA_REQUEST_QUEUE_DEPTH: &str = "saga_request_queue_depth";
+pub(crate) const SAGA_DEAD_LETTER_QUEUE_DEPTH: &str = "saga_dead_letter_queue_depth";
 
 /// The processes that export metrics, each with its own series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +42,7 @@ pub enum Process {
 }
 
 /// Describes every metric and creates `process`'s series at zero.
-pub fn register(process: Process) {
+pub(crate) fn register(process: Process) {
     describe();
     metrics::counter!(LOKI_DROPPED_LINES).absolute(0);
     let zero = |name: &'static str, label: &'static str, values: &[&'static str]| {

@@ -18,7 +18,7 @@ pub struct UsersApi {
 /// A new user (a client).
 #[derive(Debug, Object)]
 #[oai(example)]
-pub struct CreateUserRequest {
+pub(crate) struct CreateUserRequest {
     #[oai(rename = "userID")]
     pub user_id: Uuid,
     /// Not blank, at most 100 characters.

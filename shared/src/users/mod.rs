@@ -1,6 +1,6 @@
 //! Users: the clients who place orders, each with a home address.
 
-pub mod api;
+pub(crate) mod api;
 
 use uuid::Uuid;
 
@@ -11,12 +11,12 @@ use crate::{
     error::{AppError, violated_constraint},
 };
 
-pub const USERNAME_MAX: usize = 100;
-pub const NOT_FOUND: &str = "User with this id not exist;";
+pub(crate) const USERNAME_MAX: usize = 100;
+pub(crate) const NOT_FOUND: &str = "User with this id not exist;";
 
 /// Creates a user living at an existing address.
 #[derive(Debug, Clone)]
-pub struct CreateUser {
+pub(crate) struct CreateUser {
     pub id: Uuid,
     pub username: String,
     pub address_id: Uuid,

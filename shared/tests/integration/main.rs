@@ -4,6 +4,8 @@
 
 // Test code: a panic is how a failed expectation reports itself.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// A test crate has no public API: `pub` here only shares helpers between its modules.
+#![allow(unreachable_pub)]
 
 mod broker_faults;
 mod cache;
