@@ -2,7 +2,8 @@
 //!
 //! Three binaries run this library (`bins/`): `api` serves [`http`]; `outbox-relay` runs
 //! [`outbox::relay`]; `saga-worker` runs [`saga::worker`] (and the operator's tools,
-//! [`saga::dlq`] and [`saga::pending_sagas`]). Read top-down:
+//! [`saga::dlq`] and [`saga::pending_sagas`]); `customer-simulator`, the demo's stand-in
+//! customer service, answers sagas over [`amqp`]. Read top-down:
 //! - [`http`]: the REST API (poem-openapi) of the `api` process; [`pagination`]: the
 //!   `limit`/`offset`/`order` of its lists.
 //! - Features, each with its domain rules, its commands and queries (SQL inline), and
@@ -20,7 +21,8 @@
 //! - [`trace_context`]: the W3C trace carried from a request to its events and replies.
 //! - [`retry`]: the one backoff policy (with jitter) of every retry and reconnect loop.
 //! - [`error`]: the error every command and query ends in; `http::errors` maps it.
-//! - Start-up and running plumbing shared by the binaries: [`config`], [`db`],
+//! - Start-up and running plumbing shared by the binaries: [`config`] (each binary's
+//!   settings, composed of parts it shares with the others: database, AMQP, cache, logs), [`db`],
 //!   [`telemetry`] (logs, metrics and their names), [`probes`] (the relay's and worker's
 //!   `/healthcheck/`, `/readyz`, `/metrics`), [`shutdown`], [`schedule`].
 
