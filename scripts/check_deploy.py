@@ -53,8 +53,37 @@ policy = redis_command[redis_command.index("--maxmemory-policy") + 1] if "--maxm
 if policy not in ("allkeys-lru", "allkeys-lfu", "allkeys-random"):
     fail(f"compose.yaml: redis --maxmemory-policy is {policy!r}; it must be an allkeys-* policy")
 
-for path in ["vector/vector.yaml", "loki/loki.yaml", "prometheus/prometheus.yml"]:
+for path in ["vector/vector.yaml", "loki/loki.yaml", "prometheus/prometheus.yml", "grafana/tempo.yaml"]:
     yaml.load((ROOT / path).read_text())
+
+# Spans: every program exports to Tempo, on a port Tempo receives OTLP on for the
+# protocol it speaks, and Grafana links traces and log lines both ways.
+tempo = yaml.load((ROOT / "grafana/tempo.yaml").read_text())
+protocols = tempo["distributor"]["receivers"]["otlp"]["protocols"]
+receives = {name: int(spec["endpoint"].rsplit(":", 1)[1]) for name, spec in protocols.items()}
+if any(not spec["endpoint"].startswith("0.0.0.0:") for spec in protocols.values()):
+    fail("grafana/tempo.yaml: an OTLP receiver listens on localhost only; the programs could not reach it")
+if "tempo" not in compose["services"]:
+    fail("compose.yaml: no tempo service")
+for name, service in compose["services"].items():
+    command = service.get("command") or []
+    if not command or command[0] not in ("api", "outbox-relay", "saga-worker", "customer-simulator"):
+        continue
+    environment = service.get("environment") or {}
+    endpoint = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(environment.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")))
+    protocol = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(environment.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")))
+    match = re.fullmatch(r"http://tempo:(\d+)", endpoint)
+    wanted = receives.get("grpc" if protocol == "grpc" else "http")
+    if not match or int(match.group(1)) != wanted:
+        fail(f"compose.yaml: {name} exports spans to {endpoint!r} ({protocol}); Tempo receives that on tempo:{wanted}")
+sources = {}
+for path in (ROOT / "grafana/provisioning/datasources").glob("*.yaml"):
+    for source in yaml.load(path.read_text()).get("datasources", []):
+        sources[source["uid"]] = source
+linked_logs = ((sources.get("tempo") or {}).get("jsonData") or {}).get("tracesToLogsV2", {}).get("datasourceUid")
+linked_traces = [f.get("datasourceUid") for f in ((sources.get("loki") or {}).get("jsonData") or {}).get("derivedFields", [])]
+if linked_logs != "loki" or "tempo" not in linked_traces:
+    fail("grafana datasources: traces and logs are not linked both ways (Tempo tracesToLogsV2 → loki, Loki derivedFields → tempo)")
 
 # Non-root: the runtime stage (the last FROM) switches to a named, non-root user, and no
 # service built from this image asks for another one.

@@ -62,7 +62,8 @@ where
             }
         }
     };
-    tokio::spawn(task.in_current_span())
+    let command = std::any::type_name::<C>().rsplit("::").next().unwrap_or("command");
+    tokio::spawn(crate::db::in_transaction_span(command, task).in_current_span())
         .await
         .map_err(|e| AppError::Internal(anyhow::anyhow!("command task failed: {e}")))?
 }

@@ -208,6 +208,9 @@ impl OrderCache {
         self.user_key(user_id, &format!("page:{}:{}:{order}", page.limit, page.offset))
     }
 
+    #[tracing::instrument(level = "debug", name = "cache.read", skip_all, fields(
+        otel.name = "MGET", otel.kind = "client", db.system.name = "redis", db.operation.name = "MGET",
+    ))]
     pub async fn read(&self, user_id: Uuid, page: &Page) -> redis::RedisResult<Lookup> {
         if self.unsettled.owes(user_id) {
             return Ok(Lookup::Unsettled);
@@ -226,6 +229,9 @@ impl OrderCache {
 
     /// Stores a page read after a miss, unless the user was invalidated since or the
     /// page is too large.
+    #[tracing::instrument(level = "debug", name = "cache.fill", skip_all, fields(
+        otel.name = "EVALSHA fill", otel.kind = "client", db.system.name = "redis", db.operation.name = "EVALSHA",
+    ))]
     pub async fn fill(&self, user_id: Uuid, page: &Page, seen: &Generation, body: &[u8]) -> redis::RedisResult<Filled> {
         if body.len() > self.limits.entry_bytes {
             return Ok(Filled::TooLarge);
@@ -248,6 +254,9 @@ impl OrderCache {
     }
 
     /// Makes every cached page of the user unreachable, and frees them.
+    #[tracing::instrument(level = "debug", name = "cache.invalidate", skip_all, fields(
+        otel.name = "EVALSHA invalidate", otel.kind = "client", db.system.name = "redis", db.operation.name = "EVALSHA",
+    ))]
     pub async fn invalidate(&self, user_id: Uuid) -> redis::RedisResult<()> {
         let _: i64 = Script::new(INVALIDATE)
             .key(self.user_key(user_id, "gen"))

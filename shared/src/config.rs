@@ -40,6 +40,7 @@ pub struct ApiConfig {
     pub database: DatabaseConfig,
     pub cache: CacheConfig,
     pub log: LogConfig,
+    pub traces: TracesConfig,
 }
 
 /// The api's own settings: its listener and request limits.
@@ -62,6 +63,7 @@ pub struct RelayConfig {
     pub database: DatabaseConfig,
     pub amqp: AmqpConfig,
     pub log: LogConfig,
+    pub traces: TracesConfig,
 }
 
 /// The relay's own settings.
@@ -91,6 +93,7 @@ pub struct WorkerConfig {
     pub amqp: AmqpConfig,
     pub cache: CacheConfig,
     pub log: LogConfig,
+    pub traces: TracesConfig,
 }
 
 /// The worker's own settings.
@@ -118,6 +121,7 @@ pub struct SimulatorConfig {
     pub credit: CreditConfig,
     pub amqp: AmqpConfig,
     pub log: LogConfig,
+    pub traces: TracesConfig,
 }
 
 /// The simulator's own setting.
@@ -178,6 +182,100 @@ pub struct LogConfig {
     pub loki_url: Option<Redacted<url::Url>>,
 }
 
+/// Spans over OTLP, read alike by every binary from OpenTelemetry's standard variables.
+/// No endpoint, no exporter (and no span costs more than a log field).
+#[derive(Debug, Clone, Deserialize)]
+pub struct TracesConfig {
+    /// The collector's base URL, e.g. `http://tempo:4318` (http/protobuf; `/v1/traces` is
+    /// appended) or `http://tempo:4317` (grpc).
+    #[serde(rename = "otel_exporter_otlp_endpoint", default, deserialize_with = "otlp_endpoint")]
+    pub endpoint: Option<Redacted<url::Url>>,
+    #[serde(rename = "otel_exporter_otlp_protocol", default, deserialize_with = "otlp_protocol")]
+    pub protocol: OtlpProtocol,
+    /// The `service.name` of the spans; the binary's own name when unset.
+    #[serde(rename = "otel_service_name", default)]
+    pub service_name: Option<String>,
+    #[serde(rename = "otel_traces_sampler", default, deserialize_with = "traces_sampler")]
+    pub sampler: SamplerKind,
+    /// The ratio of the `traceidratio` samplers, 0 to 1.
+    #[serde(rename = "otel_traces_sampler_arg", default, deserialize_with = "traces_sampler_arg")]
+    pub sampler_arg: Option<f64>,
+}
+
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`: the two OTLP transports this service speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// `http/protobuf`, the specification's default.
+    #[default]
+    HttpProtobuf,
+    /// `grpc`.
+    Grpc,
+}
+
+impl FromStr for OtlpProtocol {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
+            "grpc" => Ok(OtlpProtocol::Grpc),
+            // The specification's third value; not built in (it would bring serde for
+            // every OTLP message).
+            "http/json" => Err("http/json is not supported".to_owned()),
+            _ => Err("unknown protocol".to_owned()),
+        }
+    }
+}
+
+/// `OTEL_TRACES_SAMPLER`, the specification's names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SamplerKind {
+    AlwaysOn,
+    AlwaysOff,
+    TraceIdRatio,
+    /// The specification's default: follow the caller's decision, sample new traces.
+    #[default]
+    ParentBasedAlwaysOn,
+    ParentBasedAlwaysOff,
+    ParentBasedTraceIdRatio,
+}
+
+impl FromStr for SamplerKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Ok(match text.trim() {
+            "always_on" => SamplerKind::AlwaysOn,
+            "always_off" => SamplerKind::AlwaysOff,
+            "traceidratio" => SamplerKind::TraceIdRatio,
+            "parentbased_always_on" => SamplerKind::ParentBasedAlwaysOn,
+            "parentbased_always_off" => SamplerKind::ParentBasedAlwaysOff,
+            "parentbased_traceidratio" => SamplerKind::ParentBasedTraceIdRatio,
+            _ => return Err("unknown sampler".to_owned()),
+        })
+    }
+}
+
+impl TracesConfig {
+    fn from_parts(vars: &Vars) -> Result<Self, ConfigError> {
+        let config: Self = read(vars)?;
+        let ratio_sampler = matches!(config.sampler, SamplerKind::TraceIdRatio | SamplerKind::ParentBasedTraceIdRatio);
+        if config.sampler_arg.is_some() && !ratio_sampler {
+            return Err(ConfigError(format!(
+                "OTEL_TRACES_SAMPLER_ARG is set, but OTEL_TRACES_SAMPLER {:?} takes no argument",
+                config.sampler
+            )));
+        }
+        Ok(config)
+    }
+
+    /// The ratio a `traceidratio` sampler keeps: the argument, else all (the
+    /// specification's default of 1.0).
+    pub fn ratio(&self) -> f64 {
+        self.sampler_arg.unwrap_or(1.0)
+    }
+}
+
 /// The environment, as the readers below take it.
 type Vars = [(String, String)];
 
@@ -212,6 +310,7 @@ impl Settings for ApiConfig {
             database: DatabaseConfig::from_parts(vars, 16)?,
             cache: CacheConfig::from_parts(vars)?,
             log: LogConfig::from_parts(vars)?,
+            traces: TracesConfig::from_parts(vars)?,
         })
     }
 
@@ -221,6 +320,7 @@ impl Settings for ApiConfig {
             variables_of::<DatabaseVars>(),
             variables_of::<CacheConfig>(),
             variables_of::<LogConfig>(),
+            variables_of::<TracesConfig>(),
         ]
         .concat()
     }
@@ -246,7 +346,13 @@ impl Settings for RelayConfig {
                 database.max_connections
             )));
         }
-        Ok(RelayConfig { outbox, database, amqp: AmqpConfig::from_parts(vars)?, log: LogConfig::from_parts(vars)? })
+        Ok(RelayConfig {
+            outbox,
+            database,
+            amqp: AmqpConfig::from_parts(vars)?,
+            log: LogConfig::from_parts(vars)?,
+            traces: TracesConfig::from_parts(vars)?,
+        })
     }
 
     fn variables() -> Vec<String> {
@@ -255,6 +361,7 @@ impl Settings for RelayConfig {
             variables_of::<DatabaseVars>(),
             variables_of::<AmqpConfig>(),
             variables_of::<LogConfig>(),
+            variables_of::<TracesConfig>(),
         ]
         .concat()
     }
@@ -270,6 +377,7 @@ impl Settings for WorkerConfig {
             amqp: AmqpConfig::from_parts(vars)?,
             cache: CacheConfig::from_parts(vars)?,
             log: LogConfig::from_parts(vars)?,
+            traces: TracesConfig::from_parts(vars)?,
         })
     }
 
@@ -280,6 +388,7 @@ impl Settings for WorkerConfig {
             variables_of::<AmqpConfig>(),
             variables_of::<CacheConfig>(),
             variables_of::<LogConfig>(),
+            variables_of::<TracesConfig>(),
         ]
         .concat()
     }
@@ -291,11 +400,18 @@ impl Settings for SimulatorConfig {
             credit: read(vars)?,
             amqp: AmqpConfig::from_parts(vars)?,
             log: LogConfig::from_parts(vars)?,
+            traces: TracesConfig::from_parts(vars)?,
         })
     }
 
     fn variables() -> Vec<String> {
-        [variables_of::<CreditConfig>(), variables_of::<AmqpConfig>(), variables_of::<LogConfig>()].concat()
+        [
+            variables_of::<CreditConfig>(),
+            variables_of::<AmqpConfig>(),
+            variables_of::<LogConfig>(),
+            variables_of::<TracesConfig>(),
+        ]
+        .concat()
     }
 }
 
@@ -454,6 +570,41 @@ fn default_cache_ttl() -> Duration {
 fn cache_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     parse_var_with(d, "CACHE_TTL", "a duration of at least 1s such as 5m", |text| {
         at_least(text, Duration::from_secs(1))
+    })
+}
+
+fn otlp_endpoint<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Redacted<url::Url>>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    url::Url::parse(text.trim())
+        .ok()
+        .filter(|url| matches!(url.scheme(), "http" | "https") && url.host_str().is_some())
+        .map(|url| Some(Redacted(url)))
+        .ok_or_else(|| {
+            D::Error::custom(format!(
+                "OTEL_EXPORTER_OTLP_ENDPOINT must be an http(s) URL such as http://tempo:4318, not {text:?}"
+            ))
+        })
+}
+
+fn otlp_protocol<'de, D: Deserializer<'de>>(d: D) -> Result<OtlpProtocol, D::Error> {
+    parse_var(d, "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf or grpc")
+}
+
+fn traces_sampler<'de, D: Deserializer<'de>>(d: D) -> Result<SamplerKind, D::Error> {
+    parse_var(
+        d,
+        "OTEL_TRACES_SAMPLER",
+        "always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio",
+    )
+}
+
+fn traces_sampler_arg<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    parse_var_with(d, "OTEL_TRACES_SAMPLER_ARG", "a ratio from 0 to 1 such as 0.25", |text| {
+        let ratio: f64 = text.parse().map_err(|e: std::num::ParseFloatError| e.to_string())?;
+        if (0.0..=1.0).contains(&ratio) { Ok(Some(ratio)) } else { Err("out of range".to_owned()) }
     })
 }
 
@@ -789,12 +940,54 @@ mod tests {
     }
 
     #[test]
+    fn traces_are_read_from_opentelemetrys_variables() {
+        let config = ApiConfig::from_vars(vars(&[])).unwrap();
+        assert!(config.traces.endpoint.is_none(), "no endpoint, no exporter");
+        assert_eq!(config.traces.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(config.traces.sampler, SamplerKind::ParentBasedAlwaysOn);
+        let config = WorkerConfig::from_vars(vars(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://tempo:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_SERVICE_NAME", "worker-7"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+        ]))
+        .unwrap();
+        assert_eq!(config.traces.endpoint.as_deref().map(url::Url::as_str), Some("http://tempo:4317/"));
+        assert_eq!(config.traces.protocol, OtlpProtocol::Grpc);
+        assert_eq!(config.traces.service_name.as_deref(), Some("worker-7"));
+        assert_eq!(config.traces.ratio(), 0.25);
+        for (var, value) in [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "tempo:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift"),
+            ("OTEL_TRACES_SAMPLER", "sometimes"),
+            ("OTEL_TRACES_SAMPLER_ARG", "2"),
+        ] {
+            let sampler = if var == "OTEL_TRACES_SAMPLER" { value } else { "traceidratio" };
+            let error = RelayConfig::from_vars(vars(&[("OTEL_TRACES_SAMPLER", sampler), (var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(var), "{error}");
+        }
+        // An argument the sampler would silently ignore is refused.
+        let error = ApiConfig::from_vars(vars(&[("OTEL_TRACES_SAMPLER_ARG", "0.5")])).unwrap_err().to_string();
+        assert!(error.contains("OTEL_TRACES_SAMPLER_ARG"), "{error}");
+        for binary in
+            [ApiConfig::variables(), RelayConfig::variables(), WorkerConfig::variables(), SimulatorConfig::variables()]
+        {
+            assert!(binary.contains(&"OTEL_EXPORTER_OTLP_ENDPOINT".to_owned()), "{binary:?}");
+        }
+    }
+
+    #[test]
     fn debug_output_hides_every_url_with_credentials() {
         let secret = [
             ("DATABASE_URL", "postgres://u:hunter2@db/x"),
             ("AMQP_URL", "amqp://u:hunter2@rabbit/%2f"),
             ("REDIS_URL", "redis://:hunter2@cache:6379"),
             ("LOKI_URL", "http://u:hunter2@loki:3100"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://u:hunter2@otlp.example.com"),
         ];
         let api = ApiConfig::from_vars(vars(&secret)).unwrap();
         let relay = RelayConfig::from_vars(vars(&secret)).unwrap();

@@ -2,6 +2,7 @@
 
 use crate::telemetry::names;
 use std::time::Duration;
+use tracing::Instrument;
 
 use backon::Retryable;
 
@@ -167,4 +168,25 @@ where
             return Ok(deleted);
         }
     }
+}
+
+/// Runs `work` (one transaction) in a client span of its own, after OpenTelemetry's
+/// database conventions: `transaction CreateOrder`, an error status when it fails.
+pub(crate) async fn in_transaction_span<T, E>(
+    name: &str,
+    work: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let span = tracing::debug_span!(
+        "db.transaction",
+        otel.name = format!("transaction {name}"),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        db.system.name = "postgresql",
+        db.operation.name = "transaction",
+    );
+    let result = work.instrument(span.clone()).await;
+    if result.is_err() {
+        span.record("otel.status_code", "ERROR");
+    }
+    result
 }

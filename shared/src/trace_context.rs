@@ -1,8 +1,15 @@
 //! W3C trace context (`traceparent`), carried from an HTTP request into the events it
-//! causes, so a saga can be followed across processes in the logs.
+//! causes, so a saga can be followed across processes: in the logs (every line has the
+//! `trace_id`) and, when spans are exported, as one trace.
+//!
+//! With spans exported, a context is always the one of a real span (the server span, the
+//! outbox append, the relay's producer span), so a process that continues it becomes
+//! that span's child; without, it is made up as before (same trace id, a new span id).
 
 use std::fmt;
 
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +61,39 @@ impl TraceContext {
 
     pub fn trace_id(&self) -> String {
         format!("{:032x}", self.trace_id)
+    }
+
+    /// Makes `span` continue `parent` (a caller's header, an outbox row, a message's
+    /// header), and returns the context `span` runs under: its own when spans are
+    /// exported, else `parent`'s child, or a new trace. Call it before entering `span`.
+    pub fn continue_in(span: &tracing::Span, parent: Option<TraceContext>) -> TraceContext {
+        if let Some(parent) = parent {
+            // Fails only when spans are not exported (or this one is filtered out).
+            let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent.span_context()));
+        }
+        Self::of(span).unwrap_or_else(|| parent.map_or_else(Self::new_root, Self::child))
+    }
+
+    /// The context of `span` as exported, if it is (this starts the span).
+    pub fn of(span: &tracing::Span) -> Option<TraceContext> {
+        let context = span.context();
+        let exported = context.span().span_context().clone();
+        exported.is_valid().then(|| TraceContext {
+            trace_id: u128::from_be_bytes(exported.trace_id().to_bytes()),
+            span_id: u64::from_be_bytes(exported.span_id().to_bytes()),
+            sampled: exported.is_sampled(),
+        })
+    }
+
+    fn span_context(self) -> SpanContext {
+        let flags = if self.sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
+        SpanContext::new(
+            TraceId::from_bytes(self.trace_id.to_be_bytes()),
+            SpanId::from_bytes(self.span_id.to_be_bytes()),
+            flags,
+            true,
+            TraceState::default(),
+        )
     }
 }
 

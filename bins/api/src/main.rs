@@ -14,7 +14,7 @@ use order_service::{
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = ApiConfig::from_env()?;
-    let loki = telemetry::init_tracing(&config.log, "api")?;
+    let sinks = telemetry::init_tracing(&config.log, &config.traces, "api")?;
     db::create_database_if_missing(&config.database.url).await?;
     let db = db::connect(&config.database.url, config.database.max_connections)?;
     db::migrate(&db).await?;
@@ -33,8 +33,6 @@ async fn main() -> anyhow::Result<()> {
     http::serve(config.http.api_addr, state, Duration::from_secs(config.http.shutdown_grace_secs)).await?;
     db.close().await;
     tracing::info!("api stopped");
-    if let Some(loki) = loki {
-        loki.flush().await;
-    }
+    sinks.flush().await;
     Ok(())
 }

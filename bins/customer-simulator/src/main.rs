@@ -18,14 +18,16 @@ use order_service::{
     config::{Settings, SimulatorConfig},
     retry::Policy,
     telemetry,
+    trace_context::TraceContext,
 };
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = SimulatorConfig::from_env()?;
-    let loki = telemetry::init_tracing(&config.log, "customer-simulator")?;
+    let sinks = telemetry::init_tracing(&config.log, &config.traces, "customer-simulator")?;
     // SIGTERM (docker stop) as well as Ctrl-C.
     let stop = order_service::shutdown::signal();
     tokio::pin!(stop);
@@ -59,9 +61,7 @@ async fn main() -> anyhow::Result<()> {
                 () = &mut stop => {
                     consumer.close().await;
                     publisher.close().await;
-                    if let Some(loki) = loki {
-                        loki.flush().await;
-                    }
+                    sinks.flush().await;
                     return Ok(());
                 }
             };
@@ -79,16 +79,45 @@ async fn main() -> anyhow::Result<()> {
             // A re-request by the saga timeout names the first request: answer it with
             // the same reply id, which the worker applies at most once.
             let request_id = request["originalEventID"].as_str().or(delivery.message_id()).unwrap_or(order_id);
+            let message_id = format!("reply-{request_id}");
+            // The customer service's hop of the order's trace: a consumer span continuing
+            // the request's context, and a producer span whose context the reply carries.
+            let queue = &topology.order_saga_queue;
+            let consumed = tracing::info_span!(
+                parent: None,
+                "customer.request",
+                otel.name = format!("process {queue}"),
+                otel.kind = "consumer",
+                messaging.system = "rabbitmq",
+                messaging.operation.type = "process",
+                messaging.destination.name = %queue,
+                messaging.message.id = delivery.message_id().unwrap_or_default(),
+            );
+            let request_trace = delivery.header("traceparent").as_deref().and_then(TraceContext::parse);
+            let request_trace = TraceContext::continue_in(&consumed, request_trace);
+            let published = tracing::info_span!(
+                parent: &consumed,
+                "customer.reply",
+                otel.name = format!("publish {}", topology.exchange),
+                otel.kind = "producer",
+                messaging.system = "rabbitmq",
+                messaging.operation.type = "send",
+                messaging.destination.name = %topology.exchange,
+                messaging.rabbitmq.destination.routing_key = "Customer.Saga.Reply",
+                messaging.message.id = %message_id,
+            );
+            let reply_trace = TraceContext::of(&published).unwrap_or(request_trace);
             let reply = Outgoing {
                 exchange: topology.exchange.clone(),
                 routing_key: "Customer.Saga.Reply".into(),
-                message_id: format!("reply-{request_id}"),
+                message_id,
                 message_type: "CustomerSagaReply".into(),
                 timestamp: chrono::Utc::now().timestamp().max(0) as u64,
-                headers: delivery.header("traceparent").map(|t| ("traceparent".to_owned(), t)).into_iter().collect(),
+                headers: vec![("traceparent".to_owned(), reply_trace.to_string())],
                 body: json!({"orderID": order_id, "orderType": answer}).to_string().into_bytes(),
             };
-            match publisher.publish_all(std::slice::from_ref(&reply), Duration::from_secs(5)).await.remove(0) {
+            let confirmed = publisher.publish_all(std::slice::from_ref(&reply), Duration::from_secs(5));
+            match confirmed.instrument(published).await.remove(0) {
                 // A lost ack means a redelivery, answered again with the same reply id.
                 Ok(()) if consumer.ack(delivery.tag).await.is_err() => break,
                 Ok(()) => tracing::info!(order.id = order_id, %total, answer, "answered"),

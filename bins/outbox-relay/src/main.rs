@@ -14,7 +14,7 @@ use order_service::{
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = RelayConfig::from_env()?;
-    let loki = telemetry::init_tracing(&config.log, "outbox-relay")?;
+    let sinks = telemetry::init_tracing(&config.log, &config.traces, "outbox-relay")?;
     let metrics = telemetry::metrics();
     telemetry::register_metrics(telemetry::Process::OutboxRelay);
     // The outbox swings from empty to a large backlog and back: a plan cached while it
@@ -59,8 +59,6 @@ async fn main() -> anyhow::Result<()> {
     relay.run(stopped).await;
     ops.await??;
     db.close().await;
-    if let Some(loki) = loki {
-        loki.flush().await;
-    }
+    sinks.flush().await;
     Ok(())
 }

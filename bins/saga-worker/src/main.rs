@@ -32,7 +32,7 @@ async fn main() -> anyhow::Result<()> {
         Invocation::PendingSagas { older_than, limit } => return pending_sagas(&config, older_than, limit).await,
         operator => return dead_letters(&config, operator).await,
     }
-    let loki = telemetry::init_tracing(&config.log, "saga-worker")?;
+    let sinks = telemetry::init_tracing(&config.log, &config.traces, "saga-worker")?;
     let metrics = telemetry::metrics();
     telemetry::register_metrics(telemetry::Process::SagaWorker);
     let db = db::connect(&config.database.url, config.database.max_connections)?;
@@ -67,9 +67,7 @@ async fn main() -> anyhow::Result<()> {
     worker.run(stopped).await;
     ops.await??;
     db.close().await;
-    if let Some(loki) = loki {
-        loki.flush().await;
-    }
+    sinks.flush().await;
     Ok(())
 }
 
@@ -104,24 +102,29 @@ async fn dead_letters(config: &WorkerConfig, operator: Invocation) -> anyhow::Re
         }
         return Ok(());
     }
-    // Logs only for the actions: the list's stdout is its JSON lines.
-    let _loki = telemetry::init_tracing(&config.log, "saga-worker")?;
-    let (action, letter) = match operator {
-        Invocation::DlqReplay { limit } => {
-            let moved = dlq::replay(&consume, &publish()?, &topology, limit.into()).await?;
-            tracing::info!(replayed = moved.len(), "dead-letter queue replayed");
-            return Ok(());
-        }
-        Invocation::DlqReplayOne { message_id } => {
-            ("replayed", dlq::replay_one(&consume, &publish()?, &topology, &message_id).await?)
-        }
-        Invocation::DlqDiscardOne { message_id } => {
-            ("discarded", dlq::discard_one(&consume, &topology, &message_id).await?)
-        }
-        _ => anyhow::bail!(USAGE),
-    };
-    let mut line = serde_json::to_value(&letter)?;
-    line["action"] = action.into();
-    writeln!(out, "{line}")?;
-    Ok(())
+    // Logs (and a trace per action) only for the actions: the list's stdout is its JSON lines.
+    let sinks = telemetry::init_tracing(&config.log, &config.traces, "saga-worker")?;
+    let acted = async {
+        let (action, letter) = match operator {
+            Invocation::DlqReplay { limit } => {
+                let moved = dlq::replay(&consume, &publish()?, &topology, limit.into()).await?;
+                tracing::info!(replayed = moved.len(), "dead-letter queue replayed");
+                return Ok(());
+            }
+            Invocation::DlqReplayOne { message_id } => {
+                ("replayed", dlq::replay_one(&consume, &publish()?, &topology, &message_id).await?)
+            }
+            Invocation::DlqDiscardOne { message_id } => {
+                ("discarded", dlq::discard_one(&consume, &topology, &message_id).await?)
+            }
+            _ => anyhow::bail!(USAGE),
+        };
+        let mut line = serde_json::to_value(&letter)?;
+        line["action"] = action.into();
+        writeln!(out, "{line}")?;
+        Ok(())
+    }
+    .await;
+    sinks.flush().await;
+    acted
 }

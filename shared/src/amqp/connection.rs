@@ -102,13 +102,22 @@ pub async fn connect(args: &OpenConnectionArguments) -> Result<Connection, amqpr
 /// Messages ready on `queue`, asked of the broker on a connection of its own (a passive
 /// declare), before anything consumes them.
 pub async fn queue_depth(args: &OpenConnectionArguments, queue: &str) -> Result<u32, amqprs::error::Error> {
+    Ok(queue_depths(args, &[queue]).await?[0])
+}
+
+/// [`queue_depth`] of several queues, on one connection; all or an error, within
+/// [`CONNECT_TIMEOUT`] (a broker that does not answer costs the caller no more).
+pub async fn queue_depths(args: &OpenConnectionArguments, queues: &[&str]) -> Result<Vec<u32>, amqprs::error::Error> {
     let asked = tokio::time::timeout(CONNECT_TIMEOUT, async {
         let connection = Connection::open(args).await?;
         let channel = connection.open_channel(None).await?;
-        let depth = ready_messages(&channel, queue).await?;
+        let mut depths = Vec::with_capacity(queues.len());
+        for queue in queues {
+            depths.push(ready_messages(&channel, queue).await?);
+        }
         let _ = channel.close().await;
         let _ = connection.close().await;
-        Ok(depth)
+        Ok(depths)
     })
     .await;
     asked.map_err(|_| timed_out())?

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{
     CONNECT_TIMEOUT, Topology,
-    connection::{Watched, ready_messages, timed_out},
+    connection::{Watched, timed_out},
 };
 
 /// A message taken from a queue, to be acked or nacked by its tag.
@@ -165,11 +165,6 @@ impl Consumer {
     /// Why the broker stopped this consumer, if it did.
     pub fn stopped(&self) -> Option<Stopped> {
         self.stopped.borrow().clone()
-    }
-
-    /// Messages ready on `queue`, asked of the broker (a passive declare).
-    pub async fn queue_depth(&self, queue: &str) -> Result<u32, amqprs::error::Error> {
-        ready_messages(&self.channel, queue).await
     }
 
     pub async fn ack(&self, tag: u64) -> Result<(), amqprs::error::Error> {

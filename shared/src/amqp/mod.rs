@@ -15,7 +15,7 @@ mod url;
 
 use std::time::Duration;
 
-pub use connection::{connect, queue_depth};
+pub use connection::{connect, queue_depth, queue_depths};
 pub use consumer::{Consumer, Delivery, Stopped};
 pub use publisher::{Outgoing, PublishError, Publisher};
 pub use topology::{BrokerVersion, QueueType, Topology};

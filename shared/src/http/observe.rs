@@ -47,20 +47,29 @@ impl RouteNames {
     }
 }
 
-/// Reads or starts the W3C trace, runs the request in a span carrying its trace id, and
-/// records `http_requests_total` and `http_request_duration_seconds` by route template
-/// (never the raw path: ids would make the series unbounded) and status.
+/// Reads or starts the W3C trace, runs the request in a server span carrying its trace
+/// id (OpenTelemetry's HTTP conventions: named `METHOD route`, with the route template,
+/// the status, and an error status for a 5xx), and records `http_requests_total` and
+/// `http_request_duration_seconds` by route template (never the raw path: ids would make
+/// the series unbounded) and status.
 pub(crate) async fn observe<E: Endpoint>(next: Arc<E>, mut req: Request, routes: Arc<RouteNames>) -> Result<Response> {
     let started = Instant::now();
-    let trace = TraceContext::from_header(req.headers().get("traceparent").and_then(|v| v.to_str().ok()));
-    req.set_data(trace);
     let method = req.method().clone();
     let span = tracing::info_span!(
         "http.request",
-        http.method = %method,
-        http.path = %req.uri().path(),
-        trace_id = %trace.trace_id(),
+        otel.name = method_label(&method),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method_label(&method),
+        url.path = %req.uri().path(),
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
     );
+    let caller = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceContext::parse);
+    let trace = TraceContext::continue_in(&span, caller);
+    span.record("trace_id", trace.trace_id());
+    req.set_data(trace);
     let result = next.call(req).instrument(span.clone()).await.map(IntoResponse::into_response);
     let (status, route) = match &result {
         Ok(resp) => (resp.status(), resp.data::<PathPattern>().map(|p| p.0.clone())),
@@ -68,6 +77,12 @@ pub(crate) async fn observe<E: Endpoint>(next: Arc<E>, mut req: Request, routes:
     };
     let route = routes.name(route.as_deref(), status);
     let elapsed = started.elapsed();
+    crate::telemetry::traces::rename(&span, format!("{} {route}", method_label(&method)));
+    span.record("http.route", route.as_str());
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
     let labels =
         [("method", method_label(&method).to_owned()), ("route", route), ("status", status.as_u16().to_string())];
     metrics::counter!(names::HTTP_REQUESTS, &labels).increment(1);

@@ -9,6 +9,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
+use tracing::Instrument;
+
 use crate::{db::Tx, trace_context::TraceContext};
 
 /// The topic exchange every event goes to.
@@ -56,7 +58,20 @@ pub(crate) async fn append_as<E: Event>(
     trace: TraceContext,
 ) -> Result<Uuid, sqlx::Error> {
     let payload = envelope(event, event_id, Utc::now()).map_err(|e| sqlx::Error::Encode(e.into()))?;
-    let headers = serde_json::json!({ "traceparent": trace.child().to_string() });
+    // The row keeps this span's context: the relay's producer span continues it, so the
+    // event's trace runs request → transaction → append → publish → consumer.
+    let span = tracing::debug_span!(
+        "outbox.append",
+        otel.name = format!("outbox append {}", E::EVENT_TYPE),
+        otel.kind = "internal",
+        db.system.name = "postgresql",
+        db.operation.name = "INSERT",
+        db.collection.name = "outbox",
+        messaging.message.id = %event_id,
+        messaging.destination.name = EXCHANGE,
+    );
+    let context = TraceContext::of(&span).unwrap_or_else(|| trace.child());
+    let headers = serde_json::json!({ "traceparent": context.to_string() });
     sqlx::query!(
         r#"INSERT INTO outbox (event_id, aggregate_id, exchange, routing_key, event_type, payload, headers)
            VALUES ($1, $2, $3, $4, $5, ($6::text)::json, $7)"#,
@@ -69,6 +84,7 @@ pub(crate) async fn append_as<E: Event>(
         headers,
     )
     .execute(&mut **tx)
+    .instrument(span)
     .await?;
     Ok(event_id)
 }

@@ -29,6 +29,7 @@ use crate::{
     amqp::{Outgoing, Publisher, Topology},
     error::chain,
     retry::{Backoff, Policy},
+    trace_context::TraceContext,
 };
 
 /// The channel `NOTIFY`-ed after every outbox insert (a trigger, see migrations/).
@@ -139,8 +140,14 @@ pub async fn relay_batch(
         return Ok(Outcome::default());
     }
 
-    let messages: Vec<Outgoing> = rows.iter().map(|row| outgoing(row, topology)).collect();
+    let (messages, spans): (Vec<Outgoing>, Vec<tracing::Span>) = rows.iter().map(|row| outgoing(row, topology)).unzip();
     let results = publisher.publish_all(&messages, settings.confirm_timeout).await;
+    for (span, result) in spans.iter().zip(&results) {
+        if let Err(error) = result {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", error.reason());
+        }
+    }
 
     let mut published = Vec::with_capacity(rows.len());
     let (mut failed, mut errors) = (Vec::new(), Vec::new());
@@ -209,15 +216,41 @@ pub async fn relay_batch(
     })
 }
 
-fn outgoing(row: &Claimed, topology: &Topology) -> Outgoing {
+/// A row as a message, and its producer span (OpenTelemetry's messaging conventions),
+/// which lasts until the batch is marked.
+///
+/// The span's parent is the row's `traceparent` (the outbox append of the request or
+/// reply that caused the event), not a link: each message has exactly one cause, so a
+/// parent gives one tree per order from the request to the worker, where a link would
+/// leave the relay's spans in traces of their own. The message carries the producer
+/// span's context, so its consumer becomes the producer span's child.
+fn outgoing(row: &Claimed, topology: &Topology) -> (Outgoing, tracing::Span) {
     // Rows name the contract's exchange; a deployment (or a test) may call it otherwise.
     let exchange = if row.exchange == super::EXCHANGE { topology.exchange.clone() } else { row.exchange.clone() };
-    let headers = row
+    let mut headers: Vec<(String, String)> = row
         .headers
         .as_object()
         .map(|h| h.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
         .unwrap_or_default();
-    Outgoing {
+    let span = tracing::debug_span!(
+        parent: None,
+        "amqp.publish",
+        otel.name = format!("publish {exchange}"),
+        otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        messaging.destination.name = %exchange,
+        messaging.rabbitmq.destination.routing_key = %row.routing_key,
+        messaging.message.id = %row.event_id,
+    );
+    let cause = headers.iter().find(|(k, _)| k == "traceparent").and_then(|(_, v)| TraceContext::parse(v));
+    let context = TraceContext::continue_in(&span, cause);
+    headers.retain(|(k, _)| k != "traceparent");
+    headers.push(("traceparent".to_owned(), context.to_string()));
+    let message = Outgoing {
         exchange,
         routing_key: row.routing_key.clone(),
         message_id: row.event_id.to_string(),
@@ -225,7 +258,8 @@ fn outgoing(row: &Claimed, topology: &Topology) -> Outgoing {
         timestamp: row.created_at.timestamp().max(0) as u64,
         headers,
         body: row.payload.clone().into_bytes(),
-    }
+    };
+    (message, span)
 }
 
 /// The relay process: connection supervision, schedule, wake-ups, shutdown.

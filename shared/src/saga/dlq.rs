@@ -98,6 +98,7 @@ async fn find(
 
 /// Sends the dead letter with `message_id` back to `CustomerSaga` (confirmed, then acked
 /// on the DLQ), and leaves the others where they are.
+#[tracing::instrument(name = "dlq.replay_one", skip_all, fields(otel.name = "dlq replay", messaging.message.id = message_id))]
 pub async fn replay_one(
     consume: &OpenConnectionArguments,
     publish: &OpenConnectionArguments,
@@ -130,6 +131,7 @@ pub async fn replay_one(
 
 /// Removes the dead letter with `message_id` for good, after logging all of it (headers
 /// and body), and leaves the others where they are.
+#[tracing::instrument(name = "dlq.discard_one", skip_all, fields(otel.name = "dlq discard", messaging.message.id = message_id))]
 pub async fn discard_one(
     args: &OpenConnectionArguments,
     topology: &Topology,
@@ -190,6 +192,7 @@ pub async fn list(
 /// is published straight to the queue, confirmed, and only then acked on the DLQ. Only
 /// the messages waiting when it starts are moved, so a reply that is dead-lettered again
 /// at once is not replayed in a loop. Returns what it moved.
+#[tracing::instrument(name = "dlq.replay", skip_all, fields(otel.name = "dlq replay", limit))]
 pub async fn replay(
     consume: &OpenConnectionArguments,
     publish: &OpenConnectionArguments,

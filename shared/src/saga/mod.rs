@@ -174,6 +174,15 @@ pub async fn apply(
     reply: SagaReply,
     trace: TraceContext,
 ) -> Result<Applied, SagaError> {
+    crate::db::in_transaction_span("ApplySagaReply", apply_in_transaction(db, message_key, reply, trace)).await
+}
+
+async fn apply_in_transaction(
+    db: &PgPool,
+    message_key: &str,
+    reply: SagaReply,
+    trace: TraceContext,
+) -> Result<Applied, SagaError> {
     let mut tx = db.begin().await?;
     let mut order =
         crate::orders::lock(&mut tx, reply.order_id()).await?.ok_or(Poison::UnknownOrder(reply.order_id()))?;

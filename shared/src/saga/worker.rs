@@ -76,6 +76,7 @@ impl SagaWorker {
             (self.dead_letter_amqp.clone(), self.topology.customer_saga_queue.clone()),
             shutdown.clone(),
         ));
+        let gauges = tokio::spawn(queue_gauges(self.dead_letter_amqp.clone(), self.topology.clone(), shutdown.clone()));
         let mut backoff = Policy::RECONNECT.backoff();
         while !*shutdown.borrow() {
             let connected = async {
@@ -113,6 +114,7 @@ impl SagaWorker {
         }
         // The sweep stops between runs, never inside its transaction.
         let _ = sweeper.await;
+        let _ = gauges.await;
         tracing::info!("saga worker stopped");
     }
 
@@ -125,14 +127,9 @@ impl SagaWorker {
         shutdown: &mut watch::Receiver<bool>,
     ) -> bool {
         let mut handled = false;
-        let mut gauge_every = tokio::time::interval(QUEUE_GAUGES_EVERY);
         loop {
             let delivery = tokio::select! {
                 delivery = consumer.next() => delivery,
-                _ = gauge_every.tick() => {
-                    self.record_queue_depths(consumer).await;
-                    continue;
-                }
                 _ = shutdown.changed() => None,
             };
             let Some(delivery) = delivery else { return handled };
@@ -147,23 +144,6 @@ impl SagaWorker {
         }
     }
 
-    /// The depths of the saga's queues: replies waiting for a worker, requests waiting
-    /// for the customer service (nothing of ours drains `OrderSaga`: its depth is how an
-    /// operator sees that service fall behind or stop), dead letters.
-    async fn record_queue_depths(&self, consumer: &Consumer) {
-        let t = &self.topology;
-        for (queue, gauge) in [
-            (&t.customer_saga_queue, names::SAGA_REPLY_QUEUE_DEPTH),
-            (&t.order_saga_queue, names::SAGA_REQUEST_QUEUE_DEPTH),
-            (&t.dead_letter_queue, names::SAGA_DEAD_LETTER_QUEUE_DEPTH),
-        ] {
-            match consumer.queue_depth(queue).await {
-                Ok(depth) => metrics::gauge!(gauge).set(f64::from(depth)),
-                Err(e) => tracing::warn!(error.cause = %e, %queue, "cannot read a queue's depth"),
-            }
-        }
-    }
-
     /// Applies one reply and settles it with the broker. An error means the broker
     /// connection is in trouble; the reply itself is never lost (unacked, it returns).
     async fn handle(
@@ -174,18 +154,39 @@ impl SagaWorker {
         shutdown: &watch::Receiver<bool>,
     ) -> Result<(), amqprs::error::Error> {
         let started = Instant::now();
-        let reply = match SagaReply::parse(&delivery.body) {
-            Ok(reply) => reply,
-            Err(poison) => return self.dead_letter(consumer, dead_letters, &delivery, &poison).await,
-        };
-        let trace = TraceContext::from_header(delivery.header("traceparent").as_deref());
+        // A consumer span (OpenTelemetry's messaging conventions) continuing the trace the
+        // reply carries: the customer service's, which continued the relay's request.
+        let queue = &self.topology.customer_saga_queue;
         let span = tracing::info_span!(
+            parent: None,
             "saga.reply",
-            order.id = %reply.order_id(),
-            reply = reply.as_str(),
-            trace_id = %trace.trace_id()
+            otel.name = format!("process {queue}"),
+            otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "process",
+            messaging.destination.name = %queue,
+            messaging.message.id = delivery.message_id().unwrap_or_default(),
+            order.id = tracing::field::Empty,
+            reply = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
         );
-        self.apply_and_settle(consumer, dead_letters, &delivery, reply, trace, shutdown, started).instrument(span).await
+        let caller = delivery.header("traceparent").as_deref().and_then(TraceContext::parse);
+        let trace = TraceContext::continue_in(&span, caller);
+        span.record("trace_id", trace.trace_id());
+        let handled = async {
+            let reply = match SagaReply::parse(&delivery.body) {
+                Ok(reply) => reply,
+                Err(poison) => {
+                    tracing::Span::current().record("otel.status_code", "ERROR");
+                    return self.dead_letter(consumer, dead_letters, &delivery, &poison).await;
+                }
+            };
+            tracing::Span::current().record("order.id", tracing::field::display(reply.order_id()));
+            tracing::Span::current().record("reply", reply.as_str());
+            self.apply_and_settle(consumer, dead_letters, &delivery, reply, trace, shutdown, started).await
+        };
+        handled.instrument(span).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -351,6 +352,19 @@ pub async fn sweep_once(
     amqp: &OpenConnectionArguments,
     reply_queue: &str,
 ) -> Result<Swept, sqlx::Error> {
+    // A trace of its own: no request caused it (each re-request it writes starts the
+    // order's next hop in this trace).
+    let span = tracing::info_span!(parent: None, "saga.timeout_sweep", otel.name = "saga timeout sweep");
+    sweep_in(db, cache, settings, amqp, reply_queue).instrument(span).await
+}
+
+async fn sweep_in(
+    db: &PgPool,
+    cache: &OrderCache,
+    settings: &TimeoutSettings,
+    amqp: &OpenConnectionArguments,
+    reply_queue: &str,
+) -> Result<Swept, sqlx::Error> {
     let replies = match queue_depth(amqp, reply_queue).await {
         Ok(depth) => ReplyBacklog::of(Some(depth)),
         Err(e) => {
@@ -373,3 +387,36 @@ pub async fn sweep_once(
 
 /// How often the worker reads its queues' depths.
 const QUEUE_GAUGES_EVERY: Duration = Duration::from_secs(15);
+
+/// The depths of the saga's queues, every [`QUEUE_GAUGES_EVERY`]: replies waiting for a
+/// worker, requests waiting for the customer service (nothing of ours drains `OrderSaga`:
+/// its depth is how an operator sees that service fall behind or stop), dead letters.
+///
+/// On a connection of its own, with a timeout, in a task of its own: asked on the
+/// consumer's channel between deliveries, a passive declare the broker did not answer
+/// (seen once in a short chaos run, seed 583096772, right after a RabbitMQ restart and a
+/// deleted `CustomerSaga`) held the consume loop, and with it the worker's 32 prefetched
+/// replies, for the rest of the run.
+async fn queue_gauges(amqp: OpenConnectionArguments, topology: Topology, mut shutdown: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(QUEUE_GAUGES_EVERY);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let queues = [topology.customer_saga_queue.as_str(), &topology.order_saga_queue, &topology.dead_letter_queue];
+        match crate::amqp::queue_depths(&amqp, &queues).await {
+            Ok(depths) => {
+                let gauges = [
+                    names::SAGA_REPLY_QUEUE_DEPTH,
+                    names::SAGA_REQUEST_QUEUE_DEPTH,
+                    names::SAGA_DEAD_LETTER_QUEUE_DEPTH,
+                ];
+                for (gauge, depth) in gauges.into_iter().zip(depths) {
+                    metrics::gauge!(gauge).set(f64::from(depth));
+                }
+            }
+            Err(e) => tracing::warn!(error.cause = %e, "cannot read the saga queues' depths"),
+        }
+    }
+}

@@ -1,39 +1,83 @@
-//! Logs (tracing) and metrics (Prometheus) set-up, shared by every binary.
+//! Logs (tracing), spans (OTLP) and metrics (Prometheus) set-up, shared by every binary.
 
 pub mod loki;
 pub mod names;
+pub mod traces;
 
 pub use names::Process;
 
 use std::{sync::OnceLock, time::Duration};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::{EnvFilter, Layer, filter::dynamic_filter_fn, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{
+    EnvFilter, Layer,
+    filter::{FilterExt, Targets, dynamic_filter_fn, filter_fn},
+    layer::SubscriberExt,
+    util::SubscriberInitExt,
+};
 
-use crate::config::{LogConfig, LogFormat};
+use crate::config::{LogConfig, LogFormat, TracesConfig};
+
+/// What a process keeps of its telemetry to flush at exit: the Loki shipper and the
+/// span exporter, when configured.
+#[must_use = "flush it at exit, or the last lines and spans are lost"]
+pub struct Telemetry {
+    loki: Option<loki::Shipper>,
+    traces: Option<traces::Exporting>,
+}
+
+impl Telemetry {
+    /// Sends what is still queued (each waits a few seconds at most).
+    pub async fn flush(self) {
+        if let Some(traces) = self.traces {
+            traces.flush().await;
+        }
+        if let Some(loki) = self.loki {
+            loki.flush().await;
+        }
+    }
+}
 
 /// Installs the global tracing subscriber: JSON lines on stdout (or pretty text), and,
 /// when `LOKI_URL` is set, the same JSON lines pushed to Loki labelled `service` and
-/// `level` (see [`loki`]). Keep the returned shipper and [`loki::Shipper::flush`] it at exit.
-pub fn init_tracing(config: &LogConfig, service: &'static str) -> anyhow::Result<Option<loki::Shipper>> {
-    let filter = EnvFilter::try_new(config.filter()?).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-    let (loki, shipper) = match &config.loki_url {
+/// `level` (see [`loki`]); when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, the spans of this
+/// crate exported over OTLP (see [`traces`]). The log level filters the log lines only:
+/// spans are exported whatever `LOG_LEVEL` says. Must run inside the tokio runtime.
+pub fn init_tracing(log: &LogConfig, spans: &TracesConfig, service: &'static str) -> anyhow::Result<Telemetry> {
+    let lines = || EnvFilter::try_new(log.filter()?).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"));
+    let (loki, shipper) = match &log.loki_url {
         Some(url) => {
             let (sink, shipper) = loki::start(url, service)?;
             let gate = sink.clone();
             let layer = json_lines()
                 .with_writer(sink)
-                .with_filter(dynamic_filter_fn(move |meta, _| !meta.is_event() || gate.admits_event()));
+                .with_filter(lines()?.and(dynamic_filter_fn(move |meta, _| !meta.is_event() || gate.admits_event())));
             (Some(layer), Some(shipper))
         }
         None => (None, None),
     };
-    let registry = tracing_subscriber::registry().with(filter).with(loki);
-    match config.log_format {
-        LogFormat::Json => registry.with(json_lines()).try_init()?,
-        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer()).try_init()?,
+    let (otel, exporting) = match traces::start(spans, service)? {
+        Some((exporting, tracer)) => {
+            // Our spans only (not sqlx's, hyper's or the exporter's own, which would
+            // trace every export), and no events: the lines are in Loki, linked by
+            // trace_id. The inner spans (transaction, outbox append, publish, cache) are
+            // at debug: without an exporter no layer wants them and they cost nothing.
+            let ours = Targets::new()
+                .with_target("order_service", tracing::Level::DEBUG)
+                .with_target("customer_simulator", tracing::Level::DEBUG);
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(ours.and(filter_fn(|meta| meta.is_span())));
+            (Some(layer), Some(exporting))
+        }
+        None => (None, None),
+    };
+    let registry = tracing_subscriber::registry().with(otel).with(loki);
+    match log.log_format {
+        LogFormat::Json => registry.with(json_lines().with_filter(lines()?)).try_init()?,
+        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer().with_filter(lines()?)).try_init()?,
     }
-    Ok(shipper)
+    Ok(Telemetry { loki: shipper, traces: exporting })
 }
 
 /// One JSON object per event, the span's fields (`trace_id` among them) flattened in.

@@ -14,6 +14,8 @@ pub(crate) const DB_CONNECTIONS_LOST: &str = "db_connections_lost_total";
 pub(crate) const DB_REQUESTS_INTERRUPTED: &str = "db_requests_interrupted_total";
 pub(crate) const LOKI_DROPPED_LINES: &str = "loki_dropped_lines_total";
 pub(crate) const LOKI_UP: &str = "loki_up";
+pub const OTEL_SPANS_EXPORTED: &str = "otel_spans_exported_total";
+pub const OTEL_SPANS_DROPPED: &str = "otel_spans_dropped_total";
 pub(crate) const OUTBOX_PUBLISHED: &str = "outbox_published_total";
 pub(crate) const OUTBOX_PUBLISH_FAILURES: &str = "outbox_publish_failures_total";
 pub(crate) const OUTBOX_PUBLISH_LAG: &str = "outbox_publish_lag_seconds";
@@ -45,6 +47,10 @@ pub enum Process {
 pub(crate) fn register(process: Process) {
     describe();
     metrics::counter!(LOKI_DROPPED_LINES).absolute(0);
+    metrics::counter!(OTEL_SPANS_EXPORTED).absolute(0);
+    for reason in ["queue_full", "export_failed", "export_timeout"] {
+        metrics::counter!(OTEL_SPANS_DROPPED, "reason" => reason).absolute(0);
+    }
     let zero = |name: &'static str, label: &'static str, values: &[&'static str]| {
         for value in values {
             metrics::counter!(name, label => *value).absolute(0);
@@ -114,6 +120,11 @@ fn describe() {
         "Log lines that did not reach Loki (breaker open, queue full, push failed or timed out)."
     );
     describe_gauge!(LOKI_UP, "1 while pushes to Loki succeed, 0 after a failed one.");
+    describe_counter!(OTEL_SPANS_EXPORTED, "Spans the OTLP collector accepted.");
+    describe_counter!(
+        OTEL_SPANS_DROPPED,
+        "Spans that did not reach the OTLP collector, by reason (queue_full: the bounded queue was full; export_failed, export_timeout)."
+    );
     describe_counter!(OUTBOX_PUBLISHED, "Outbox events published and confirmed by the broker.");
     describe_counter!(OUTBOX_PUBLISH_FAILURES, "Outbox events not confirmed, by reason.");
     describe_histogram!(OUTBOX_PUBLISH_LAG, "Time from an event's commit to its confirmed publish.");

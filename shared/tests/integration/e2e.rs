@@ -12,13 +12,13 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::helpers::{
-    broker::{OwnVhost, eventually},
-    processes::{Processes, free_port, target_dir},
+    broker::eventually,
+    processes::{Processes, System, free_port},
 };
 
 /// A request to a live process: its status and its body as JSON (`Null` when there is
 /// none).
-async fn call(client: &reqwest::Client, method: reqwest::Method, url: &str, body: Option<&Value>) -> (u16, Value) {
+pub async fn call(client: &reqwest::Client, method: reqwest::Method, url: &str, body: Option<&Value>) -> (u16, Value) {
     let mut request = client.request(method, url);
     if let Some(body) = body {
         request = request.header("content-type", "application/json").body(body.to_string());
@@ -36,39 +36,10 @@ async fn call(client: &reqwest::Client, method: reqwest::Method, url: &str, body
 #[sqlx::test(migrations = "../migrations")]
 #[ignore = "needs the binaries (make test builds them), rabbitmqctl and Prometheus"]
 async fn a_saga_runs_end_to_end_through_real_processes(db: PgPool) {
-    let bin = target_dir();
-    for name in ["api", "outbox-relay", "saga-worker", "customer-simulator"] {
-        assert!(bin.join(name).exists(), "{name} is not built: `make test` builds every binary first");
-    }
-    let database = db.connect_options().get_database().unwrap().to_owned();
-    let database_url = format!("postgres://postgres@127.0.0.1:5432/{database}");
-    let vhost = OwnVhost::create("e2e");
-    let amqp_url = vhost.url.clone();
-    let (api_port, relay_port, worker_port) = (free_port(), free_port(), free_port());
-    let api = format!("http://127.0.0.1:{api_port}");
-
-    let env: Vec<(&str, String)> = vec![
-        ("DATABASE_URL", database_url),
-        ("AMQP_URL", amqp_url),
-        ("REDIS_URL", "redis://127.0.0.1:6379".into()),
-        ("LOG_LEVEL", "warn".into()),
-        ("CREDIT_LIMIT", "500".into()),
-    ];
-    let mut processes = Processes(Vec::new());
-    for (name, extra) in [
-        ("api", vec![("API_ADDR", format!("127.0.0.1:{api_port}"))]),
-        ("outbox-relay", vec![("METRICS_ADDR", format!("127.0.0.1:{relay_port}"))]),
-        ("saga-worker", vec![("METRICS_ADDR", format!("127.0.0.1:{worker_port}"))]),
-        ("customer-simulator", vec![]),
-    ] {
-        let child = Command::new(bin.join(name))
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{name} does not start: {e}"));
-        processes.0.push((name.to_owned(), child));
-    }
+    let system = System::start(&db, "e2e", &[("CREDIT_LIMIT", "500".into())]);
+    let (api, api_port, relay_port, worker_port) =
+        (&system.api, system.api_port, system.relay_port, system.worker_port);
+    let vhost = &system.vhost;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let get = |url: String| {
         let client = &client;
@@ -166,7 +137,7 @@ async fn a_saga_runs_end_to_end_through_real_processes(db: PgPool) {
     }
     scrape_with_prometheus(&client, api_port, relay_port, worker_port).await;
 
-    drop(processes);
+    drop(system);
 }
 
 async fn text(client: &reqwest::Client, url: &str) -> String {

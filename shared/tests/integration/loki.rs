@@ -169,7 +169,7 @@ async fn logs_reach_loki_labelled_and_a_hanging_loki_costs_nothing_but_lines(db:
 }
 
 /// The api's peak resident memory so far, in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
+pub fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
@@ -179,7 +179,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 }
 
 /// The api's memory target (docs/performance.md: peak RSS under load ≤ 64 MB).
-const API_RSS_TARGET_KIB: u64 = 64 * 1024;
+pub const API_RSS_TARGET_KIB: u64 = 64 * 1024;
 
 /// An api logging to a stand-in whose pushes fail with `fault` while its `/ready` answers,
 /// loaded from 32 connections for `seconds`: it answers every request, counts the lines

@@ -26,4 +26,5 @@ mod relay;
 mod saga;
 mod schemathesis;
 mod swagger;
+mod traces;
 mod users;

@@ -4,6 +4,7 @@
 //! the checking tools).
 
 pub mod broker;
+pub mod otlp;
 pub mod processes;
 
 use poem::{EndpointExt, Response, endpoint::BoxEndpoint, http::StatusCode, test::TestClient};

@@ -4,9 +4,11 @@
 use std::{
     net::TcpListener,
     path::PathBuf,
-    process::{Child, Command},
+    process::{Child, Command, Stdio},
     time::Duration,
 };
+
+use super::broker::OwnVhost;
 
 /// Kills the processes it started, also when the test fails.
 pub struct Processes(pub Vec<(String, Child)>);
@@ -78,4 +80,58 @@ pub async fn spawn_api(db: &sqlx::PgPool, env: &[(&str, &str)]) -> (Processes, S
         "the api did not answer"
     );
     (processes, base)
+}
+
+/// The four programs (api, outbox-relay, saga-worker, customer-simulator) on the test's
+/// database and a vhost of its own, on free ports; stopped (SIGTERM) when dropped.
+pub struct System {
+    /// Stops the programs when the system is dropped (before the vhost goes).
+    _processes: Processes,
+    pub vhost: OwnVhost,
+    /// The api's base URL.
+    pub api: String,
+    pub api_port: u16,
+    pub relay_port: u16,
+    pub worker_port: u16,
+}
+
+impl System {
+    /// Starts them with `env` added to every program's environment.
+    pub fn start(db: &sqlx::PgPool, vhost_prefix: &str, env: &[(&str, String)]) -> Self {
+        let bin = target_dir();
+        for name in ["api", "outbox-relay", "saga-worker", "customer-simulator"] {
+            assert!(bin.join(name).exists(), "{name} is not built: `make test` builds every binary first");
+        }
+        let database = db.connect_options().get_database().unwrap().to_owned();
+        let vhost = OwnVhost::create(vhost_prefix);
+        let (api_port, relay_port, worker_port) = (free_port(), free_port(), free_port());
+        let common: Vec<(&str, String)> = vec![
+            ("DATABASE_URL", format!("postgres://postgres@127.0.0.1:5432/{database}")),
+            ("AMQP_URL", vhost.url.clone()),
+            ("REDIS_URL", "redis://127.0.0.1:6379".into()),
+            ("LOG_LEVEL", "warn".into()),
+        ];
+        let mut processes = Processes(Vec::new());
+        for (name, own) in [
+            ("api", vec![("API_ADDR", format!("127.0.0.1:{api_port}"))]),
+            ("outbox-relay", vec![("METRICS_ADDR", format!("127.0.0.1:{relay_port}"))]),
+            ("saga-worker", vec![("METRICS_ADDR", format!("127.0.0.1:{worker_port}"))]),
+            ("customer-simulator", vec![]),
+        ] {
+            let child = Command::new(bin.join(name))
+                .envs(common.iter().chain(env).chain(&own).map(|(k, v)| (*k, v.as_str())))
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("{name} does not start: {e}"));
+            processes.0.push((name.to_owned(), child));
+        }
+        System {
+            _processes: processes,
+            vhost,
+            api: format!("http://127.0.0.1:{api_port}"),
+            api_port,
+            relay_port,
+            worker_port,
+        }
+    }
 }
