@@ -12,7 +12,10 @@
 
 use std::time::{Duration, Instant};
 
-use order_service::amqp::{self, Outgoing, Publisher, QueueType, Topology};
+use order_service::{
+    amqp::{self, Outgoing, Publisher, QueueType, Topology},
+    outbox::RelayWaker,
+};
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -24,10 +27,11 @@ async fn main() -> anyhow::Result<()> {
     let db = PgPool::connect(&std::env::var("DATABASE_URL")?).await?;
     let amqp_url = std::env::var("AMQP_URL")?;
     let topology = Topology::contract(QueueType::Quorum);
+    let relays = RelayWaker::start(db.clone());
     let result = match args.first().map(String::as_str) {
         Some("raw-publish") => raw_publish(&amqp_url, &topology, count).await?,
-        Some("relay") => relay(&db, count).await?,
-        Some("relay-latency") => relay_latency(&db).await?,
+        Some("relay") => relay(&db, &relays, count).await?,
+        Some("relay-latency") => relay_latency(&db, &relays).await?,
         Some("saga") => saga(&db, &amqp_url, &topology, count).await?,
         Some("retention") => retention(&db, count).await?,
         Some("e2e") => e2e(&db, args.get(2).map_or("http://127.0.0.1:18000", String::as_str), count).await?,
@@ -107,13 +111,14 @@ async fn unpublished(db: &PgPool) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(db).await?)
 }
 
-async fn relay(db: &PgPool, count: usize) -> anyhow::Result<serde_json::Value> {
+async fn relay(db: &PgPool, relays: &RelayWaker, count: usize) -> anyhow::Result<serde_json::Value> {
     // Throughput: a backlog of `count` rows committed at once, drained by the relay.
     while unpublished(db).await? > 0 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let started = Instant::now();
     let last = insert_events(db, count).await?;
+    relays.wake();
     drained(db, last).await?;
     Ok(json!({"relay_per_s": count as f64 / started.elapsed().as_secs_f64()}))
 }
@@ -140,11 +145,13 @@ async fn retention(db: &PgPool, count: usize) -> anyhow::Result<serde_json::Valu
     Ok(json!({"retention_deleted": deleted, "retention_per_s": deleted as f64 / started.elapsed().as_secs_f64()}))
 }
 
-async fn relay_latency(db: &PgPool) -> anyhow::Result<serde_json::Value> {
-    // One row per transaction, 100 a second for 5 s, as orders arrive.
+async fn relay_latency(db: &PgPool, relays: &RelayWaker) -> anyhow::Result<serde_json::Value> {
+    // One row per transaction, 100 a second for 5 s, as orders arrive; each commit wakes
+    // the relays afterwards, as the api's and the worker's do.
     let mark = sqlx::query_scalar::<_, i64>("SELECT COALESCE(max(id), 0) FROM outbox").fetch_one(db).await?;
     for _ in 0..500 {
         insert_events(db, 1).await?;
+        relays.wake();
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     while unpublished(db).await? > 0 {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use order_service::{
     cache,
     config::{ApiConfig, Settings},
-    db, http, telemetry,
+    db, http, outbox, telemetry,
 };
 
 #[tokio::main]
@@ -27,6 +27,7 @@ async fn main() -> anyhow::Result<()> {
     let state = http::AppState {
         db: db.clone(),
         cache,
+        relays: outbox::RelayWaker::start(db.clone()),
         metrics: telemetry::metrics(),
         max_body_bytes: config.http.max_body_bytes,
     };

@@ -10,7 +10,7 @@ use order_service::{
     amqp::Topology,
     cache::OrderCache,
     config::{Settings, WorkerConfig},
-    db, probes,
+    db, outbox, probes,
     saga::{
         self, dlq,
         worker::{APPLY_ATTEMPTS, SagaWorker, TimeoutSettings},
@@ -54,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
         dead_letter_amqp,
         topology: Topology::contract(config.amqp.queue_type),
         cache,
+        relays: outbox::RelayWaker::start(db.clone()),
         prefetch: config.saga.saga_prefetch,
         timeouts: TimeoutSettings {
             after: config.saga.saga_timeout,

@@ -48,6 +48,8 @@ pub(crate) enum NoContent {
 pub struct AppState {
     pub db: PgPool,
     pub cache: crate::cache::OrderCache,
+    /// Woken after each commit that wrote the outbox.
+    pub relays: crate::outbox::RelayWaker,
     pub metrics: PrometheusHandle,
     pub max_body_bytes: usize,
 }
@@ -67,7 +69,7 @@ pub fn openapi(state: &AppState) -> OpenApiService<Apis, ()> {
         products::api::ProductsApi { db: state.db.clone() },
         addresses::api::AddressesApi { db: state.db.clone() },
         users::api::UsersApi { db: state.db.clone() },
-        orders::api::OrdersApi { db: state.db.clone(), cache: state.cache.clone() },
+        orders::api::OrdersApi { db: state.db.clone(), cache: state.cache.clone(), relays: state.relays.clone() },
     );
     OpenApiService::new(apis, "order-service", env!("CARGO_PKG_VERSION")).description(
         "Orders with a transactional outbox and a choreography saga. Every error is \

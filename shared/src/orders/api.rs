@@ -25,6 +25,7 @@ use crate::{
         errors::{CommandError, QueryError},
         json::{CaseInsensitive, JsonDecimal, RawJson},
     },
+    outbox::RelayWaker,
     pagination::{Page, PageInfo, SortOrder},
     pricing::{MAX_ORDER_LINES, Money},
     trace_context::TraceContext,
@@ -34,6 +35,7 @@ use crate::{
 pub struct OrdersApi {
     pub db: PgPool,
     pub cache: OrderCache,
+    pub relays: RelayWaker,
 }
 
 /// A new order.
@@ -204,7 +206,12 @@ impl OrdersApi {
             req.products_ids,
             *trace.0,
         )?;
-        bus::dispatch(&self.db, command).await?;
+        let relays = self.relays.clone();
+        let wake = move |_: &()| {
+            relays.wake();
+            std::future::ready(())
+        };
+        bus::dispatch_then(&self.db, command, wake).await?;
         Ok(NoContent::Done)
     }
 
@@ -279,12 +286,13 @@ impl OrdersApi {
         let command = DeleteOrder { id: body.0.0.order_id, trace: *trace.0 };
         // The order was in the user's cached list. Invalidated by the task that commits,
         // right after the commit: this handler is dropped if the client goes away.
-        let cache = self.cache.clone();
-        let invalidate = |user_id: &Uuid| {
+        let (cache, relays) = (self.cache.clone(), self.relays.clone());
+        let after_commit = move |user_id: &Uuid| {
             let user_id = *user_id;
+            relays.wake();
             async move { cache.invalidate_after_commit(user_id).await }
         };
-        bus::dispatch_then(&self.db, command, invalidate).await?;
+        bus::dispatch_then(&self.db, command, after_commit).await?;
         Ok(NoContent::Done)
     }
 }

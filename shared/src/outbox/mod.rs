@@ -1,9 +1,13 @@
 //! Transactional outbox, write side: an event is a row inserted with the same
 //! `&mut Tx` (the same transaction) as the change it announces, so it is
-//! published if and only if the change commits. The relay publishes the rows.
+//! published if and only if the change commits. The relay publishes the rows; the
+//! committing process wakes it afterwards ([`RelayWaker`]).
 
 pub mod housekeeping;
 pub mod relay;
+mod wake;
+
+pub use wake::RelayWaker;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

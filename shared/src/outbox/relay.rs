@@ -32,7 +32,7 @@ use crate::{
     trace_context::TraceContext,
 };
 
-/// The channel `NOTIFY`-ed after every outbox insert (a trigger, see migrations/).
+/// The channel `NOTIFY`-ed after every commit that wrote the outbox (`outbox/wake.rs`).
 pub(crate) const CHANNEL: &str = "outbox";
 
 #[derive(Debug, Clone)]

@@ -29,6 +29,7 @@ use crate::{
     amqp::{Consumer, Delivery, Outgoing, Publisher, Topology, queue_depth},
     cache::OrderCache,
     error::chain,
+    outbox::RelayWaker,
     retry::Policy,
     trace_context::TraceContext,
 };
@@ -50,6 +51,8 @@ pub struct SagaWorker {
     pub dead_letter_amqp: OpenConnectionArguments,
     pub topology: Topology,
     pub cache: OrderCache,
+    /// Woken after each applied reply and each sweep that wrote the outbox.
+    pub relays: RelayWaker,
     pub prefetch: u16,
     pub timeouts: TimeoutSettings,
     /// Set while the worker consumes `CustomerSaga`: the readiness probe reads it.
@@ -72,6 +75,7 @@ impl SagaWorker {
         let sweeper = tokio::spawn(sweep_loop(
             self.db.clone(),
             self.cache.clone(),
+            self.relays.clone(),
             self.timeouts.clone(),
             (self.dead_letter_amqp.clone(), self.topology.customer_saga_queue.clone()),
             shutdown.clone(),
@@ -206,6 +210,10 @@ impl SagaWorker {
         loop {
             match apply(&self.db, &key, reply, trace).await {
                 Ok(applied) => {
+                    // An approval or a rejection wrote its event to the outbox.
+                    if matches!(applied, Applied::Approved { .. } | Applied::Rejected { .. }) {
+                        self.relays.wake();
+                    }
                     // Before the ack: a worker that dies after its ack leaves nothing
                     // undone, and one that dies before gets the reply redelivered, whose
                     // duplicate invalidates again (every outcome does: it is safe to repeat).
@@ -308,6 +316,7 @@ impl SagaWorker {
 async fn sweep_loop(
     db: PgPool,
     cache: OrderCache,
+    relays: RelayWaker,
     settings: TimeoutSettings,
     (amqp, reply_queue): (OpenConnectionArguments, String),
     mut shutdown: watch::Receiver<bool>,
@@ -323,8 +332,11 @@ async fn sweep_loop(
             () = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => break,
         }
-        if let Err(e) = sweep_once(&db, &cache, &settings, &amqp, &reply_queue).await {
-            tracing::warn!(error.cause = %chain(&e), "saga timeout sweep failed");
+        match sweep_once(&db, &cache, &settings, &amqp, &reply_queue).await {
+            // Re-requests and cancellations are outbox rows.
+            Ok(swept) if swept.re_requested > 0 || !swept.canceled.is_empty() => relays.wake(),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error.cause = %chain(&e), "saga timeout sweep failed"),
         }
         match super::pending_summary(&db).await {
             Ok((pending, oldest)) => {

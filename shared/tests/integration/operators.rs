@@ -128,6 +128,7 @@ async fn dead_letters_are_listed_by_reason_then_replayed_or_discarded_one_by_one
         dead_letter_amqp: vhost.args("worker-dlq"),
         topology: topology.clone(),
         cache: app.cache.clone(),
+        relays: order_service::outbox::RelayWaker::start(db.clone()),
         prefetch: 8,
         timeouts: TimeoutSettings {
             after: Duration::from_secs(3600),

@@ -13,8 +13,9 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::{
-    helpers::TestApp,
     helpers::broker::{TestBroker, eventually},
+    helpers::{Placed, TestApp},
+    saga::{RunningWorker, reply, send_reply, settled},
 };
 
 fn settings() -> RelaySettings {
@@ -436,28 +437,56 @@ async fn a_failed_event_holds_back_the_next_of_its_order(db: PgPool) {
     broker.cleanup().await;
 }
 
+/// The api's commit and the worker's wake the relay at once (no NOTIFY inside their
+/// transactions: see the next test).
 #[sqlx::test(migrations = "../migrations")]
-async fn a_commit_wakes_the_relay_before_its_schedule(db: PgPool) {
+async fn commits_of_the_api_and_the_worker_wake_the_relay_before_its_schedule(db: PgPool) {
     let broker = TestBroker::new().await;
     let (stop, stopped) = watch::channel(false);
     let broker_up = Arc::new(AtomicBool::new(false));
-    // Hourly: only NOTIFY can explain a quick publish.
+    // Hourly: only a wake-up can explain a quick publish.
     let relay = test_relay(&db, &broker, settings().batch_size, "0 0 * * * *", broker_up.clone());
     let running = tokio::spawn(relay.run(stopped));
     assert!(
         eventually(Duration::from_secs(10), || async { broker_up.load(std::sync::atomic::Ordering::Relaxed) }).await
     );
-    // Let the relay reach its wait, then commit.
+    // Let the relay reach its wait, then place an order through the api.
     assert!(eventually(Duration::from_secs(5), || async { unpublished(&db).await == 0 }).await);
-    insert_event(&db, Uuid::new_v4(), "Order.Saga.Ping").await;
+    let app = TestApp::new(db.clone());
+    let phone = app.create_product("Phone", 10.0, 0).await;
+    let Placed { order, .. } = app.place_order(&[phone]).await;
     assert!(
         eventually(Duration::from_secs(3), || async { unpublished(&db).await == 0 }).await,
-        "not woken by the commit"
+        "not woken by the api's commit"
     );
+    // The worker's approval writes OrderCreated: it wakes the relay too.
+    let worker = RunningWorker::start(&app, &broker);
+    send_reply(&broker, &reply(order, "Approved"), "approval").await;
+    assert!(settled(&app, order, "Approved").await);
+    assert!(
+        eventually(Duration::from_secs(3), || async { unpublished(&db).await == 0 }).await,
+        "not woken by the worker's commit"
+    );
+    worker.stop().await;
     stop.send(true).unwrap();
     running.await.unwrap();
     assert_eq!(broker.drain(&broker.topology.order_saga_queue).await.len(), 1);
+    let created = broker.drain(&broker.topology.orders_queue).await;
+    assert!(created.iter().any(|m| m.body["eventType"] == "OrderCreated"), "{created:?}");
     broker.cleanup().await;
+}
+
+/// A NOTIFY inside a business transaction holds PostgreSQL's one notify lock through
+/// that transaction's commit and WAL flush: every order, delete and saga reply would
+/// commit one at a time. A commit that writes the outbox sends no NOTIFY of its own
+/// (the process that committed wakes the relays afterwards, `outbox::RelayWaker`).
+#[sqlx::test(migrations = "../migrations")]
+async fn an_outbox_commit_sends_no_notify_of_its_own(db: PgPool) {
+    let mut listener = sqlx::postgres::PgListener::connect_with(&db).await.unwrap();
+    listener.listen("outbox").await.unwrap();
+    insert_event(&db, Uuid::new_v4(), "Order.Saga.Ping").await;
+    let heard = tokio::time::timeout(Duration::from_secs(1), listener.recv()).await;
+    assert!(heard.is_err(), "the commit itself notified the relays: {heard:?}");
 }
 
 /// The test database's URL.

@@ -58,6 +58,7 @@ impl RunningWorker {
             dead_letter_amqp: broker.args("worker-dlq"),
             topology: broker.topology.clone(),
             cache: app.cache.clone(),
+            relays: order_service::outbox::RelayWaker::start(app.db.clone()),
             prefetch: 8,
             timeouts: TimeoutSettings {
                 after: Duration::from_secs(3600),

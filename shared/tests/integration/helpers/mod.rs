@@ -17,6 +17,7 @@ use std::time::Duration;
 use order_service::{
     cache::OrderCache,
     http::{AppState, app},
+    outbox::RelayWaker,
     saga::{self, Applied, SagaReply},
     telemetry,
     trace_context::TraceContext,
@@ -77,8 +78,13 @@ impl TestApp {
 
     pub fn with_cache(db: PgPool, cache: OrderCache) -> Self {
         show_logs_if_asked();
-        let state =
-            AppState { db: db.clone(), cache: cache.clone(), metrics: telemetry::metrics(), max_body_bytes: 64 * 1024 };
+        let state = AppState {
+            db: db.clone(),
+            cache: cache.clone(),
+            relays: RelayWaker::start(db.clone()),
+            metrics: telemetry::metrics(),
+            max_body_bytes: 64 * 1024,
+        };
         TestApp { client: TestClient::new(app(state).map_to_response().boxed()), db, cache }
     }
 
