@@ -50,6 +50,9 @@ test: services
 	DATABASE_URL=$(TEST_DATABASE_URL) cargo test --workspace --all-targets -- --include-ignored --skip broker_wide
 	# Tests that raise an alarm on the whole broker, alone.
 	DATABASE_URL=$(TEST_DATABASE_URL) cargo test --workspace --test integration -- broker_wide --ignored --test-threads=1
+	# The bench harness in a few seconds per scenario, on the debug build, asserting no
+	# figure: a scenario that no longer runs breaks CI, not the next `make bench`.
+	BENCH_SMOKE=1 python3 scripts/bench.py
 	# The chaos suite's short variant: real processes, injected faults, a ledger.
 	CHAOS_SHORT=1 target/tools/venv/bin/python scripts/chaos.py
 	# The broker tests and the short chaos run again, on RabbitMQ 4 (scripts/rabbitmq4.sh).

@@ -5,6 +5,10 @@ Builds release binaries, creates a fresh bench database (bench/seed.sql: 1,000 p
 outbox-relay, saga-worker and the customer simulator on a RabbitMQ vhost of its own,
 runs the scenarios (wrk, pgbench, redis-benchmark, and examples/bench_flow.rs), stops
 everything and prints one markdown table, also written to bench/RESULTS.md.
+
+`BENCH_SMOKE=1` (run by `make test`) is the same harness in a few seconds per scenario,
+on the debug build, with flows a hundred times smaller and no profile: it checks that
+every scenario still runs, and asserts no figure.
 """
 
 import collections
@@ -21,13 +25,14 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = ROOT / "target/release"
+SMOKE = os.environ.get("BENCH_SMOKE") == "1"
+BIN = ROOT / ("target/debug" if SMOKE else "target/release")
 DB = "orders_bench"
 PG = "postgres://postgres@127.0.0.1:5432"
 VHOST = "bench"
 API_PORT, RELAY_PORT, WORKER_PORT = 18000, 19101, 19102
 API = f"http://127.0.0.1:{API_PORT}"
-DURATION = os.environ.get("BENCH_SECONDS", "10")
+DURATION = os.environ.get("BENCH_SECONDS", "2" if SMOKE else "10")
 HEAVY_USER = "10000000-0000-4000-8000-000000000001"
 # BENCH_ONLY=cache,relay runs some scenarios only (post, cache, list, relay, saga, e2e, rss).
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
@@ -80,6 +85,11 @@ def pgbench(script, clients):
     return float(re.search(r"tps = ([\d.]+) \(without initial connection time\)", out).group(1))
 
 
+def scaled(count):
+    """A flow's size: a hundredth of it in the smoke run."""
+    return str(max(count // 100, 10) if SMOKE else count)
+
+
 def flow(*args):
     env = dict(os.environ, DATABASE_URL=f"{PG}/{DB}", AMQP_URL=f"amqp://guest:guest@127.0.0.1:5672/{VHOST}")
     return json.loads(run(str(BIN / "examples/bench_flow"), *args, env=env).strip().splitlines()[-1])
@@ -98,7 +108,7 @@ class Profile:
         self.wal = self.wal_syncs()
         self.started = time.time()
         self.perf = None
-        if shutil.which("perf"):
+        if shutil.which("perf") and not SMOKE:
             self.data = ROOT / f"target/bench/{re.sub(r'[^a-z0-9]+', '-', self.label.lower())}.perf"
             self.data.parent.mkdir(parents=True, exist_ok=True)
             self.perf = subprocess.Popen(["perf", "record", "-a", "-e", "cpu-clock", "-F", "499", "-o", str(self.data)],
@@ -168,7 +178,8 @@ def main():
         if os.geteuid() != 0 or not shutil.which("apt-get"):
             sys.exit("bench: wrk is missing; install Debian's wrk package")
         subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
-    subprocess.run(["cargo", "build", "--release", "--workspace", "--bins", "--examples"], check=True, cwd=ROOT)
+    profile = [] if SMOKE else ["--release"]
+    subprocess.run(["cargo", "build", *profile, "--workspace", "--bins", "--examples"], check=True, cwd=ROOT)
 
     print("bench: seeding", DB, file=sys.stderr)
     psql("postgres", "-c", f"DROP DATABASE IF EXISTS {DB}", "-c", f"CREATE DATABASE {DB}")
@@ -201,8 +212,10 @@ def main():
             with Profile(f"POST {c} conn: pgbench") as profile:
                 base = pgbench("pgbench_order.sql", c)
             profile.transactions = base * int(DURATION)
+            # The pgbench transaction sends no NOTIFY (nor does ours since #13: the relays
+            # are woken after the commit), so it is the disk's limit for this transaction.
             rows.append((f"POST /api/v1/orders/ (3 products), {c} conn", f"{ours['rps']:.0f} req/s (p50 {ours['p50']:.2f} ms, p99 {ours['p99']:.2f} ms)",
-                         f"pgbench same transaction {base:.0f} tps", ours["rps"] / base, 0.70))
+                         f"pgbench same transaction, no NOTIFY {base:.0f} tps", ours["rps"] / base, 0.70 if c == 1 else 0.80))
             if c == 1:
                 # Diagnostic: the same with the saga's consumers stopped, so that only the
                 # api's transaction (and the relay's asynchronous marks) reach the disk.
@@ -246,15 +259,15 @@ def main():
         settle()
         if want("relay"):
             with Profile("relay: raw publish") as raw_profile:
-                raw = flow("raw-publish", "20000")["raw_publish_per_s"]
+                raw = flow("raw-publish", scaled(20000))["raw_publish_per_s"]
             with Profile("relay: 20,000-row backlog") as relay_profile:
-                relay = flow("relay", "20000")
+                relay = flow("relay", scaled(20000))
             if relay_profile.split:
                 # What the machine can do at most: its cores over the CPU one relayed event
                 # costs, all processes together.
-                costs = relay_profile.per_event_us(20000)
+                costs = relay_profile.per_event_us(int(scaled(20000)))
                 ceiling = os.cpu_count() * 1e6 / sum(costs.values())
-                raw_costs = raw_profile.per_event_us(20000)
+                raw_costs = raw_profile.per_event_us(int(scaled(20000)))
                 NOTES.append(
                     "Relay, CPU per event (perf): " + ", ".join(f"{g} {us:.0f} µs" for g, us in costs.most_common())
                     + f"; raw publishing costs RabbitMQ {raw_costs['RabbitMQ']:.0f} µs a message. With "
@@ -266,21 +279,21 @@ def main():
             rows.append(("  relay: commit → publish p50 / p99", f"{relay['commit_to_publish_p50_ms']:.1f} / {relay['commit_to_publish_p99_ms']:.1f} ms",
                      "—", None, "p50 < 20 ms", relay["commit_to_publish_p50_ms"] < 20))
             # Retention must outrun publishing, or a busy outbox grows without bound.
-            kept = flow("retention", "200000")
+            kept = flow("retention", scaled(200000))
             rows.append(("  relay: retention, rows deleted/s (200,000 due)", f"{kept['retention_per_s']:.0f}/s",
                          f"relay publishes {relay['relay_per_s']:.0f}/s", None, "≥ 2,000/s",
                          kept["retention_per_s"] >= 2000))
 
         settle()
         if want("saga"):
-            saga = flow("saga", "5000")["saga_per_s"]
+            saga = flow("saga", scaled(5000))["saga_per_s"]
             base = pgbench("pgbench_saga.sql", 1)
             rows.append(("saga-worker: replies applied/s", f"{saga:.0f}/s", f"pgbench same transaction, 1 client {base:.0f} tps",
                      saga / base, 0.50))
 
         settle()
         if want("e2e"):
-            e2e = flow("e2e", "200", API)
+            e2e = flow("e2e", scaled(200), API)
             rows.append(("end to end: POST → Approved in the user's list", f"p50 {e2e['e2e_p50_ms']:.1f} ms, p99 {e2e['e2e_p99_ms']:.1f} ms",
                      "—", None, "p50 < 100 ms", e2e["e2e_p50_ms"] < 100))
 
@@ -312,7 +325,7 @@ def main():
     header = (f"Measured {datetime.date.today().isoformat()} on this machine: {cores} cores, {memory:.0f} GiB, "
               f"PostgreSQL, Redis and RabbitMQ local; {DURATION} s per load; release build.")
     table = "\n".join(lines)
-    if PROFILES:
+    if PROFILES and not SMOKE:
         table += ("\n\n## Where the time went (perf, every process on the machine by command; 100% = both cores)\n\n"
                   "| scenario | seconds | WAL flushes | per transaction | CPU by command |\n|---|---|---|---|---|\n")
         for p in PROFILES:
@@ -321,7 +334,9 @@ def main():
             per = f"{p.syncs / p.transactions:.2f}" if p.transactions else "—"
             table += f"| {p.label} | {p.seconds:.1f} | {p.syncs} | {per} | {busy or 'perf not available'} |\n"
         table += "".join(f"\n{note}\n" for note in NOTES)
-    if not ONLY:
+    if SMOKE:
+        header = f"Smoke run ({DURATION} s per load, debug build, flows a hundredth of the size): no figure means anything."
+    elif not ONLY:
         (ROOT / "bench/RESULTS.md").write_text(f"# Benchmark results\n\n{header}\n\n{table}\n")
     print(header)
     print()
