@@ -160,20 +160,19 @@ impl TestApp {
     pub async fn place_order(&self, products: &[Uuid]) -> Placed {
         let address = self.create_address().await;
         let user = self.create_user("test", address).await;
-        let order = Uuid::new_v4();
-        let reply = self
-            .post(
-                "/api/v1/orders/",
-                &json!({"orderID": order, "paymentMethod": "Online", "productsIds": products, "userID": user, "deliveryAddress": address}),
-            )
-            .await;
-        assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.body);
+        let order = self.order_for(user, address, products).await;
         Placed { user, address, order }
     }
 
     /// Another order of an existing user.
     pub async fn order_for(&self, user: Uuid, address: Uuid, products: &[Uuid]) -> Uuid {
         let order = Uuid::new_v4();
+        self.post_order(order, user, address, products).await;
+        order
+    }
+
+    /// `POST /api/v1/orders/`, which must succeed.
+    async fn post_order(&self, order: Uuid, user: Uuid, address: Uuid, products: &[Uuid]) {
         let reply = self
             .post(
                 "/api/v1/orders/",
@@ -181,7 +180,6 @@ impl TestApp {
             )
             .await;
         assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.body);
-        order
     }
 
     /// An order with a chosen id (say one a reply came early for), of a product, an
@@ -190,13 +188,7 @@ impl TestApp {
         let product = self.create_product(&format!("Product {}", Uuid::new_v4().simple()), 10.0, 0).await;
         let address = self.create_address().await;
         let user = self.create_user("late", address).await;
-        let reply = self
-            .post(
-                "/api/v1/orders/",
-                &json!({"orderID": order, "paymentMethod": "Card", "productsIds": [product], "userID": user, "deliveryAddress": address}),
-            )
-            .await;
-        assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.body);
+        self.post_order(order, user, address, &[product]).await;
     }
 
     /// Stands in for the customer service and the worker: applies an `Approved` reply as
