@@ -34,7 +34,7 @@ API_PORT, RELAY_PORT, WORKER_PORT = 18000, 19101, 19102
 API = f"http://127.0.0.1:{API_PORT}"
 DURATION = os.environ.get("BENCH_SECONDS", "2" if SMOKE else "10")
 HEAVY_USER = "10000000-0000-4000-8000-000000000001"
-# BENCH_ONLY=cache,relay runs some scenarios only (post, cache, list, relay, saga, e2e, rss).
+# BENCH_ONLY=cache,relay runs some scenarios only (post, cache, list, relay, saga, e2e, curves, rss).
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
 
 
@@ -151,6 +151,7 @@ class Profile:
 
 PROFILES = []
 NOTES = []
+CURVES = {}
 
 
 def settle(limit=240):
@@ -167,9 +168,133 @@ def settle(limit=240):
     print("bench: the system did not settle; measuring anyway", file=sys.stderr)
 
 
+def relay_batches():
+    """The relay's outbox_batch_duration_seconds sum and count so far, from its /metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{RELAY_PORT}/metrics", timeout=5).read().decode()
+    total = float(re.search(r"^outbox_batch_duration_seconds_sum (\S+)", text, re.M).group(1))
+    count = float(re.search(r"^outbox_batch_duration_seconds_count (\S+)", text, re.M).group(1))
+    return total, count
+
+
+def add_orders(count, user=None):
+    """`count` approved orders of 3 lines each: spread over the seeded users, or all of
+    them for user number `user` (created, with its address, if it is not seeded)."""
+    if user is None:
+        who = "1 + n % 10000"
+    else:
+        who = str(user)
+        psql(DB, "-c", f"""
+            INSERT INTO addresses (id, building_number, street_name, city, country)
+            VALUES (('20000000-0000-4000-8000-' || lpad('{user}', 12, '0'))::uuid, 1, 'Street', 'City', 'Country')
+            ON CONFLICT DO NOTHING;
+            INSERT INTO users (id, username, address_id)
+            VALUES (('10000000-0000-4000-8000-' || lpad('{user}', 12, '0'))::uuid, 'user{user}',
+                    ('20000000-0000-4000-8000-' || lpad('{user}', 12, '0'))::uuid)
+            ON CONFLICT DO NOTHING""")
+    psql(DB, "-c", f"""
+        WITH o AS (
+            INSERT INTO orders (id, user_id, delivery_address_id, payment_method, order_status, saga_status,
+                                total_price, created_at)
+            SELECT gen_random_uuid(), ('10000000-0000-4000-8000-' || lpad(({who})::text, 12, '0'))::uuid,
+                   ('20000000-0000-4000-8000-' || lpad(({who})::text, 12, '0'))::uuid,
+                   'Card', 'New', 'Approved', 30, now() - make_interval(secs => n)
+              FROM generate_series(1, {int(count)}) AS n
+            RETURNING id)
+        INSERT INTO order_products (order_id, position, product_id, name, actual_price)
+        SELECT o.id, k, ('00000000-0000-4000-8000-' || lpad((1 + k * 13)::text, 12, '0'))::uuid, 'Product ' || (1 + k * 13), 10
+          FROM o, generate_series(1, 3) AS k""", "-c", "ANALYZE orders", "-c", "ANALYZE order_products")
+    return f"10000000-0000-4000-8000-{user:012d}" if user is not None else None
+
+
 def peak_rss_mb(pid):
     status = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+
+
+def curves(env, rows, procs):
+    """How cost grows with the work (#13): the relay at three backlogs, two relays and two
+    workers against one, a cached page for users with 20, 200 and 2,000 orders, and POST
+    and the order list with 100,000 and 1,000,000 orders. Rows for the table; the points
+    for the charts."""
+    points = {"relay_backlog": [], "cache_hit": [], "orders": []}
+    relay = procs["outbox-relay"]
+    for backlog in (10_000, 100_000, 1_000_000):
+        size = int(scaled(backlog))
+        # Committed while the relay is paused, then timed from the wake-up: the drain
+        # alone, at that backlog, without the insert's own time.
+        relay.send_signal(signal.SIGSTOP)
+        try:
+            last = flow("backlog", str(size))["last"]
+        finally:
+            relay.send_signal(signal.SIGCONT)
+        before = relay_batches()
+        seconds = flow("drain", str(last))["drain_s"]
+        after = relay_batches()
+        batch_ms = (after[0] - before[0]) / max(after[1] - before[1], 1) * 1000
+        points["relay_backlog"].append({"backlog": size, "per_s": size / seconds, "batch_ms": batch_ms})
+    first = points["relay_backlog"][0]
+    for p in points["relay_backlog"]:
+        rows.append((f"curve: relay, {p['backlog']:,}-row backlog", f"{p['per_s']:.0f}/s, mean batch {p['batch_ms']:.1f} ms",
+                     f"{first['backlog']:,} rows: {first['per_s']:.0f}/s", p["per_s"] / first["per_s"], None))
+
+    # Two processes of each background kind against one: no collapse under contention.
+    for kind, port, scenario, size, key in [("outbox-relay", RELAY_PORT + 2, "relay", 20000, "relay_per_s"),
+                                            ("saga-worker", WORKER_PORT + 2, "saga", 5000, "saga_per_s")]:
+        settle()
+        one = flow(scenario, scaled(size))[key]
+        extra = subprocess.Popen([str(BIN / kind)], env=dict(env, METRICS_ADDR=f"127.0.0.1:{port}"), stdout=subprocess.DEVNULL)
+        try:
+            wait_for(f"http://127.0.0.1:{port}/readyz")
+            settle()
+            two = flow(scenario, scaled(size))[key]
+        finally:
+            extra.send_signal(signal.SIGTERM)
+            extra.wait(timeout=30)
+        rows.append((f"curve: 2 {kind}s against 1, {scenario} per second", f"{two:.0f}/s", f"1 {kind}: {one:.0f}/s", two / one, 0.80))
+
+    settle()
+    for number, count in ((10001, 20), (10002, 200), (10003, 2000)):
+        user = add_orders(count, user=number)
+        page = f"/api/v1/orders/user/{user}?limit=20"
+        urllib.request.urlopen(f"{API}{page}").read()  # fills the cache
+        hit = wrk(page, 64)
+        points["cache_hit"].append({"orders": count, "rps": hit["rps"], "p99": hit["p99"]})
+    first = points["cache_hit"][0]
+    for p in points["cache_hit"]:
+        rows.append((f"curve: cache hit, a user with {p['orders']:,} orders (page of 20), 64 conn",
+                     f"{p['rps']:.0f} req/s (p99 {p['p99']:.2f} ms)", f"20 orders: {first['rps']:.0f} req/s", p["rps"] / first["rps"], None))
+
+    for added in (0, int(scaled(900_000))):
+        if added:
+            add_orders(added)
+        settle()
+        total = int(psql(DB, "-c", "SELECT count(*) FROM orders").strip())
+        post = wrk("/api/v1/orders/", 16, ROOT / "bench/post_order.lua")
+        head = wrk("/api/v1/orders/?limit=20", 16)
+        deep = wrk("/api/v1/orders/?limit=20&offset=9980", 16)
+        points["orders"].append({"orders": total, "post_rps": post["rps"], "post_p50": post["p50"], "post_p99": post["p99"],
+                                 "first_rps": head["rps"], "first_p99": head["p99"], "deep_rps": deep["rps"], "deep_p99": deep["p99"]})
+    first = points["orders"][0]
+    for p in points["orders"]:
+        rows.append((f"curve: POST /api/v1/orders/, {p['orders']:,} orders, 16 conn",
+                     f"{p['post_rps']:.0f} req/s (p50 {p['post_p50']:.2f} ms, p99 {p['post_p99']:.2f} ms)",
+                     f"{first['orders']:,} orders: {first['post_rps']:.0f} req/s", p["post_rps"] / first["post_rps"], None))
+        rows.append((f"curve: GET /api/v1/orders/?limit=20, first page / offset 9980, {p['orders']:,} orders",
+                     f"{p['first_rps']:.0f} / {p['deep_rps']:.0f} req/s (p99 {p['first_p99']:.2f} / {p['deep_p99']:.2f} ms)",
+                     f"{first['orders']:,} orders: {first['first_rps']:.0f} / {first['deep_rps']:.0f} req/s",
+                     p["deep_rps"] / first["deep_rps"], None))
+    return points
+
+
+def draw_charts(out):
+    """The curves as PNG charts (scripts/bench_charts.py, matplotlib from scripts/tools.sh)."""
+    data = ROOT / "target/bench/curves.json"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.write_text(json.dumps(CURVES, indent=1))
+    python = ROOT / "target/tools/charts/bin/python"
+    if not python.exists():
+        subprocess.run([str(ROOT / "scripts/tools.sh")], check=True)
+    subprocess.run([str(python), str(ROOT / "scripts/bench_charts.py"), str(data), str(out)], check=True)
 
 
 def main():
@@ -297,6 +422,10 @@ def main():
             rows.append(("end to end: POST → Approved in the user's list", f"p50 {e2e['e2e_p50_ms']:.1f} ms, p99 {e2e['e2e_p99_ms']:.1f} ms",
                      "—", None, "p50 < 100 ms", e2e["e2e_p50_ms"] < 100))
 
+        settle()
+        if want("curves"):
+            CURVES.update(curves(env, rows, procs))
+
         for name, limit in [("api", 64), ("outbox-relay", 32), ("saga-worker", 32)] if want("rss") else ():
             rss = peak_rss_mb(procs[name].pid)
             rows.append((f"peak RSS under load: {name}", f"{rss:.1f} MB", "—", None, f"≤ {limit} MB", rss <= limit))
@@ -334,6 +463,9 @@ def main():
             per = f"{p.syncs / p.transactions:.2f}" if p.transactions else "—"
             table += f"| {p.label} | {p.seconds:.1f} | {p.syncs} | {per} | {busy or 'perf not available'} |\n"
         table += "".join(f"\n{note}\n" for note in NOTES)
+    if CURVES:
+        # A full run draws into bench/ (linked from the README); the others into target/.
+        draw_charts(ROOT / ("target/bench" if SMOKE or ONLY else "bench"))
     if SMOKE:
         header = f"Smoke run ({DURATION} s per load, debug build, flows a hundredth of the size): no figure means anything."
     elif not ONLY:

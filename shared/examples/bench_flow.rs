@@ -4,6 +4,8 @@
 //!   bench_flow raw-publish N      the client library's own publish rate with confirms
 //!   bench_flow relay N            outbox rows/s through the running relay (a backlog)
 //!   bench_flow relay-latency      commit→publish latency of a steady trickle
+//!   bench_flow backlog N          N outbox rows committed at once, no wake-up (the relay paused)
+//!   bench_flow drain LAST         wakes the relays, seconds until every row up to LAST is published
 //!   bench_flow saga N             replies/s applied by the running saga worker
 //!   bench_flow retention N        rows/s one retention pass deletes, N rows past the retention
 //!   bench_flow e2e N API_URL      POST an order → Approved in the user's list, N times
@@ -32,10 +34,12 @@ async fn main() -> anyhow::Result<()> {
         Some("raw-publish") => raw_publish(&amqp_url, &topology, count).await?,
         Some("relay") => relay(&db, &relays, count).await?,
         Some("relay-latency") => relay_latency(&db, &relays).await?,
+        Some("backlog") => json!({"last": insert_events(&db, count).await?}),
+        Some("drain") => drain(&db, &relays, count as i64).await?,
         Some("saga") => saga(&db, &amqp_url, &topology, count).await?,
         Some("retention") => retention(&db, count).await?,
         Some("e2e") => e2e(&db, args.get(2).map_or("http://127.0.0.1:18000", String::as_str), count).await?,
-        _ => anyhow::bail!("usage: bench_flow raw-publish|relay|relay-latency|saga|retention|e2e N [API_URL]"),
+        _ => anyhow::bail!("usage: bench_flow raw-publish|relay|relay-latency|backlog|drain|saga|retention|e2e N [API_URL]"),
     };
     println!("{result}");
     Ok(())
@@ -121,6 +125,15 @@ async fn relay(db: &PgPool, relays: &RelayWaker, count: usize) -> anyhow::Result
     relays.wake();
     drained(db, last).await?;
     Ok(json!({"relay_per_s": count as f64 / started.elapsed().as_secs_f64()}))
+}
+
+/// The relays' drain of a backlog committed while they were paused (`backlog`): the
+/// throughput at that backlog, without the insert's own time.
+async fn drain(db: &PgPool, relays: &RelayWaker, last: i64) -> anyhow::Result<serde_json::Value> {
+    let started = Instant::now();
+    relays.wake();
+    drained(db, last).await?;
+    Ok(json!({"drain_s": started.elapsed().as_secs_f64()}))
 }
 
 async fn retention(db: &PgPool, count: usize) -> anyhow::Result<serde_json::Value> {
