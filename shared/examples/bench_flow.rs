@@ -39,7 +39,9 @@ async fn main() -> anyhow::Result<()> {
         Some("saga") => saga(&db, &amqp_url, &topology, count).await?,
         Some("retention") => retention(&db, count).await?,
         Some("e2e") => e2e(&db, args.get(2).map_or("http://127.0.0.1:18000", String::as_str), count).await?,
-        _ => anyhow::bail!("usage: bench_flow raw-publish|relay|relay-latency|backlog|drain|saga|retention|e2e N [API_URL]"),
+        _ => anyhow::bail!(
+            "usage: bench_flow raw-publish|relay|relay-latency|backlog|drain|saga|retention|e2e N [API_URL]"
+        ),
     };
     println!("{result}");
     Ok(())
