@@ -77,7 +77,7 @@ pub(crate) async fn observe<E: Endpoint>(next: Arc<E>, mut req: Request, routes:
     };
     let route = routes.name(route.as_deref(), status);
     let elapsed = started.elapsed();
-    crate::telemetry::traces::rename(&span, format!("{} {route}", method_label(&method)));
+    crate::telemetry::traces::rename(&span, || format!("{} {route}", method_label(&method)));
     span.record("http.route", route.as_str());
     span.record("http.response.status_code", status.as_u16());
     if status.is_server_error() {

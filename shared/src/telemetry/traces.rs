@@ -96,11 +96,15 @@ pub(crate) fn start(
 
 /// Renames an exported span once it has started (tracing-opentelemetry applies a later
 /// `otel.name` only before the span starts): the server span learns its route only after
-/// routing. Nothing happens when spans are not exported.
-pub(crate) fn rename(span: &tracing::Span, name: String) {
+/// routing. When spans are not exported, `name` is never built (this runs per request).
+pub(crate) fn rename(span: &tracing::Span, name: impl FnOnce() -> String) {
     use opentelemetry::trace::TraceContextExt;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
-    span.context().span().update_name(name);
+    let context = span.context();
+    let exported = context.span();
+    if exported.span_context().is_valid() {
+        exported.update_name(name());
+    }
 }
 
 fn sampler(config: &TracesConfig) -> Sampler {

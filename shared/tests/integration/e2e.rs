@@ -13,25 +13,8 @@ use uuid::Uuid;
 
 use crate::helpers::{
     broker::eventually,
-    processes::{Processes, System, free_port},
+    processes::{Processes, System, call, free_port},
 };
-
-/// A request to a live process: its status and its body as JSON (`Null` when there is
-/// none).
-pub async fn call(client: &reqwest::Client, method: reqwest::Method, url: &str, body: Option<&Value>) -> (u16, Value) {
-    let mut request = client.request(method, url);
-    if let Some(body) = body {
-        request = request.header("content-type", "application/json").body(body.to_string());
-    }
-    match request.send().await {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            let text = response.text().await.unwrap_or_default();
-            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-        }
-        Err(_) => (0, Value::Null),
-    }
-}
 
 #[sqlx::test(migrations = "../migrations")]
 #[ignore = "needs the binaries (make test builds them), rabbitmqctl and Prometheus"]

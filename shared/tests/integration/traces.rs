@@ -9,11 +9,10 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
-    e2e::call,
     helpers::{
         broker::eventually,
         otlp::{OtlpReceiver, Protocol, ReceivedSpan},
-        processes::{System, spawn_api},
+        processes::{System, call, spawn_api},
     },
     loki::{API_RSS_TARGET_KIB, peak_rss_kib},
 };

@@ -1,7 +1,7 @@
 //! Every test helper, in one place: `TestApp` (the whole app in-process, with helpers
 //! to seed data through the API), a Redis of a test's own, [`broker`] (the broker under
-//! test, a topology or a vhost of a test's own) and [`processes`] (the real binaries and
-//! the checking tools).
+//! test, a topology or a vhost of a test's own), [`processes`] (the real binaries, the
+//! checking tools, requests to a live process) and [`otlp`] (a real OTLP receiver).
 
 pub mod broker;
 pub mod otlp;

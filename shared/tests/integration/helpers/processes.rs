@@ -8,6 +8,8 @@ use std::{
     time::Duration,
 };
 
+use serde_json::Value;
+
 use super::broker::OwnVhost;
 
 /// Kills the processes it started, also when the test fails.
@@ -133,5 +135,22 @@ impl System {
             relay_port,
             worker_port,
         }
+    }
+}
+
+/// A request to a live process: its status and its body as JSON (`Null` when there is
+/// none).
+pub async fn call(client: &reqwest::Client, method: reqwest::Method, url: &str, body: Option<&Value>) -> (u16, Value) {
+    let mut request = client.request(method, url);
+    if let Some(body) = body {
+        request = request.header("content-type", "application/json").body(body.to_string());
+    }
+    match request.send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap_or_default();
+            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        }
+        Err(_) => (0, Value::Null),
     }
 }
