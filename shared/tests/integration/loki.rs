@@ -16,7 +16,7 @@ use sqlx::PgPool;
 
 use crate::{
     helpers::broker::eventually,
-    helpers::processes::{Processes, free_port, target_dir},
+    helpers::processes::{Processes, database_url, free_port, target_dir},
 };
 
 #[derive(Clone, Default)]
@@ -92,10 +92,9 @@ async fn api_logging_to(stand_in: &StandIn, db: &PgPool) -> (Processes, u32, u16
     let loki_port = free_port();
     let app = Route::new().at("/ready", get(ready)).at("/loki/api/v1/push", post(receive_push)).data(stand_in.clone());
     tokio::spawn(Server::new(TcpListener::bind(format!("127.0.0.1:{loki_port}"))).run(app));
-    let database = db.connect_options().get_database().unwrap().to_owned();
     let api_port = free_port();
     let child = Command::new(target_dir().join("api"))
-        .env("DATABASE_URL", format!("postgres://postgres@127.0.0.1:5432/{database}"))
+        .env("DATABASE_URL", database_url(db))
         .env("API_ADDR", format!("127.0.0.1:{api_port}"))
         .env("LOKI_URL", format!("http://127.0.0.1:{loki_port}"))
         .env("LOG_LEVEL", "info")

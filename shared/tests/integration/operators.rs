@@ -16,14 +16,10 @@ use crate::{
     helpers::{
         Placed, TestApp,
         broker::{OwnVhost, eventually},
-        processes::target_dir,
+        processes::{database_url, target_dir},
     },
     saga::{saga_status, settled},
 };
-
-fn database_url(db: &PgPool) -> String {
-    format!("postgres://postgres@127.0.0.1:5432/{}", db.connect_options().get_database().unwrap())
-}
 
 /// Runs `saga-worker ARGS`; returns (success, stdout lines parsed as JSON, stderr).
 fn saga_worker(args: &[&str], env: &[(&str, &str)]) -> (bool, Vec<Value>, String) {

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::{
     helpers::broker::{TestBroker, eventually},
-    helpers::{Placed, TestApp},
+    helpers::{Placed, TestApp, processes::database_url},
     saga::{RunningWorker, reply, send_reply, settled},
 };
 
@@ -487,11 +487,6 @@ async fn an_outbox_commit_sends_no_notify_of_its_own(db: PgPool) {
     insert_event(&db, Uuid::new_v4(), "Order.Saga.Ping").await;
     let heard = tokio::time::timeout(Duration::from_secs(1), listener.recv()).await;
     assert!(heard.is_err(), "the commit itself notified the relays: {heard:?}");
-}
-
-/// The test database's URL.
-fn database_url(db: &PgPool) -> String {
-    format!("postgres://postgres@127.0.0.1:5432/{}", db.connect_options().get_database().unwrap())
 }
 
 #[sqlx::test(migrations = "../migrations")]

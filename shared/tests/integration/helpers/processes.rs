@@ -58,13 +58,17 @@ pub async fn run_to_success(mut command: Command) {
     );
 }
 
+/// The URL of the test's own database, for a program or a pool of its own.
+pub fn database_url(db: &sqlx::PgPool) -> String {
+    format!("postgres://postgres@127.0.0.1:5432/{}", db.connect_options().get_database().unwrap())
+}
+
 /// The real api binary on the test's database and a free port, answering once this
 /// returns; it stops when the `Processes` drop. Returns its base URL.
 pub async fn spawn_api(db: &sqlx::PgPool, env: &[(&str, &str)]) -> (Processes, String) {
-    let database = db.connect_options().get_database().unwrap().to_owned();
     let port = free_port();
     let api = Command::new(target_dir().join("api"))
-        .env("DATABASE_URL", format!("postgres://postgres@127.0.0.1:5432/{database}"))
+        .env("DATABASE_URL", database_url(db))
         .env("API_ADDR", format!("127.0.0.1:{port}"))
         .env("LOG_LEVEL", "warn")
         .envs(env.iter().copied())
@@ -104,11 +108,10 @@ impl System {
         for name in ["api", "outbox-relay", "saga-worker", "customer-simulator"] {
             assert!(bin.join(name).exists(), "{name} is not built: `make test` builds every binary first");
         }
-        let database = db.connect_options().get_database().unwrap().to_owned();
         let vhost = OwnVhost::create(vhost_prefix);
         let (api_port, relay_port, worker_port) = (free_port(), free_port(), free_port());
         let common: Vec<(&str, String)> = vec![
-            ("DATABASE_URL", format!("postgres://postgres@127.0.0.1:5432/{database}")),
+            ("DATABASE_URL", database_url(db)),
             ("AMQP_URL", vhost.url.clone()),
             ("REDIS_URL", "redis://127.0.0.1:6379".into()),
             ("LOG_LEVEL", "warn".into()),
