@@ -12,6 +12,7 @@ every scenario still runs, and asserts no figure.
 """
 
 import collections
+import contextlib
 import datetime
 import json
 import os
@@ -34,12 +35,17 @@ API_PORT, RELAY_PORT, WORKER_PORT = 18000, 19101, 19102
 API = f"http://127.0.0.1:{API_PORT}"
 DURATION = os.environ.get("BENCH_SECONDS", "2" if SMOKE else "10")
 HEAVY_USER = "10000000-0000-4000-8000-000000000001"
-# BENCH_ONLY=cache,relay runs some scenarios only (post, cache, list, relay, saga, e2e, curves, rss).
+# BENCH_ONLY=cache,relay runs some scenarios only (post, cache, list, relay, saga, e2e, curves, rss);
+# of the curves, one alone: relay-curve, contention, cache-curve, orders-curve.
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
 
 
 def want(name):
     return not ONLY or name in ONLY
+
+
+def want_curve(name):
+    return want("curves") or name in ONLY
 
 
 def run(*args, **kwargs):
@@ -164,7 +170,7 @@ def settle(limit=240):
     while time.time() < deadline:
         # pgbench's orders (paid 'Cash') never ask the customer service: not waited for.
         busy = psql(DB, "-c", "SELECT (SELECT count(*) FROM orders WHERE saga_status = 'Pending' AND payment_method <> 'Cash')"
-                              " + (SELECT count(*) FROM outbox WHERE published_at IS NULL)").strip()
+                              " + (SELECT count(*) FROM outbox)").strip()
         if busy == "0":
             return
         time.sleep(1)
@@ -172,11 +178,11 @@ def settle(limit=240):
 
 
 def relay_batches():
-    """The relay's outbox_batch_duration_seconds sum and count so far, from its /metrics."""
+    """The relay's outbox_batch_duration_seconds sum and count so far, from its /metrics
+    (none before its first batch)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{RELAY_PORT}/metrics", timeout=5).read().decode()
-    total = float(re.search(r"^outbox_batch_duration_seconds_sum (\S+)", text, re.M).group(1))
-    count = float(re.search(r"^outbox_batch_duration_seconds_count (\S+)", text, re.M).group(1))
-    return total, count
+    found = [re.search(rf"^outbox_batch_duration_seconds_{part} (\S+)", text, re.M) for part in ("sum", "count")]
+    return tuple(float(m.group(1)) if m else 0.0 for m in found)
 
 
 def add_orders(count, user=None):
@@ -214,35 +220,41 @@ def peak_rss_mb(pid):
     return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
 
 
+def drain(relay, size, profile=None):
+    """The relay draining a backlog of `size` rows committed while it was paused, timed
+    from the wake-up: the drain alone, without the insert's own time (a producer's work,
+    which the raw publishing it is compared with does not do either)."""
+    relay.send_signal(signal.SIGSTOP)
+    try:
+        last = flow("backlog", str(size))["last"]
+    finally:
+        relay.send_signal(signal.SIGCONT)
+    before = relay_batches()
+    with profile or contextlib.nullcontext():
+        seconds = flow("drain", str(last))["drain_s"]
+    after = relay_batches()
+    batch_ms = (after[0] - before[0]) / max(after[1] - before[1], 1) * 1000
+    return {"backlog": size, "per_s": size / seconds, "batch_ms": batch_ms}
+
+
 def curves(env, rows, procs):
     """How cost grows with the work (#13): the relay at three backlogs, two relays and two
     workers against one, a cached page for users with 20, 200 and 2,000 orders, and POST
     and the order list with 100,000 and 1,000,000 orders. Rows for the table; the points
     for the charts."""
     points = {"relay_backlog": [], "cache_hit": [], "orders": []}
-    relay = procs["outbox-relay"]
-    for backlog in (10_000, 100_000, 1_000_000):
+    for backlog in (10_000, 100_000, 1_000_000) if want_curve("relay-curve") else ():
         size = int(scaled(backlog))
-        # Committed while the relay is paused, then timed from the wake-up: the drain
-        # alone, at that backlog, without the insert's own time.
-        relay.send_signal(signal.SIGSTOP)
-        try:
-            last = flow("backlog", str(size))["last"]
-        finally:
-            relay.send_signal(signal.SIGCONT)
-        before = relay_batches()
-        seconds = flow("drain", str(last))["drain_s"]
-        after = relay_batches()
-        batch_ms = (after[0] - before[0]) / max(after[1] - before[1], 1) * 1000
-        points["relay_backlog"].append({"backlog": size, "per_s": size / seconds, "batch_ms": batch_ms})
-    first = points["relay_backlog"][0]
+        points["relay_backlog"].append(drain(procs["outbox-relay"], size))
     for p in points["relay_backlog"]:
+        first = points["relay_backlog"][0]
         rows.append((f"curve: relay, {p['backlog']:,}-row backlog", f"{p['per_s']:.0f}/s, mean batch {p['batch_ms']:.1f} ms",
                      f"{first['backlog']:,} rows: {first['per_s']:.0f}/s", p["per_s"] / first["per_s"], None))
 
     # Two processes of each background kind against one: no collapse under contention.
     for kind, port, scenario, size, key in [("outbox-relay", RELAY_PORT + 2, "relay", 20000, "relay_per_s"),
-                                            ("saga-worker", WORKER_PORT + 2, "saga", 5000, "saga_per_s")]:
+                                            ("saga-worker", WORKER_PORT + 2, "saga", 5000, "saga_per_s")
+                                            ] if want_curve("contention") else ():
         settle()
         one = flow(scenario, scaled(size))[key]
         extra = subprocess.Popen([str(BIN / kind)], env=dict(env, METRICS_ADDR=f"127.0.0.1:{port}"), stdout=subprocess.DEVNULL)
@@ -256,18 +268,18 @@ def curves(env, rows, procs):
         rows.append((f"curve: 2 {kind}s against 1, {scenario} per second", f"{two:.0f}/s", f"1 {kind}: {one:.0f}/s", two / one, 0.80))
 
     settle()
-    for number, count in ((10001, 20), (10002, 200), (10003, 2000)):
+    for number, count in ((10001, 20), (10002, 200), (10003, 2000)) if want_curve("cache-curve") else ():
         user = add_orders(count, user=number)
         page = f"/api/v1/orders/user/{user}?limit=20"
         urllib.request.urlopen(f"{API}{page}").read()  # fills the cache
         hit = wrk(page, 64)
         points["cache_hit"].append({"orders": count, "rps": hit["rps"], "p99": hit["p99"]})
-    first = points["cache_hit"][0]
     for p in points["cache_hit"]:
+        first = points["cache_hit"][0]
         rows.append((f"curve: cache hit, a user with {p['orders']:,} orders (page of 20), 64 conn",
                      f"{p['rps']:.0f} req/s (p99 {p['p99']:.2f} ms)", f"20 orders: {first['rps']:.0f} req/s", p["rps"] / first["rps"], None))
 
-    for added in (0, int(scaled(900_000))):
+    for added in (0, int(scaled(900_000))) if want_curve("orders-curve") else ():
         if added:
             add_orders(added)
         settle()
@@ -277,8 +289,8 @@ def curves(env, rows, procs):
         deep = wrk("/api/v1/orders/?limit=20&offset=9980", 16)
         points["orders"].append({"orders": total, "post_rps": post["rps"], "post_p50": post["p50"], "post_p99": post["p99"],
                                  "first_rps": head["rps"], "first_p99": head["p99"], "deep_rps": deep["rps"], "deep_p99": deep["p99"]})
-    first = points["orders"][0]
     for p in points["orders"]:
+        first = points["orders"][0]
         rows.append((f"curve: POST /api/v1/orders/, {p['orders']:,} orders, 16 conn",
                      f"{p['post_rps']:.0f} req/s (p50 {p['post_p50']:.2f} ms, p99 {p['post_p99']:.2f} ms)",
                      f"{first['orders']:,} orders: {first['post_rps']:.0f} req/s", p["post_rps"] / first["post_rps"], None))
@@ -400,8 +412,8 @@ def main():
         if want("relay"):
             with Profile("relay: raw publish") as raw_profile:
                 raw = flow("raw-publish", scaled(20000))["raw_publish_per_s"]
-            with Profile("relay: 20,000-row backlog") as relay_profile:
-                relay = flow("relay", scaled(20000))
+            relay_profile = Profile("relay: 20,000-row backlog")
+            relay = {"relay_per_s": drain(procs["outbox-relay"], int(scaled(20000)), relay_profile)["per_s"]}
             if relay_profile.split:
                 # What the machine can do at most: its cores over the CPU one relayed event
                 # costs, all processes together.
@@ -438,7 +450,7 @@ def main():
                      "—", None, "p50 < 100 ms", e2e["e2e_p50_ms"] < 100))
 
         settle()
-        if want("curves"):
+        if any(want_curve(c) for c in ("relay-curve", "contention", "cache-curve", "orders-curve")):
             CURVES.update(curves(env, rows, procs))
 
         for name, limit in [("api", 64), ("outbox-relay", 32), ("saga-worker", 32)] if want("rss") else ():

@@ -402,8 +402,7 @@ def fault_schedule(rng, procs, redis, poison):
         cleared = time.time()
         # How long the backlog the alarm held back takes to leave once it clears.
         while time.time() < cleared + 60:
-            if int(psql("SELECT count(*) FROM outbox WHERE published_at IS NULL "
-                        "AND created_at < now() - interval '1 second'")) == 0:
+            if int(psql("SELECT count(*) FROM outbox WHERE created_at < now() - interval '1 second'")) == 0:
                 recovery["memory alarm"].append(time.time() - cleared)
                 return
             time.sleep(0.1)
@@ -456,7 +455,7 @@ def drain(deadline):
     queues are empty; returns what is still busy at the deadline."""
     while True:
         pending = int(psql("SELECT count(*) FROM orders WHERE saga_status = 'Pending'"))
-        unpublished = int(psql("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
+        unpublished = int(psql("SELECT count(*) FROM outbox"))
         depths = queue_depths()
         busy = {"pending orders": pending, "unpublished outbox rows": unpublished,
                 "CustomerSaga": depths.get("CustomerSaga", 0), "OrderSaga": depths.get("OrderSaga", 0)}
@@ -490,8 +489,12 @@ def check_ledger(results, poison, violations):
         "SELECT o.id, o.saga_status, (SELECT count(*) FROM order_products p WHERE p.order_id = o.id), "
         "o.total_price, o.saga_retries FROM orders o")}
     outbox = collections.defaultdict(list)
+    # The outbox holds what is still unpublished; the relays move what they published.
     for event_id, aggregate, event_type, published in rows(
-            "SELECT event_id, aggregate_id, event_type, published_at IS NOT NULL FROM outbox ORDER BY id"):
+            "SELECT event_id, aggregate_id, event_type, published FROM ("
+            " SELECT id, event_id, aggregate_id, event_type, false AS published FROM outbox"
+            " UNION ALL"
+            " SELECT id, event_id, aggregate_id, event_type, true FROM outbox_published) AS e ORDER BY id"):
         outbox[aggregate].append((event_id, event_type))
         if published != "t":
             violations.append(f"outbox event {event_id} ({event_type}) never published")
@@ -656,7 +659,8 @@ def load_phase(kill_connections, violations):
 
 def half_written_orders(violations):
     broken = rows("SELECT o.id FROM orders o WHERE NOT EXISTS (SELECT 1 FROM order_products p WHERE p.order_id = o.id)"
-                  " OR NOT EXISTS (SELECT 1 FROM outbox x WHERE x.aggregate_id = o.id "
+                  " OR NOT EXISTS (SELECT 1 FROM (SELECT aggregate_id, event_type FROM outbox UNION ALL"
+                  " SELECT aggregate_id, event_type FROM outbox_published) x WHERE x.aggregate_id = o.id "
                   "AND x.event_type = 'OrderCreateSaga')")
     for (order,) in broken:
         violations.append(f"order {order} is half-written (no lines or no OrderCreateSaga event)")

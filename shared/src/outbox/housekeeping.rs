@@ -1,6 +1,7 @@
 //! The outbox's housekeeping, in every relay process: the backlog gauges, deleting
-//! published rows past `OUTBOX_RETENTION`, and vacuuming the outbox when published rows
-//! left enough dead versions behind. Relays running it together skip each other's rows.
+//! published rows past `OUTBOX_RETENTION` from `outbox_published`, and vacuuming the
+//! outbox when published rows left enough dead versions behind. Relays running it
+//! together skip each other's rows.
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ pub async fn record_backlog(db: &PgPool) -> Result<(), sqlx::Error> {
     let backlog = sqlx::query!(
         r#"SELECT count(*) AS "pending!",
                   COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 AS "oldest_age!"
-             FROM outbox WHERE published_at IS NULL"#
+             FROM outbox"#
     )
     .fetch_one(db)
     .await?;
@@ -32,12 +33,12 @@ pub async fn record_backlog(db: &PgPool) -> Result<(), sqlx::Error> {
 pub async fn delete_published(db: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
     crate::db::delete_in_batches(RETENTION_BATCH as u64, RETENTION_BUDGET, || async {
         Ok(sqlx::query!(
-            "DELETE FROM outbox WHERE id IN (
-                 SELECT id FROM outbox
+            "DELETE FROM outbox_published WHERE ctid = ANY(ARRAY(
+                 SELECT ctid FROM outbox_published
                   WHERE published_at < now() - make_interval(secs => $1)
                   ORDER BY published_at
                   LIMIT $2
-                    FOR UPDATE SKIP LOCKED)",
+                    FOR UPDATE SKIP LOCKED))",
             retention.as_secs_f64(),
             RETENTION_BATCH
         )
@@ -95,12 +96,12 @@ pub async fn run(db: PgPool, retention: Duration) {
 
 /// How often the relay looks at the outbox's dead rows.
 const VACUUM_CHECK: Duration = Duration::from_secs(5);
-/// Dead rows (published rows' old versions) at which the relay vacuums the outbox.
+/// Dead rows (published rows, deleted) at which the relay vacuums the outbox.
 pub const VACUUM_AFTER_DEAD_ROWS: i64 = 5_000;
 
 /// Vacuums the outbox once enough published rows left dead versions behind. Their
-/// entries stay in the partial indexes until a vacuum, and every claim walks them from
-/// the oldest id: with 88,000 of them each claim took 10 ms, most of PostgreSQL's time
+/// entries stay in the primary key until a vacuum, and every claim walks them from the
+/// oldest id: with 88,000 of them (in the partial index it replaced) each claim took 10 ms, most of PostgreSQL's time
 /// at one order at a time. Autovacuum normally keeps up (the migrations make it eager
 /// for this table); where it is off or behind, this does. `SKIP_LOCKED`: when another
 /// relay is vacuuming, this one does not queue behind it.

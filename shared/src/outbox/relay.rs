@@ -1,14 +1,17 @@
-//! The outbox relay: claim a batch of unpublished rows, publish them with confirms,
-//! mark what the broker confirmed — one step, [`relay_batch`] — and the loop around it,
-//! [`Relay::run`], driven by a cron schedule and woken early by `LISTEN outbox`.
+//! The outbox relay: claim a batch of rows, publish them with confirms, move what the
+//! broker confirmed out of the outbox into `outbox_published` — one step,
+//! [`relay_batch`] — and the loop around it, [`Relay::run`], driven by a cron schedule
+//! and woken early by `LISTEN outbox`. The outbox holds unpublished rows only: a
+//! published row is deleted, which writes no new tuple version and no index entry, where
+//! marking it (an UPDATE) wrote both (migration 20261130000003 has the measurement).
 //!
 //! Several relays may run at once. A row is claimed with `FOR UPDATE SKIP LOCKED`, so no
-//! two relays hold it; and only the oldest unpublished row of each aggregate is
-//! claimable, so the events of one order reach the broker in the order they were
-//! written even when relays race. A row is found whenever its transaction commits
-//! (there is no high-water mark to skip past it). Delivery is at least once: a relay
-//! that dies after publishing and before marking publishes the row again, and the
-//! consumers deduplicate by `message_id`.
+//! two relays hold it; and only the oldest row of each aggregate is claimable, so the
+//! events of one order reach the broker in the order they were written even when relays
+//! race. A row is found whenever its transaction commits (there is no high-water mark to
+//! skip past it). Delivery is at least once: a relay that dies after publishing and
+//! before its commit publishes the row again, and the consumers deduplicate by
+//! `message_id`.
 
 use crate::telemetry::names;
 use std::{
@@ -42,7 +45,7 @@ pub struct RelaySettings {
     /// How long to wait for the broker's confirms of a batch. Shorter than the server's
     /// `idle_in_transaction_session_timeout`, as the claim's transaction waits with it.
     pub confirm_timeout: Duration,
-    /// Published rows older than this are deleted.
+    /// Published rows are kept in `outbox_published` this long.
     pub retention: Duration,
     /// Relays run side by side in this process (`RELAY_LANES`).
     pub lanes: usize,
@@ -64,7 +67,7 @@ impl Default for RelaySettings {
 pub struct Outcome {
     /// Rows claimed.
     pub claimed: usize,
-    /// Rows the broker confirmed, now marked published.
+    /// Rows the broker confirmed, now moved to `outbox_published`.
     pub published: usize,
     /// Rows the broker refused (nack, return), left unpublished for a retry with backoff.
     pub failed: usize,
@@ -87,12 +90,12 @@ struct Claimed {
 }
 
 /// One step of the relay. The claim's transaction stays open while the batch is
-/// published, so the rows stay locked against other relays until they are marked.
+/// published, so the rows stay locked against other relays until they are moved.
 ///
-/// The claim looks at the oldest unpublished rows only (four batches' worth, walked in
-/// id order on the partial index): the oldest unpublished row is always the head of its
-/// order, so a claim finds work whenever there is some, and the planner cannot turn it
-/// into a scan of the whole backlog (it did, with stale statistics, at 20,000 rows).
+/// The claim looks at the oldest due rows only (four batches' worth, walked in id order
+/// on the primary key): the oldest row is always the head of its order, so a claim finds
+/// work whenever there is some, and the planner cannot turn it into a scan of the whole
+/// backlog (it did, with stale statistics, at 20,000 rows).
 pub async fn relay_batch(
     db: &PgPool,
     publisher: &mut Publisher,
@@ -103,11 +106,10 @@ pub async fn relay_batch(
     // Most steps find nothing: every wake-up wakes each lane, and a lane steps once more
     // after each batch. Ask first, in one round trip and without a transaction, instead
     // of opening one around a claim that is planned afresh each time.
-    let pending = sqlx::query_scalar!(
-        r#"SELECT EXISTS (SELECT 1 FROM outbox WHERE published_at IS NULL AND next_attempt_at <= now()) AS "pending!""#
-    )
-    .fetch_one(db)
-    .await?;
+    let pending =
+        sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM outbox WHERE next_attempt_at <= now()) AS "pending!""#)
+            .fetch_one(db)
+            .await?;
     if !pending {
         return Ok(Outcome::default());
     }
@@ -117,16 +119,14 @@ pub async fn relay_batch(
         r#"SELECT id, event_id, exchange, routing_key, event_type, payload::text AS "payload!", headers, created_at
              FROM outbox AS o
             WHERE id IN (SELECT id FROM outbox
-                          WHERE published_at IS NULL AND next_attempt_at <= now()
+                          WHERE next_attempt_at <= now()
                           ORDER BY id
                           LIMIT $1::bigint * 4)
-              -- Again on the row itself: when another relay marks it meanwhile, the
-              -- lock re-checks these conditions on the new version (not the subquery's).
-              AND published_at IS NULL
+              -- Again on the row itself: when another relay retried it meanwhile, the
+              -- lock re-checks this on the new version (not the subquery's).
               AND next_attempt_at <= now()
               AND NOT EXISTS (SELECT 1 FROM outbox AS earlier
                                WHERE earlier.aggregate_id = o.aggregate_id
-                                 AND earlier.published_at IS NULL
                                  AND earlier.id < o.id)
             ORDER BY id
             LIMIT $1
@@ -176,7 +176,12 @@ pub async fn relay_batch(
     }
     if !published.is_empty() {
         sqlx::query!(
-            "UPDATE outbox SET published_at = now(), attempts = attempts + 1, last_error = NULL WHERE id = ANY($1)",
+            "WITH sent AS (DELETE FROM outbox WHERE id = ANY($1) RETURNING *)
+             INSERT INTO outbox_published (id, event_id, aggregate_id, exchange, routing_key, event_type, payload,
+                                           headers, created_at, published_at, attempts)
+             SELECT id, event_id, aggregate_id, exchange, routing_key, event_type, payload,
+                    headers, created_at, now(), attempts + 1
+               FROM sent",
             &published
         )
         .execute(&mut *tx)
@@ -217,7 +222,7 @@ pub async fn relay_batch(
 }
 
 /// A row as a message, and its producer span (OpenTelemetry's messaging conventions),
-/// which lasts until the batch is marked.
+/// which lasts until the batch is moved.
 ///
 /// The span's parent is the row's `traceparent` (the outbox append of the request or
 /// reply that caused the event), not a link: each message has exactly one cause, so a
@@ -281,7 +286,7 @@ impl Relay {
         // Backlog gauges and retention keep going while the broker is away.
         let housekeeping = tokio::spawn(super::housekeeping::run(self.db.clone(), self.settings.retention));
         // Lanes are relays inside one process, each with its own connection: while one
-        // waits for its confirms, another claims and marks. What makes several relays
+        // waits for its confirms, another claims and moves. What makes several relays
         // safe (SKIP LOCKED, one head per aggregate) makes lanes safe.
         let relay = Arc::new(self);
         let lanes: Vec<_> = (0..relay.settings.lanes.max(1))
@@ -371,7 +376,7 @@ impl Relay {
     }
 
     /// Steps while rows come (an order's next event is claimable once its previous one
-    /// is marked); `Some` when the lane must stop serving on this publisher.
+    /// is moved); `Some` when the lane must stop serving on this publisher.
     async fn drain(
         &self,
         publisher: &mut Publisher,

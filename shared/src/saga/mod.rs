@@ -317,12 +317,7 @@ pub async fn sweep_timeouts(
     let mut tx = db.begin().await?;
     let due = sqlx::query!(
         r#"SELECT id, user_id, order_status AS "order_status: OrderStatus", saga_status AS "saga_status: SagaStatus",
-                  deleted_at, saga_retries, total_price,
-                -- Orders placed before the column existed: their first request's row.
-                COALESCE(saga_event_id,
-                         (SELECT event_id FROM outbox
-                           WHERE outbox.aggregate_id = orders.id AND outbox.event_type = 'OrderCreateSaga'
-                           ORDER BY outbox.id LIMIT 1)) AS original_event_id,
+                  deleted_at, saga_retries, total_price, saga_event_id AS original_event_id,
                 (SELECT array_agg(product_id ORDER BY position) FROM order_products
                   WHERE order_id = orders.id) AS "products_ids!: Vec<Uuid>"
            FROM orders
@@ -331,9 +326,11 @@ pub async fn sweep_timeouts(
             -- is down and the request still sits in the outbox.
             AND NOT EXISTS (SELECT 1 FROM outbox
                              WHERE outbox.aggregate_id = orders.id
-                               AND outbox.event_type = 'OrderCreateSaga'
-                               AND (outbox.published_at IS NULL
-                                    OR outbox.published_at > now() - make_interval(secs => $1)))
+                               AND outbox.event_type = 'OrderCreateSaga')
+            AND NOT EXISTS (SELECT 1 FROM outbox_published AS published
+                             WHERE published.aggregate_id = orders.id
+                               AND published.event_type = 'OrderCreateSaga'
+                               AND published.published_at > now() - make_interval(secs => $1))
           ORDER BY saga_requested_at
           LIMIT 100
             FOR UPDATE SKIP LOCKED"#,

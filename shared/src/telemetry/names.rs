@@ -128,7 +128,7 @@ fn describe() {
     describe_counter!(OUTBOX_PUBLISHED, "Outbox events published and confirmed by the broker.");
     describe_counter!(OUTBOX_PUBLISH_FAILURES, "Outbox events not confirmed, by reason.");
     describe_histogram!(OUTBOX_PUBLISH_LAG, "Time from an event's commit to its confirmed publish.");
-    describe_histogram!(OUTBOX_BATCH_DURATION, "Time to claim, publish and mark one relay batch.");
+    describe_histogram!(OUTBOX_BATCH_DURATION, "Time to claim, publish and move one relay batch.");
     describe_gauge!(OUTBOX_PENDING, "Outbox rows not yet published.");
     describe_gauge!(OUTBOX_OLDEST_UNPUBLISHED_AGE, "Age of the oldest outbox row not yet published.");
     describe_gauge!(OUTBOX_BROKER_BLOCKED, "Relay lanes held by a broker resource alarm (connection.blocked).");

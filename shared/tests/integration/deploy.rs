@@ -18,7 +18,7 @@ use order_service::{
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::{helpers::TestApp, helpers::processes::free_port};
+use crate::{helpers::TestApp, helpers::processes::free_port, helpers::publish_rows};
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
@@ -273,14 +273,14 @@ async fn probes_hit_routes_that_answer_on_the_port_the_process_listens_on(db: Pg
 async fn scaled_objects_watch_the_real_queue_and_the_real_backlog(db: PgPool) {
     // Three rows waiting, two published.
     sqlx::query(
-        "INSERT INTO outbox (event_id, aggregate_id, exchange, routing_key, event_type, payload, published_at)
-         SELECT gen_random_uuid(), gen_random_uuid(), 'Orders', 'Order.Test', 'Test', '{}'::json,
-                CASE WHEN i <= 2 THEN now() END
-           FROM generate_series(1, 5) AS i",
+        "INSERT INTO outbox (event_id, aggregate_id, exchange, routing_key, event_type, payload)
+         SELECT gen_random_uuid(), gen_random_uuid(), 'Orders', 'Order.Test', 'Test', '{}'::json
+           FROM generate_series(1, 5)",
     )
     .execute(&db)
     .await
     .unwrap();
+    publish_rows(&db, "id <= 2", "now()").await;
     let contract = Topology::contract(QueueType::Quorum);
     for overlay in overlays() {
         let docs = build(&overlay);

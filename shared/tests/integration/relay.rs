@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::{
     helpers::broker::{TestBroker, eventually},
-    helpers::{Placed, TestApp, processes::database_url},
+    helpers::{Placed, TestApp, processes::database_url, publish_rows},
     saga::{RunningWorker, reply, send_reply, settled},
 };
 
@@ -35,7 +35,7 @@ fn test_relay(db: &PgPool, broker: &TestBroker, batch_size: i64, schedule: &str,
 }
 
 async fn unpublished(db: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(db).await.unwrap()
+    sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(db).await.unwrap()
 }
 
 /// Writes `per_aggregate` events for each of `aggregates` orders, interleaved as
@@ -146,11 +146,20 @@ async fn three_relays_publish_every_event_once_and_in_order(db: PgPool) {
         arrived.entry(order).or_default().push(Uuid::parse_str(&message.message_id()).unwrap());
     }
     assert_eq!(arrived, written, "per order, in the order written");
+    // Each published row is kept as it was sent, with its one attempt.
+    let kept: (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT event_id), count(*) FILTER (WHERE attempts = 1 AND published_at >= created_at)
+           FROM outbox_published",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(kept, (5000, 5000, 5000));
     broker.cleanup().await;
 }
 
 #[sqlx::test(migrations = "../migrations")]
-async fn an_unroutable_event_is_not_marked_published(db: PgPool) {
+async fn an_unroutable_event_stays_in_the_outbox(db: PgPool) {
     let broker = TestBroker::new().await;
     // No queue is bound to this key on the test's exchange.
     sqlx::query(
@@ -165,12 +174,13 @@ async fn an_unroutable_event_is_not_marked_published(db: PgPool) {
     let mut publisher = broker.publisher().await;
     let outcome = relay_batch(&db, &mut publisher, &broker.topology, &settings()).await.unwrap();
     assert_eq!((outcome.claimed, outcome.published, outcome.failed, outcome.reconnect), (1, 0, 1, false));
-    let (published, attempts, last_error, retry_later): (bool, i32, String, bool) =
-        sqlx::query_as("SELECT published_at IS NOT NULL, attempts, last_error, next_attempt_at > now() FROM outbox")
+    let (attempts, last_error, retry_later): (i32, String, bool) =
+        sqlx::query_as("SELECT attempts, last_error, next_attempt_at > now() FROM outbox")
             .fetch_one(&db)
             .await
             .unwrap();
-    assert!(!published);
+    let published: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_published").fetch_one(&db).await.unwrap();
+    assert_eq!(published, 0);
     assert_eq!(attempts, 1);
     assert!(last_error.contains("NO_ROUTE"), "{last_error}");
     assert!(retry_later, "backs off before the next attempt");
@@ -244,20 +254,16 @@ async fn the_relay_resumes_by_itself_when_the_broker_drops_its_connection(db: Pg
 #[sqlx::test(migrations = "../migrations")]
 async fn retention_deletes_old_published_rows_only(db: PgPool) {
     seed_events(&db, 3, 1).await;
-    sqlx::query("UPDATE outbox SET published_at = now() - interval '8 days' WHERE id = (SELECT min(id) FROM outbox)")
-        .execute(&db)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE outbox SET published_at = now() - interval '1 day' WHERE id = (SELECT max(id) FROM outbox)")
-        .execute(&db)
-        .await
-        .unwrap();
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM outbox ORDER BY id").fetch_all(&db).await.unwrap();
+    publish_rows(&db, &format!("id = {}", ids[0]), "now() - interval '8 days'").await;
+    publish_rows(&db, &format!("id = {}", ids[2]), "now() - interval '1 day'").await;
     let deleted =
         order_service::outbox::housekeeping::delete_published(&db, Duration::from_secs(7 * 86400)).await.unwrap();
     assert_eq!(deleted, 1);
-    let left: Vec<(bool,)> =
-        sqlx::query_as("SELECT published_at IS NOT NULL FROM outbox ORDER BY id").fetch_all(&db).await.unwrap();
-    assert_eq!(left, [(false,), (true,)]);
+    let published: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM outbox_published ORDER BY id").fetch_all(&db).await.unwrap();
+    assert_eq!(published, [ids[2]]);
+    assert_eq!(unpublished(&db).await, 1, "an unpublished row is never deleted");
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -273,13 +279,13 @@ async fn the_relay_vacuums_the_outbox_once_published_rows_pile_up(db: PgPool) {
     sqlx::query("ALTER TABLE outbox SET (autovacuum_enabled = false)").execute(&db).await.unwrap();
     // A few dead rows: not worth a vacuum.
     seed_events(&db, 100, 1).await;
-    sqlx::query("UPDATE outbox SET published_at = now()").execute(&db).await.unwrap();
+    publish_rows(&db, "true", "now()").await;
     assert!(eventually(Duration::from_secs(5), || async { dead_rows().await >= 100 }).await);
     assert_eq!(vacuum_if_needed(&db).await.unwrap(), None);
     // Past the threshold, as a busy relay leaves them: vacuumed, and the claim's index is
     // clean again.
     seed_events(&db, VACUUM_AFTER_DEAD_ROWS as usize, 1).await;
-    sqlx::query("UPDATE outbox SET published_at = now() WHERE published_at IS NULL").execute(&db).await.unwrap();
+    publish_rows(&db, "true", "now()").await;
     assert!(eventually(Duration::from_secs(5), || async { dead_rows().await >= VACUUM_AFTER_DEAD_ROWS }).await);
     assert!(vacuum_if_needed(&db).await.unwrap().is_some());
     let vacuumed: bool =
@@ -416,6 +422,9 @@ async fn a_failed_event_holds_back_the_next_of_its_order(db: PgPool) {
     // The first is unroutable; the second, routable, must wait for it.
     let outcome = relay_batch(&db, &mut publisher, &broker.topology, &settings()).await.unwrap();
     assert_eq!((outcome.claimed, outcome.failed), (1, 1));
+    // Neither while the first waits out its backoff…
+    assert_eq!(relay_batch(&db, &mut publisher, &broker.topology, &settings()).await.unwrap().claimed, 0);
+    // …nor when it is due and fails again.
     sqlx::query("UPDATE outbox SET next_attempt_at = now()").execute(&db).await.unwrap();
     assert_eq!(relay_batch(&db, &mut publisher, &broker.topology, &settings()).await.unwrap().published, 0);
 
@@ -526,7 +535,7 @@ async fn the_outbox_vacuum_is_not_cut_short_by_the_statement_timeout(db: PgPool)
     use order_service::outbox::housekeeping::vacuum_if_needed;
     sqlx::query("ALTER TABLE outbox SET (autovacuum_enabled = false)").execute(&db).await.unwrap();
     seed_events(&db, 50_000, 1).await;
-    sqlx::query("UPDATE outbox SET published_at = now()").execute(&db).await.unwrap();
+    publish_rows(&db, "true", "now()").await;
     let dead = || async {
         sqlx::query_scalar::<_, i64>("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'outbox'")
             .fetch_one(&db)
@@ -547,11 +556,52 @@ async fn the_outbox_vacuum_is_not_cut_short_by_the_statement_timeout(db: PgPool)
 #[sqlx::test(migrations = "../migrations")]
 async fn one_retention_pass_deletes_everything_past_the_retention(db: PgPool) {
     seed_events(&db, 30_000, 1).await;
-    sqlx::query("UPDATE outbox SET published_at = now() - interval '8 days'").execute(&db).await.unwrap();
+    publish_rows(&db, "true", "now() - interval '8 days'").await;
     seed_events(&db, 10, 1).await;
     let deleted =
         order_service::outbox::housekeeping::delete_published(&db, Duration::from_secs(7 * 86400)).await.unwrap();
     // Every 30 s, 10,000 at most was 333 rows/s: less than a busy relay publishes.
     assert_eq!(deleted, 30_000);
     assert_eq!(unpublished(&db).await, 10);
+}
+
+/// An outbox of the version before the relay deleted what it published: its published
+/// rows move to `outbox_published`, its unpublished ones stay, and an order placed
+/// before `saga_event_id` existed keeps its first request's `eventID`.
+#[sqlx::test(migrations = false)]
+async fn upgrading_moves_published_rows_out_of_the_outbox(db: PgPool) {
+    const BEFORE: i64 = 20261130000002;
+    let all = sqlx::migrate!("../migrations");
+    let mut before = sqlx::migrate!("../migrations");
+    before.migrations = all.migrations.iter().filter(|m| m.version <= BEFORE).cloned().collect::<Vec<_>>().into();
+    before.run(&db).await.unwrap();
+
+    let (order, first, again) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let (user, address) = (Uuid::new_v4(), Uuid::new_v4());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO addresses (id, building_number, street_name, city, country)
+              VALUES ('{address}', 1, 'Street', 'City', 'Country');
+         INSERT INTO users (id, username, address_id) VALUES ('{user}', 'old', '{address}');
+         INSERT INTO orders (id, user_id, delivery_address_id, payment_method, total_price)
+              VALUES ('{order}', '{user}', '{address}', 'Card', 1);
+         INSERT INTO outbox (event_id, aggregate_id, exchange, routing_key, event_type, payload, published_at, attempts)
+              VALUES ('{first}', '{order}', 'Orders', 'Order.Saga.Create', 'OrderCreateSaga', '{{}}', now() - interval '1 hour', 1),
+                     ('{again}', '{order}', 'Orders', 'Order.Saga.Create', 'OrderCreateSaga', '{{}}', NULL, 0);"
+    )))
+    .execute(&db)
+    .await
+    .unwrap();
+
+    all.run(&db).await.unwrap();
+    let waiting: Vec<Uuid> = sqlx::query_scalar("SELECT event_id FROM outbox").fetch_all(&db).await.unwrap();
+    assert_eq!(waiting, [again]);
+    let published: Vec<(Uuid, i32, bool)> =
+        sqlx::query_as("SELECT event_id, attempts, published_at < now() - interval '59 minutes' FROM outbox_published")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert_eq!(published, [(first, 1, true)]);
+    let original: Option<Uuid> =
+        sqlx::query_scalar("SELECT saga_event_id FROM orders WHERE id = $1").bind(order).fetch_one(&db).await.unwrap();
+    assert_eq!(original, Some(first));
 }

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::{
     helpers::broker::{TestBroker, eventually},
-    helpers::{Placed, TestApp},
+    helpers::{Placed, TestApp, publish_rows},
 };
 
 pub(crate) struct RunningWorker {
@@ -106,11 +106,16 @@ pub(crate) async fn saga_status(app: &TestApp, order: Uuid) -> (String, String) 
 }
 
 pub(crate) async fn events(app: &TestApp, event_type: &str) -> Vec<Value> {
-    sqlx::query_scalar("SELECT payload::jsonb FROM outbox WHERE event_type = $1 ORDER BY id")
-        .bind(event_type)
-        .fetch_all(&app.db)
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "SELECT payload::jsonb FROM (SELECT id, event_type, payload FROM outbox
+                                     UNION ALL
+                                     SELECT id, event_type, payload FROM outbox_published) AS e
+          WHERE event_type = $1 ORDER BY id",
+    )
+    .bind(event_type)
+    .fetch_all(&app.db)
+    .await
+    .unwrap()
 }
 
 pub(crate) async fn settled(app: &TestApp, order: Uuid, saga: &str) -> bool {
@@ -338,11 +343,7 @@ async fn a_pending_order_is_re_requested_then_canceled_after_the_last_retry(db: 
     // The relay published the requests 11 minutes ago.
     let age = || async {
         age_order().await;
-        sqlx::query("UPDATE outbox SET published_at = now() - interval '11 minutes' WHERE aggregate_id = $1")
-            .bind(order)
-            .execute(&app.db)
-            .await
-            .unwrap();
+        publish_rows(&app.db, &format!("aggregate_id = '{order}'"), "now() - interval '11 minutes'").await;
     };
     // Not due yet.
     assert_eq!(

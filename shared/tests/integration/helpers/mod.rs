@@ -210,6 +210,22 @@ impl TestApp {
     }
 }
 
+/// Moves the outbox rows `condition` (SQL) selects to `outbox_published`, as the relay
+/// does with what the broker confirmed, published at `published_at` (SQL).
+pub async fn publish_rows(db: &PgPool, condition: &str, published_at: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "WITH sent AS (DELETE FROM outbox WHERE {condition} RETURNING *)
+         INSERT INTO outbox_published (id, event_id, aggregate_id, exchange, routing_key, event_type, payload,
+                                       headers, created_at, published_at, attempts)
+         SELECT id, event_id, aggregate_id, exchange, routing_key, event_type, payload,
+                headers, created_at, {published_at}, attempts + 1
+           FROM sent"
+    )))
+    .execute(db)
+    .await
+    .unwrap();
+}
+
 /// A Redis server of the test's own, on a free port, so it can be stopped and started
 /// again without disturbing the other tests. With `persistent`, it keeps its data in an
 /// append-only file across a stop and a start, as a production Redis with AOF does.
