@@ -403,8 +403,10 @@ def main():
 
         settle()
         if want("list"):
-            listed = wrk("/api/v1/orders/?limit=20", 16)
-            base = pgbench(16, "pgbench_list.sql")
+            with Profile("GET list, 16 conn: api"):
+                listed = wrk("/api/v1/orders/?limit=20", 16)
+            with Profile("GET list, 16 conn: pgbench"):
+                base = pgbench(16, "pgbench_list.sql")
             rows.append(("GET /api/v1/orders/?limit=20 (SQL), 16 conn", f"{listed['rps']:.0f} req/s (p99 {listed['p99']:.2f} ms)",
                      f"pgbench same SELECT {base:.0f} tps", listed["rps"] / base, 0.70))
 

@@ -362,3 +362,68 @@ async fn an_order_keeps_the_name_and_price_it_was_placed_with(db: PgPool) {
     let line = app.get(&format!("/api/v1/orders/{order}")).await.body["products"][0].clone();
     assert_eq!(line, json!({"productID": phone, "name": "Phone", "actualPrice": 10}));
 }
+
+/// Every page of both lists, in both directions, is the slice of the approved, live
+/// orders in (createdAt, OrderID) order: ties on createdAt go by id, pending and deleted
+/// orders are in no page, and a page past the end is empty.
+#[sqlx::test(migrations = "../migrations")]
+async fn every_page_is_its_slice_of_the_visible_orders(db: PgPool) {
+    let app = TestApp::new(db);
+    let phone = app.create_product("Phone", 10.0, 0).await;
+    let Placed { user, address, order: first } = app.place_order(&[phone]).await;
+    let mut mine = vec![first];
+    for _ in 0..8 {
+        mine.push(app.order_for(user, address, &[phone]).await);
+    }
+    let mut others = Vec::new();
+    for _ in 0..4 {
+        others.push(app.place_order(&[phone]).await.order);
+    }
+    for order in mine.iter().chain(&others).skip(2) {
+        app.approve(*order).await;
+    }
+    assert_eq!(app.delete("/api/v1/orders/", &json!({"orderID": mine[5]})).await.status, 204);
+    // Four orders created in the same instant: their order is their ids'.
+    sqlx::query("UPDATE orders SET created_at = '2026-01-01T00:00:00Z' WHERE id = ANY($1)")
+        .bind(vec![mine[3], mine[4], mine[6], others[1]])
+        .execute(&app.db)
+        .await
+        .unwrap();
+
+    let visible = |user: Option<Uuid>| {
+        let db = app.db.clone();
+        async move {
+            let mut rows: Vec<(chrono::DateTime<chrono::Utc>, Uuid)> = sqlx::query_as(
+                "SELECT created_at, id FROM orders
+                  WHERE saga_status = 'Approved' AND NOT deleted AND ($1::uuid IS NULL OR user_id = $1)",
+            )
+            .bind(user)
+            .fetch_all(&db)
+            .await
+            .unwrap();
+            rows.sort();
+            rows.into_iter().map(|(_, id)| json!(id)).collect::<Vec<Value>>()
+        }
+    };
+    for (path, mut expected) in [
+        ("/api/v1/orders/".to_owned(), visible(None).await),
+        (format!("/api/v1/orders/user/{user}"), visible(Some(user)).await),
+    ] {
+        assert_eq!(expected.len(), if path.contains("user") { 6 } else { 10 });
+        for order in ["asc", "desc"] {
+            if order == "desc" {
+                expected.reverse();
+            }
+            for limit in [1, 3, 4, 20] {
+                for offset in 0..=expected.len() + 1 {
+                    let reply = app.get(&format!("{path}?limit={limit}&offset={offset}&order={order}")).await;
+                    assert_eq!(reply.status, 200, "{}", reply.body);
+                    let ids: Vec<Value> =
+                        reply.body["orders"].as_array().unwrap().iter().map(|o| o["OrderID"].clone()).collect();
+                    let want: Vec<Value> = expected.iter().skip(offset).take(limit).cloned().collect();
+                    assert_eq!(ids, want, "{path} limit={limit} offset={offset} order={order}");
+                }
+            }
+        }
+    }
+}
