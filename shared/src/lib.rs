@@ -26,12 +26,6 @@
 //!   [`telemetry`] (logs, metrics and their names), [`probes`] (the relay's and worker's
 //!   `/healthcheck/`, `/readyz`, `/metrics`), [`shutdown`], [`schedule`].
 
-/// Every binary's allocator. Serving a page of orders allocates much (sqlx rows, the
-/// product lines' JSON, poem-openapi's JSON tree): glibc's malloc and free were a fifth
-/// of the api's CPU under `GET /api/v1/orders/` (perf).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 pub(crate) mod addresses;
 pub mod amqp;
 pub(crate) mod bus;

@@ -7,7 +7,7 @@ use order_service::{
     amqp::Topology,
     config::{RelayConfig, Settings},
     db,
-    outbox::relay::{Relay, RelaySettings},
+    outbox::relay::{self, Relay, RelaySettings},
     probes, telemetry,
 };
 
@@ -17,20 +17,7 @@ async fn main() -> anyhow::Result<()> {
     let sinks = telemetry::init_tracing(&config.log, &config.traces, "outbox-relay")?;
     let metrics = telemetry::metrics();
     telemetry::register_metrics(telemetry::Process::OutboxRelay);
-    // The outbox swings from empty to a large backlog and back: a plan cached while it
-    // was empty (sqlx prepares statements) turns the claim into a quadratic scan once it
-    // is not. Plan each claim with the table as it is now.
-    //
-    // The relay's commits need not wait for their WAL flush: a mark lost in a crash of
-    // PostgreSQL only publishes its row again, which at-least-once delivery allows (and
-    // WAL order means a lost mark never leaves a later event of its order marked). The
-    // fsync it saves is one per order, which the api's own commits then do not queue
-    // behind.
-    let db = db::connect_with(
-        &config.database.url,
-        config.database.max_connections,
-        &[("plan_cache_mode", "force_custom_plan"), ("synchronous_commit", "off")],
-    )?;
+    let db = db::connect_with(&config.database.url, config.database.max_connections, relay::SESSION_SETTINGS)?;
     // Every process applies pending migrations (under the migrator's advisory lock), so
     // any of them may start first; this also waits for PostgreSQL to come up.
     db::create_database_if_missing(&config.database.url).await?;
