@@ -11,14 +11,6 @@ use order_service::{
     db, http, outbox, telemetry,
 };
 
-/// Serving a page of orders allocates much (sqlx rows, the product lines' JSON,
-/// poem-openapi's JSON tree): glibc's malloc and free were a fifth of the api's CPU under
-/// `GET /api/v1/orders/` (perf). With mimalloc, 1,495-1,552 req/s at 16 connections
-/// against 1,205-1,318. Only the api: in the relay it raised peak RSS from 18 to 38 MB,
-/// past its 32 MB target, for no measured gain.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = ApiConfig::from_env()?;
