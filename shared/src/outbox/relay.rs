@@ -212,17 +212,7 @@ pub async fn relay_batch(
         tracing::warn!(released, error = ?error, "batch not confirmed; rows released for the next connection");
     }
     if !published.is_empty() {
-        sqlx::query!(
-            "WITH sent AS (DELETE FROM outbox WHERE id = ANY($1) RETURNING *)
-             INSERT INTO outbox_published (id, event_id, aggregate_id, exchange, routing_key, event_type, payload,
-                                           headers, created_at, published_at, attempts)
-             SELECT id, event_id, aggregate_id, exchange, routing_key, event_type, payload,
-                    headers, created_at, now(), attempts + 1
-               FROM sent",
-            &published
-        )
-        .execute(&mut *tx)
-        .await?;
+        move_to_published(&mut *tx, &published).await?;
     }
     // Backoff doubles per attempt, up to five minutes (the exponent is capped before
     // power() so a row failing for days cannot overflow it).
@@ -256,6 +246,23 @@ pub async fn relay_batch(
         released,
         reconnect: !publisher.is_usable(),
     })
+}
+
+/// Moves the rows `ids` out of the outbox into `outbox_published`, as published now, with
+/// the attempt that published them.
+pub async fn move_to_published<'e>(db: impl sqlx::PgExecutor<'e>, ids: &[i64]) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query!(
+        "WITH sent AS (DELETE FROM outbox WHERE id = ANY($1) RETURNING *)
+         INSERT INTO outbox_published (id, event_id, aggregate_id, exchange, routing_key, event_type, payload,
+                                       headers, created_at, published_at, attempts)
+         SELECT id, event_id, aggregate_id, exchange, routing_key, event_type, payload,
+                headers, created_at, now(), attempts + 1
+           FROM sent",
+        ids
+    )
+    .execute(db)
+    .await?
+    .rows_affected())
 }
 
 /// A row as a message, and its producer span (OpenTelemetry's messaging conventions),

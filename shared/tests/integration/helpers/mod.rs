@@ -210,17 +210,18 @@ impl TestApp {
     }
 }
 
-/// Moves the outbox rows `condition` (SQL) selects to `outbox_published`, as the relay
-/// does with what the broker confirmed, published at `published_at` (SQL).
+/// Moves the outbox rows `condition` (SQL) selects to `outbox_published` as the relay
+/// does with what the broker confirmed, then dates their publication `published_at` (SQL).
 pub async fn publish_rows(db: &PgPool, condition: &str, published_at: &str) {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "WITH sent AS (DELETE FROM outbox WHERE {condition} RETURNING *)
-         INSERT INTO outbox_published (id, event_id, aggregate_id, exchange, routing_key, event_type, payload,
-                                       headers, created_at, published_at, attempts)
-         SELECT id, event_id, aggregate_id, exchange, routing_key, event_type, payload,
-                headers, created_at, {published_at}, attempts + 1
-           FROM sent"
+    let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT id FROM outbox WHERE {condition}")))
+        .fetch_all(db)
+        .await
+        .unwrap();
+    order_service::outbox::relay::move_to_published(db, &ids).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE outbox_published SET published_at = {published_at} WHERE id = ANY($1)"
     )))
+    .bind(&ids)
     .execute(db)
     .await
     .unwrap();
