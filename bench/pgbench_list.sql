@@ -2,6 +2,6 @@
 SELECT id, user_id, order_status, saga_status, payment_method, serial_number, total_price,
        created_at, client_name, address, products
   FROM order_views
- WHERE id IN (SELECT id FROM orders WHERE saga_status = 'Approved' AND NOT deleted
-               ORDER BY created_at, id LIMIT 20 OFFSET 0)
+ WHERE id = ANY(ARRAY(SELECT id FROM orders WHERE saga_status = 'Approved' AND NOT deleted
+                       ORDER BY created_at, id LIMIT 20 OFFSET 0))
  ORDER BY created_at, id;

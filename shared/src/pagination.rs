@@ -2,8 +2,9 @@
 
 use poem_openapi::{Enum, Object};
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Enum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Enum, serde::Serialize)]
 #[oai(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
 pub enum SortOrder {
     #[default]
     Asc,
@@ -34,7 +35,7 @@ impl Page {
 }
 
 /// Echo of the page in a list response.
-#[derive(Debug, Clone, Object)]
+#[derive(Debug, Clone, Object, serde::Serialize)]
 pub struct PageInfo {
     /// Number of items in this page.
     pub count: i64,

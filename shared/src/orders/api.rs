@@ -9,6 +9,7 @@ use poem_openapi::{
     payload::Json,
     types::Example,
 };
+use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -23,7 +24,7 @@ use crate::{
     http::{
         ApiTags, NoContent,
         errors::{CommandError, QueryError},
-        json::{CaseInsensitive, JsonDecimal, RawJson},
+        json::{CaseInsensitive, JsonDecimal, RawJson, rfc3339},
     },
     outbox::RelayWaker,
     pagination::{Page, PageInfo, SortOrder},
@@ -79,47 +80,61 @@ pub(crate) struct DeleteOrderRequest {
 }
 
 /// The client who placed an order.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize)]
 pub struct Client {
     #[oai(rename = "ClientID")]
+    #[serde(rename = "ClientID")]
     pub client_id: Uuid,
     #[oai(rename = "ClientName")]
+    #[serde(rename = "ClientName")]
     pub client_name: String,
 }
 
 /// A line of an order, at the price paid.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize)]
 pub struct OrderProduct {
     #[oai(rename = "productID")]
+    #[serde(rename = "productID")]
     pub product_id: Uuid,
     pub name: String,
     /// Price after discount, when the order was placed.
     #[oai(rename = "actualPrice")]
+    #[serde(rename = "actualPrice")]
     pub actual_price: JsonDecimal,
 }
 
 /// An order. The mixed casing of the keys is the public contract.
-#[derive(Debug, Object)]
+///
+/// Sent with `serde` (see [`RawJson`]), so each key is named for both derives; the test
+/// `serde_and_the_spec_write_the_same_json` holds them together.
+#[derive(Debug, Object, Serialize)]
 pub struct Order {
     #[oai(rename = "orderStatus")]
+    #[serde(rename = "orderStatus")]
     pub order_status: OrderStatus,
     #[oai(rename = "paymentMethod")]
+    #[serde(rename = "paymentMethod")]
     pub payment_method: PaymentMethod,
     pub client: Client,
     /// Delivery address: `country, city, streetName, buildingNumber`.
     pub address: String,
     #[oai(rename = "OrderID")]
+    #[serde(rename = "OrderID")]
     pub order_id: Uuid,
     /// 1 to 100, then 1 again.
     #[oai(rename = "serialNumber")]
+    #[serde(rename = "serialNumber")]
     pub serial_number: i32,
     pub products: Vec<OrderProduct>,
     #[oai(rename = "createdAt")]
+    #[serde(rename = "createdAt", serialize_with = "rfc3339")]
     pub created_at: DateTime<Utc>,
     /// Sum of the products' actual prices.
     #[oai(rename = "totalPrice")]
+    #[serde(rename = "totalPrice")]
     pub total_price: JsonDecimal,
     #[oai(rename = "sagaStatus")]
+    #[serde(rename = "sagaStatus")]
     pub saga_status: SagaStatus,
 }
 
@@ -151,10 +166,11 @@ impl TryFrom<OrderView> for Order {
     }
 }
 
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize)]
 pub struct OrderList {
     pub orders: Vec<Order>,
     #[oai(flatten)]
+    #[serde(flatten)]
     pub page: PageInfo,
 }
 
@@ -166,16 +182,16 @@ impl OrderList {
     }
 }
 
-#[derive(Debug, ApiResponse)]
+#[derive(ApiResponse)]
 pub(crate) enum OrderResponse {
     #[oai(status = 200)]
-    Ok(Json<Order>),
+    Ok(RawJson<Order>),
 }
 
-#[derive(Debug, ApiResponse)]
+#[derive(ApiResponse)]
 pub(crate) enum OrderListResponse {
     #[oai(status = 200)]
-    Ok(Json<OrderList>),
+    Ok(RawJson<OrderList>),
 }
 
 /// A user's orders: bytes from the cache, or freshly serialized (and cached).
@@ -232,7 +248,7 @@ impl OrdersApi {
     ) -> Result<OrderListResponse, QueryError> {
         let page = Page::new(limit.0, offset.0, order.0);
         let orders = ListOrders(page).fetch(&self.db).await?;
-        Ok(OrderListResponse::Ok(Json(OrderList::new(orders, page)?)))
+        Ok(OrderListResponse::Ok(RawJson::encode(&OrderList::new(orders, page)?)))
     }
 
     /// Get an order
@@ -246,7 +262,7 @@ impl OrdersApi {
         order_id: Path<String>,
     ) -> Result<OrderResponse, QueryError> {
         let order = OrderById(validate::id("orderID", &order_id.0)?).fetch(&self.db).await?;
-        Ok(OrderResponse::Ok(Json(order.try_into()?)))
+        Ok(OrderResponse::Ok(RawJson::encode(&Order::try_from(order)?)))
     }
 
     /// List a user's approved orders
@@ -339,4 +355,63 @@ pub async fn user_orders(
         }
     }
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use poem_openapi::types::ToJSON;
+    use proptest::prelude::*;
+    use rust_decimal::Decimal;
+
+    use super::*;
+
+    fn order(n: usize, name: String, cents: i64, created_at: DateTime<Utc>) -> Order {
+        const ORDER: [OrderStatus; 5] = [
+            OrderStatus::New,
+            OrderStatus::InProcessing,
+            OrderStatus::Processed,
+            OrderStatus::Delivered,
+            OrderStatus::Canceled,
+        ];
+        const SAGA: [SagaStatus; 3] = [SagaStatus::Pending, SagaStatus::Approved, SagaStatus::Rejected];
+        const PAYMENT: [PaymentMethod; 3] = [PaymentMethod::Online, PaymentMethod::Card, PaymentMethod::Cash];
+        let price = JsonDecimal(Decimal::new(cents, 2));
+        Order {
+            order_status: ORDER[n % ORDER.len()],
+            payment_method: PAYMENT[n % PAYMENT.len()],
+            client: Client { client_id: Uuid::new_v4(), client_name: name.clone() },
+            address: format!("{name}, City, Street, {n}"),
+            order_id: Uuid::new_v4(),
+            serial_number: n as i32,
+            products: (0..n % 4)
+                .map(|_| OrderProduct { product_id: Uuid::new_v4(), name: name.clone(), actual_price: price })
+                .collect(),
+            created_at,
+            total_price: price,
+            saga_status: SAGA[n % SAGA.len()],
+        }
+    }
+
+    proptest! {
+        /// The bytes sent are the JSON the spec describes: `serde`'s keys, enums, times and
+        /// prices are poem-openapi's.
+        #[test]
+        fn serde_and_the_spec_write_the_same_json(
+            names in prop::collection::vec(".{0,12}", 1..8),
+            cents in 0i64..10_000_000_000_000,
+            nanos in 0i64..4_000_000_000_000_000_000,
+            descending in any::<bool>(),
+        ) {
+            let created_at = DateTime::from_timestamp_nanos(nanos);
+            let orders: Vec<Order> =
+                names.into_iter().enumerate().map(|(n, name)| order(n, name, cents / (n as i64 + 1), created_at)).collect();
+            let order = if descending { SortOrder::Desc } else { SortOrder::Asc };
+            let page = PageInfo { count: orders.len() as i64, limit: 20, offset: 3, order };
+            let list = OrderList { orders, page };
+            let sent: serde_json::Value = serde_json::from_slice(RawJson::encode(&list).bytes()).unwrap();
+            prop_assert_eq!(sent, list.to_json().unwrap());
+            let sent: serde_json::Value = serde_json::from_slice(RawJson::encode(&list.orders[0]).bytes()).unwrap();
+            prop_assert_eq!(sent, list.orders[0].to_json().unwrap());
+        }
+    }
 }

@@ -96,8 +96,8 @@ async fn swagger_ui_health_and_metrics_are_served(db: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn readiness_names_postgres_when_it_is_down(db: PgPool) {
-    let app = TestApp::new(db.clone());
-    db.close().await;
+    let app = TestApp::new(db);
+    app.db.close().await;
     let reply = app.get("/readyz").await;
     assert_eq!((reply.status.as_u16(), reply.body.clone()), (503, json!({"status": "postgres unavailable"})));
     // A command against a closed pool is a 503 that says nothing internal.

@@ -427,3 +427,66 @@ async fn every_page_is_its_slice_of_the_visible_orders(db: PgPool) {
         }
     }
 }
+
+/// Both lists are planned once per session, and their one plan goes by the indexes:
+/// planning a list (the view's joins and its product lines) cost PostgreSQL as much as
+/// running it, each time, as sqlx's statement with a LIMIT parameter got a custom plan
+/// per request; and a generic plan of the previous statement joined every order.
+#[sqlx::test(migrations = "../migrations")]
+async fn the_lists_are_planned_once_per_session_by_the_indexes(db: PgPool) {
+    let app = TestApp::on_pool(crate::helpers::api_pool(&db, 1), crate::helpers::test_cache());
+    let phone = app.create_product("Phone", 10.0, 0).await;
+    let Placed { user, order, .. } = app.place_order(&[phone]).await;
+    app.approve(order).await;
+    // Enough orders, users and addresses for the planner to weigh a join of all of them
+    // against lookups by key, as it would in production.
+    sqlx::raw_sql(
+        "INSERT INTO addresses (id, building_number, street_name, city, country)
+         SELECT gen_random_uuid(), i, 'Street', 'City', 'Country' FROM generate_series(1, 2000) AS i;
+         INSERT INTO users (id, username, address_id)
+         SELECT gen_random_uuid(), 'user' || row_number() OVER (), id FROM addresses;
+         INSERT INTO orders (id, user_id, delivery_address_id, payment_method, order_status, saga_status,
+                             total_price, created_at)
+         SELECT gen_random_uuid(), u.id, u.address_id, 'Card', 'New', 'Approved', 10, now() - make_interval(secs => n)
+           FROM users u, generate_series(1, 10) AS n;
+         INSERT INTO order_products (order_id, position, product_id, name, actual_price)
+         SELECT o.id, 1, p.id, p.name, 10 FROM orders o, products p
+          WHERE NOT EXISTS (SELECT FROM order_products l WHERE l.order_id = o.id);
+         ANALYZE;",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+
+    const REQUESTS: i64 = 6;
+    for offset in 0..REQUESTS {
+        for path in ["/api/v1/orders/".to_owned(), format!("/api/v1/orders/user/{user}")] {
+            for order in ["asc", "desc"] {
+                // A new page each time: a page in the cache would not reach PostgreSQL.
+                let reply = app.get(&format!("{path}?limit=20&offset={offset}&order={order}")).await;
+                assert_eq!(reply.status, 200, "{}", reply.body);
+            }
+        }
+    }
+
+    // The api's one session: its prepared statements, and their plans.
+    let mut session = app.db.acquire().await.unwrap();
+    let lists: Vec<(String, String, i64, i64)> = sqlx::query_as(
+        "SELECT name, statement, generic_plans, custom_plans FROM pg_prepared_statements
+          WHERE statement LIKE '%FROM order_views WHERE id%LIMIT%' AND statement NOT LIKE '%pg_prepared%'",
+    )
+    .fetch_all(&mut *session)
+    .await
+    .unwrap();
+    assert_eq!(lists.len(), 4, "{lists:?}");
+    for (name, statement, generic, custom) in lists {
+        assert_eq!((generic, custom), (REQUESTS, 0), "plans of {statement}");
+        let arguments = if statement.contains("user_id = $1") { format!("'{user}', 20, 0") } else { "20, 0".into() };
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN EXECUTE {name}({arguments})")))
+            .fetch_all(&mut *session)
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(!plan.contains("Seq Scan"), "the plan of {statement} reads a whole table:\n{plan}");
+    }
+}

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use order_service::{
     cache::OrderCache,
-    http::{AppState, app},
+    http::{self, AppState, app},
     outbox::RelayWaker,
     saga::{self, Applied, SagaReply},
     telemetry,
@@ -69,6 +69,11 @@ pub fn test_cache() -> OrderCache {
     OrderCache::new(REDIS_URL, &prefix, Duration::from_secs(300)).unwrap()
 }
 
+/// A pool of at most `connections` sessions set up as the api's, on the test's database.
+pub fn api_pool(db: &PgPool, connections: u32) -> PgPool {
+    order_service::db::connect_with(&processes::database_url(db), connections, http::SESSION_SETTINGS).unwrap()
+}
+
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 impl TestApp {
@@ -76,7 +81,15 @@ impl TestApp {
         Self::with_cache(db, test_cache())
     }
 
+    /// The app on a pool of the api's own sessions (its settings, [`http::SESSION_SETTINGS`])
+    /// on the test's database.
     pub fn with_cache(db: PgPool, cache: OrderCache) -> Self {
+        let db = api_pool(&db, 10);
+        Self::on_pool(db, cache)
+    }
+
+    /// The app on the given pool, as is.
+    pub fn on_pool(db: PgPool, cache: OrderCache) -> Self {
         show_logs_if_asked();
         let state = AppState {
             db: db.clone(),
