@@ -56,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
         cache,
         relays: outbox::RelayWaker::start(db.clone()),
         prefetch: config.saga.saga_prefetch,
+        concurrency: config.saga.saga_concurrency.into(),
         timeouts: TimeoutSettings {
             after: config.saga.saga_timeout,
             max_retries: config.saga.saga_max_retries.into(),

@@ -99,6 +99,27 @@ impl ChannelCallback for ConsumerCallback {
 
 /// A manual-ack consumer of one queue on its own connection, with a prefetch (so the
 /// unbounded receiver amqprs hands out holds at most that many messages).
+/// Acks or hands back deliveries of one [`Consumer`] (on its channel).
+#[derive(Clone)]
+pub struct Settler {
+    channel: Channel,
+}
+
+impl Settler {
+    pub async fn ack(&self, tag: u64) -> Result<(), amqprs::error::Error> {
+        self.channel.basic_ack(BasicAckArguments::new(tag, false)).await
+    }
+
+    /// Gives the message back to the queue as a failed delivery: `basic.reject` with
+    /// requeue, which every RabbitMQ version counts towards a quorum queue's delivery
+    /// limit. Not `basic.nack`: from 4.3 a nack no longer counts ("Quorum queues now
+    /// allow unlimited explicit message returns", 4.3.0 release notes), so a message
+    /// that keeps failing would come back forever.
+    pub async fn reject_for_retry(&self, tag: u64) -> Result<(), amqprs::error::Error> {
+        self.channel.basic_reject(BasicRejectArguments::new(tag, true)).await
+    }
+}
+
 pub struct Consumer {
     connection: Watched,
     channel: Channel,
@@ -168,16 +189,18 @@ impl Consumer {
     }
 
     pub async fn ack(&self, tag: u64) -> Result<(), amqprs::error::Error> {
-        self.channel.basic_ack(BasicAckArguments::new(tag, false)).await
+        self.settler().ack(tag).await
     }
 
-    /// Gives the message back to the queue as a failed delivery: `basic.reject` with
-    /// requeue, which every RabbitMQ version counts towards a quorum queue's delivery
-    /// limit. Not `basic.nack`: from 4.3 a nack no longer counts ("Quorum queues now
-    /// allow unlimited explicit message returns", 4.3.0 release notes), so a message
-    /// that keeps failing would come back forever.
+    /// See [`Settler::reject_for_retry`].
     pub async fn reject_for_retry(&self, tag: u64) -> Result<(), amqprs::error::Error> {
-        self.channel.basic_reject(BasicRejectArguments::new(tag, true)).await
+        self.settler().reject_for_retry(tag).await
+    }
+
+    /// A handle that settles this consumer's deliveries, for tasks that handle them while
+    /// the consumer takes the next.
+    pub fn settler(&self) -> Settler {
+        Settler { channel: self.channel.clone() }
     }
 
     pub fn is_usable(&self) -> bool {

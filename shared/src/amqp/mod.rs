@@ -16,7 +16,7 @@ mod url;
 use std::time::Duration;
 
 pub use connection::{connect, queue_depth, queue_depths};
-pub use consumer::{Consumer, Delivery, Stopped};
+pub use consumer::{Consumer, Delivery, Settler, Stopped};
 pub use publisher::{Outgoing, PublishError, Publisher};
 pub use topology::{BrokerVersion, QueueType, Topology};
 pub use url::connection_args;

@@ -1,5 +1,8 @@
 //! The `saga-worker` loop: consume `CustomerSaga` with manual acks, apply each reply,
 //! invalidate the user's cache, ack; dead-letter poison; sweep timeouts on a schedule.
+//! Up to [`SagaWorker::concurrency`] replies are handled at once, each in a task of its
+//! own, so that their commits share WAL flushes; two replies of one order meet at the
+//! order's row lock and the inbox, which let one of them through.
 //!
 //! Order of effects per reply: commit, then invalidate, then ack. A crash between the
 //! commit and the ack redelivers the reply, which the inbox turns into a no-op that
@@ -26,7 +29,7 @@ use uuid::Uuid;
 
 use super::{Applied, Poison, ReplyBacklog, SagaError, SagaReply, Swept, apply, prune_inbox, sweep_timeouts};
 use crate::{
-    amqp::{Consumer, Delivery, Outgoing, Publisher, Topology, queue_depth},
+    amqp::{Consumer, Delivery, Outgoing, Publisher, Settler, Topology, queue_depth},
     cache::OrderCache,
     error::chain,
     outbox::RelayWaker,
@@ -54,6 +57,9 @@ pub struct SagaWorker {
     /// Woken after each applied reply and each sweep that wrote the outbox.
     pub relays: RelayWaker,
     pub prefetch: u16,
+    /// Replies handled at once (at most `prefetch` arrive unacked); each holds one
+    /// database connection while it is applied.
+    pub concurrency: usize,
     pub timeouts: TimeoutSettings,
     /// Set while the worker consumes `CustomerSaga`: the readiness probe reads it.
     pub broker_up: Arc<AtomicBool>,
@@ -70,27 +76,33 @@ pub struct SagaWorker {
 pub const APPLY_ATTEMPTS: u32 = 5;
 
 impl SagaWorker {
-    /// Runs until `shutdown` turns true; the reply in hand is finished first.
+    /// Runs until `shutdown` turns true; the replies in hand are finished first.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let worker = Arc::new(self);
         let sweeper = tokio::spawn(sweep_loop(
-            self.db.clone(),
-            self.cache.clone(),
-            self.relays.clone(),
-            self.timeouts.clone(),
-            (self.dead_letter_amqp.clone(), self.topology.customer_saga_queue.clone()),
+            worker.db.clone(),
+            worker.cache.clone(),
+            worker.relays.clone(),
+            worker.timeouts.clone(),
+            (worker.dead_letter_amqp.clone(), worker.topology.customer_saga_queue.clone()),
             shutdown.clone(),
         ));
-        let gauges = tokio::spawn(queue_gauges(self.dead_letter_amqp.clone(), self.topology.clone(), shutdown.clone()));
+        let gauges =
+            tokio::spawn(queue_gauges(worker.dead_letter_amqp.clone(), worker.topology.clone(), shutdown.clone()));
         let mut backoff = Policy::RECONNECT.backoff();
         while !*shutdown.borrow() {
             let connected = async {
-                let consumer =
-                    Consumer::connect(&self.amqp, &self.topology, &self.topology.customer_saga_queue, self.prefetch)
-                        .await?;
-                let dead_letters = Publisher::connect(&self.dead_letter_amqp, &self.topology).await?;
+                let consumer = Consumer::connect(
+                    &worker.amqp,
+                    &worker.topology,
+                    &worker.topology.customer_saga_queue,
+                    worker.prefetch,
+                )
+                .await?;
+                let dead_letters = Publisher::connect(&worker.dead_letter_amqp, &worker.topology).await?;
                 Ok::<_, amqprs::error::Error>((consumer, dead_letters))
             };
-            let (mut consumer, mut dead_letters) = match connected.await {
+            let (mut consumer, dead_letters) = match connected.await {
                 Ok(both) => both,
                 Err(e) => {
                     let delay = backoff.next_delay();
@@ -99,17 +111,21 @@ impl SagaWorker {
                     continue;
                 }
             };
-            tracing::info!(queue = %self.topology.customer_saga_queue, "consuming saga replies");
-            self.broker_up.store(true, Ordering::Relaxed);
-            if self.consume(&mut consumer, &mut dead_letters, &mut shutdown).await {
+            tracing::info!(queue = %worker.topology.customer_saga_queue, "consuming saga replies");
+            worker.broker_up.store(true, Ordering::Relaxed);
+            let dead_letters = Arc::new(tokio::sync::Mutex::new(dead_letters));
+            if worker.consume(&mut consumer, &dead_letters, &mut shutdown).await {
                 backoff.reset();
             }
             // Not ready from here until a consumer runs again: the probe must not say OK
             // for a worker whose consumer the broker cancelled.
-            self.broker_up.store(false, Ordering::Relaxed);
+            worker.broker_up.store(false, Ordering::Relaxed);
             let why = consumer.stopped().map_or_else(|| "the connection was lost".to_owned(), |s| s.to_string());
             consumer.close().await;
-            dead_letters.close().await;
+            // Every task that used it has ended (`consume` waits for them).
+            if let Ok(dead_letters) = Arc::try_unwrap(dead_letters) {
+                dead_letters.into_inner().close().await;
+            }
             if !*shutdown.borrow() {
                 let delay = backoff.next_delay();
                 tracing::warn!(%why, retry_in_ms = delay.as_millis() as u64, "stopped consuming saga replies, reconnecting");
@@ -123,37 +139,47 @@ impl SagaWorker {
     }
 
     /// Handles replies until the consumer or the dead-letter publisher is of no more use,
-    /// or shutdown; true if it handled any (the connection was worth having).
+    /// or shutdown, then waits for the replies in hand; true if it handled any (the
+    /// connection was worth having).
     async fn consume(
-        &self,
+        self: &Arc<Self>,
         consumer: &mut Consumer,
-        dead_letters: &mut Publisher,
+        dead_letters: &Arc<tokio::sync::Mutex<Publisher>>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> bool {
+        let settler = consumer.settler();
+        let mut in_hand = tokio::task::JoinSet::new();
         let mut handled = false;
         loop {
-            let delivery = tokio::select! {
-                delivery = consumer.next() => delivery,
-                _ = shutdown.changed() => None,
-            };
-            let Some(delivery) = delivery else { return handled };
-            handled = true;
-            if let Err(e) = self.handle(consumer, dead_letters, delivery, shutdown).await {
-                tracing::warn!(error.cause = %e, "broker trouble while handling a reply, reconnecting");
-                return handled;
-            }
-            if !dead_letters.is_usable() {
-                return handled;
+            tokio::select! {
+                delivery = consumer.next(), if in_hand.len() < self.concurrency.max(1) => {
+                    let Some(delivery) = delivery else { break };
+                    handled = true;
+                    let (worker, settler, dead_letters, shutdown) =
+                        (self.clone(), settler.clone(), dead_letters.clone(), shutdown.clone());
+                    in_hand.spawn(async move { worker.handle(&settler, &dead_letters, delivery, &shutdown).await });
+                }
+                Some(done) = in_hand.join_next() => {
+                    if !handled_well(done) || !dead_letters.lock().await.is_usable() {
+                        break;
+                    }
+                }
+                _ = shutdown.changed() => break,
             }
         }
+        // Each reply in hand is settled (or handed back) before the channel closes.
+        while let Some(done) = in_hand.join_next().await {
+            handled_well(done);
+        }
+        handled
     }
 
     /// Applies one reply and settles it with the broker. An error means the broker
     /// connection is in trouble; the reply itself is never lost (unacked, it returns).
     async fn handle(
         &self,
-        consumer: &Consumer,
-        dead_letters: &mut Publisher,
+        settler: &Settler,
+        dead_letters: &tokio::sync::Mutex<Publisher>,
         delivery: Delivery,
         shutdown: &watch::Receiver<bool>,
     ) -> Result<(), amqprs::error::Error> {
@@ -183,12 +209,12 @@ impl SagaWorker {
                 Ok(reply) => reply,
                 Err(poison) => {
                     tracing::Span::current().record("otel.status_code", "ERROR");
-                    return self.dead_letter(consumer, dead_letters, &delivery, &poison).await;
+                    return self.dead_letter(settler, dead_letters, &delivery, &poison).await;
                 }
             };
             tracing::Span::current().record("order.id", tracing::field::display(reply.order_id()));
             tracing::Span::current().record("reply", reply.as_str());
-            self.apply_and_settle(consumer, dead_letters, &delivery, reply, trace, shutdown, started).await
+            self.apply_and_settle(settler, dead_letters, &delivery, reply, trace, shutdown, started).await
         };
         handled.instrument(span).await
     }
@@ -196,8 +222,8 @@ impl SagaWorker {
     #[allow(clippy::too_many_arguments)]
     async fn apply_and_settle(
         &self,
-        consumer: &Consumer,
-        dead_letters: &mut Publisher,
+        settler: &Settler,
+        dead_letters: &tokio::sync::Mutex<Publisher>,
         delivery: &Delivery,
         reply: SagaReply,
         trace: TraceContext,
@@ -218,7 +244,7 @@ impl SagaWorker {
                     // undone, and one that dies before gets the reply redelivered, whose
                     // duplicate invalidates again (every outcome does: it is safe to repeat).
                     self.cache.invalidate_after_commit(applied.user_id()).await;
-                    consumer.ack(delivery.tag).await?;
+                    settler.ack(delivery.tag).await?;
                     if let Some(halt) = &self.halt_after_ack {
                         halt.notify_one();
                         std::future::pending::<()>().await;
@@ -235,7 +261,7 @@ impl SagaWorker {
                     return Ok(());
                 }
                 Err(SagaError::Poison(poison)) => {
-                    return self.dead_letter(consumer, dead_letters, delivery, &poison).await;
+                    return self.dead_letter(settler, dead_letters, delivery, &poison).await;
                 }
                 Err(SagaError::Database(e)) => {
                     metrics::counter!(names::SAGA_APPLY_FAILURES).increment(1);
@@ -263,18 +289,19 @@ impl SagaWorker {
         // dead-letters the reply past its delivery limit, so a reply that never gets
         // through is kept, not lost, nor retried forever.
         metrics::counter!(names::SAGA_REPLIES, "outcome" => "retried").increment(1);
-        consumer.reject_for_retry(delivery.tag).await
+        settler.reject_for_retry(delivery.tag).await
     }
 
     /// Publishes the reply to the dead-letter exchange with its reason, confirmed, and
     /// only then acks it.
     async fn dead_letter(
         &self,
-        consumer: &Consumer,
-        dead_letters: &mut Publisher,
+        settler: &Settler,
+        dead_letters: &tokio::sync::Mutex<Publisher>,
         delivery: &Delivery,
         poison: &Poison,
     ) -> Result<(), amqprs::error::Error> {
+        let mut dead_letters = dead_letters.lock().await;
         let message = Outgoing {
             exchange: self.topology.dead_letter_exchange.clone(),
             routing_key: self.topology.customer_saga_queue.clone(),
@@ -291,7 +318,7 @@ impl SagaWorker {
         let published = dead_letters.publish_all(std::slice::from_ref(&message), Duration::from_secs(5)).await;
         match published.into_iter().next() {
             Some(Ok(())) => {
-                consumer.ack(delivery.tag).await?;
+                settler.ack(delivery.tag).await?;
                 metrics::counter!(names::SAGA_REPLIES, "outcome" => "dead_lettered").increment(1);
                 metrics::counter!(names::SAGA_DEAD_LETTERED, "reason" => poison.kind()).increment(1);
                 tracing::warn!(reason = %poison, "saga reply dead-lettered");
@@ -304,8 +331,23 @@ impl SagaWorker {
                     // delivery. Hold the reply until the broker lifts it.
                     dead_letters.unblocked().await;
                 }
-                consumer.reject_for_retry(delivery.tag).await
+                settler.reject_for_retry(delivery.tag).await
             }
+        }
+    }
+}
+
+/// Whether a task that handled a reply left the broker connection fit for more.
+fn handled_well(done: Result<Result<(), amqprs::error::Error>, tokio::task::JoinError>) -> bool {
+    match done {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(error.cause = %e, "broker trouble while handling a reply, reconnecting");
+            false
+        }
+        Err(e) => {
+            tracing::error!(error.cause = %e, "a reply's task failed; its reply returns to the queue");
+            false
         }
     }
 }

@@ -126,6 +126,7 @@ async fn dead_letters_are_listed_by_reason_then_replayed_or_discarded_one_by_one
         cache: app.cache.clone(),
         relays: order_service::outbox::RelayWaker::start(db.clone()),
         prefetch: 8,
+        concurrency: 4,
         timeouts: TimeoutSettings {
             after: Duration::from_secs(3600),
             max_retries: 3,
