@@ -97,8 +97,6 @@ impl ChannelCallback for ConsumerCallback {
     async fn publish_return(&mut self, _channel: &Channel, _ret: Return, _props: BasicProperties, _body: Vec<u8>) {}
 }
 
-/// A manual-ack consumer of one queue on its own connection, with a prefetch (so the
-/// unbounded receiver amqprs hands out holds at most that many messages).
 /// Acks or hands back deliveries of one [`Consumer`] (on its channel).
 #[derive(Clone)]
 pub struct Settler {
@@ -120,6 +118,8 @@ impl Settler {
     }
 }
 
+/// A manual-ack consumer of one queue on its own connection, with a prefetch (so the
+/// unbounded receiver amqprs hands out holds at most that many messages).
 pub struct Consumer {
     connection: Watched,
     channel: Channel,
