@@ -376,10 +376,11 @@ impl Settings for WorkerConfig {
         let saga: SagaConfig = read(vars)?;
         at_least_one("SAGA_PREFETCH", saga.saga_prefetch.into())?;
         at_least_one("SAGA_CONCURRENCY", saga.saga_concurrency.into())?;
-        let database = DatabaseConfig::from_parts(vars, u32::from(default_saga_concurrency()) + 2)?;
         // Each reply being applied holds a connection; the timeout sweep and `/readyz`
-        // need one each besides.
+        // need one each besides. That is also the pool's default, so raising
+        // SAGA_CONCURRENCY alone is enough.
         let needed = u32::from(saga.saga_concurrency) + 2;
+        let database = DatabaseConfig::from_parts(vars, needed)?;
         if database.max_connections < needed {
             return Err(ConfigError(format!(
                 "DB_MAX_CONNECTIONS must be at least SAGA_CONCURRENCY + 2 = {needed} (each reply being applied, the timeout sweep and the readiness probe hold a connection), not {}",
@@ -902,6 +903,8 @@ mod tests {
         assert_eq!(config.saga.metrics_addr.port(), 9102);
         assert_eq!((config.saga.saga_prefetch, config.saga.saga_max_retries), (32, 3));
         assert_eq!((config.saga.saga_concurrency, config.database.max_connections), (8, 10));
+        let config = WorkerConfig::from_vars(vars(&[("SAGA_CONCURRENCY", "16")])).unwrap();
+        assert_eq!(config.database.max_connections, 18);
         assert_eq!(config.saga.saga_timeout, Duration::from_secs(600));
         assert_eq!(config.cache.ttl, Duration::from_secs(300));
         for (var, value) in [

@@ -102,9 +102,9 @@ pub const VACUUM_AFTER_DEAD_ROWS: i64 = 5_000;
 /// Vacuums the outbox once enough published rows left dead versions behind. Their
 /// entries stay in the primary key until a vacuum, and every claim walks them from the
 /// oldest id: with 88,000 of them (in the partial index it replaced) each claim took
-/// 10 ms, most of PostgreSQL's time at one order at a time. Autovacuum normally keeps up (the migrations make it eager
-/// for this table); where it is off or behind, this does. `SKIP_LOCKED`: when another
-/// relay is vacuuming, this one does not queue behind it.
+/// 10 ms, most of PostgreSQL's time at one order at a time. Autovacuum normally keeps up
+/// (the migrations make it eager for this table); where it is off or behind, this does.
+/// `SKIP_LOCKED`: when another relay is vacuuming, this one does not queue behind it.
 pub async fn vacuum_if_needed(db: &PgPool) -> Result<Option<i64>, sqlx::Error> {
     let dead = sqlx::query_scalar!(
         r#"SELECT n_dead_tup AS "dead!" FROM pg_stat_user_tables WHERE relid = 'outbox'::regclass"#
