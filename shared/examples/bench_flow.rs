@@ -29,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
     let db = PgPool::connect(&std::env::var("DATABASE_URL")?).await?;
     let amqp_url = std::env::var("AMQP_URL")?;
     let topology = Topology::contract(QueueType::Quorum);
-    let relays = RelayWaker::start(db.clone());
+    let relays = RelayWaker::start(db.clone().into());
     let result = match args.first().map(String::as_str) {
         Some("raw-publish") => raw_publish(&amqp_url, &topology, count).await?,
         Some("relay") => relay(&db, &relays, count).await?,
@@ -156,7 +156,7 @@ async fn retention(db: &PgPool, count: usize) -> anyhow::Result<serde_json::Valu
     let started = Instant::now();
     let mut deleted = 0;
     loop {
-        let pass = order_service::outbox::housekeeping::delete_published(db, retention).await?;
+        let pass = order_service::outbox::housekeeping::delete_published(&db.clone().into(), retention).await?;
         deleted += pass;
         if pass == 0 {
             break;

@@ -136,13 +136,15 @@ pub struct CreditConfig {
     pub credit_limit: rust_decimal::Decimal,
 }
 
-/// PostgreSQL, read alike by every binary: `DATABASE_URL`, `DB_MAX_CONNECTIONS`. The
-/// pool's default size is each binary's own (the api serves many requests at once; the
-/// relay and the worker hold a connection per lane or batch).
+/// PostgreSQL, read alike by every binary: `DATABASE_URL`, `DB_MAX_CONNECTIONS`, and the
+/// bounds of every wait on it (`DB_ACQUIRE_TIMEOUT`, `DB_DEADLINE`, `DB_PING_TIMEOUT`,
+/// `db::Limits`). The pool's default size is each binary's own (the api serves many
+/// requests at once; the relay and the worker hold a connection per lane or batch).
 #[derive(Debug, Clone)]
 pub struct DatabaseConfig {
     pub url: Redacted<String>,
     pub max_connections: u32,
+    pub limits: crate::db::Limits,
 }
 
 #[derive(Deserialize)]
@@ -150,6 +152,33 @@ struct DatabaseVars {
     #[serde(default = "default_database_url")]
     database_url: Redacted<String>,
     db_max_connections: Option<u32>,
+    #[serde(default, deserialize_with = "db_acquire_timeout")]
+    db_acquire_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "db_deadline")]
+    db_deadline: Option<Duration>,
+    #[serde(default, deserialize_with = "db_ping_timeout")]
+    db_ping_timeout: Option<Duration>,
+}
+
+fn db_acquire_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    parse_var_with(d, "DB_ACQUIRE_TIMEOUT", "a duration of at least 100ms such as 3s", |text| {
+        at_least(text, Duration::from_millis(100))
+    })
+    .map(Some)
+}
+
+fn db_deadline<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    parse_var_with(d, "DB_DEADLINE", "a duration of at least 100ms such as 5s", |text| {
+        at_least(text, Duration::from_millis(100))
+    })
+    .map(Some)
+}
+
+fn db_ping_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    parse_var_with(d, "DB_PING_TIMEOUT", "a duration of at least 100ms such as 1s", |text| {
+        at_least(text, Duration::from_millis(100))
+    })
+    .map(Some)
 }
 
 /// RabbitMQ, read alike by every binary that talks to it: `AMQP_URL`, `AMQP_QUEUE_TYPE`.
@@ -436,7 +465,13 @@ impl DatabaseConfig {
         let read: DatabaseVars = read(vars)?;
         let max_connections = read.db_max_connections.unwrap_or(default_max_connections);
         at_least_one("DB_MAX_CONNECTIONS", max_connections.into())?;
-        Ok(DatabaseConfig { url: read.database_url, max_connections })
+        let defaults = crate::db::Limits::default();
+        let limits = crate::db::Limits {
+            acquire: read.db_acquire_timeout.unwrap_or(defaults.acquire),
+            deadline: read.db_deadline.unwrap_or(defaults.deadline),
+            ping: read.db_ping_timeout.unwrap_or(defaults.ping),
+        };
+        Ok(DatabaseConfig { url: read.database_url, max_connections, limits })
     }
 }
 

@@ -15,7 +15,8 @@ pub enum AppError {
     /// A duplicate id or unique name: 409.
     #[error("{message}")]
     Conflict { message: &'static str, subject: String },
-    /// PostgreSQL cannot be reached or refuses connections: 503.
+    /// PostgreSQL cannot be reached, does not answer in time, or answers "not now"
+    /// (read-only, disk full, shutting down): 503 with `Retry-After`.
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
     /// Anything else: 500, with the cause in the log only.
@@ -24,6 +25,14 @@ pub enum AppError {
 }
 
 impl AppError {
+    /// The database error behind a 503, if that is what this is.
+    pub(crate) fn unavailable_cause(&self) -> Option<&sqlx::Error> {
+        match self {
+            AppError::Unavailable(e) => Some(e),
+            _ => None,
+        }
+    }
+
     pub fn invalid(field: &'static str, rule: impl ToString) -> Self {
         AppError::Invalid { field, rule: rule.to_string() }
     }
@@ -53,12 +62,28 @@ pub(crate) fn is_unavailable(error: &sqlx::Error) -> bool {
         | sqlx::Error::Tls(_)
         | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // 08: connection exceptions; 57P01..03: admin shutdown, crash shutdown,
-            // cannot connect now; 53300: too many connections.
-            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+            // 08: connection exceptions; 53: insufficient resources (disk full, out of
+            // memory, too many connections); 57P01..03: admin shutdown, crash shutdown,
+            // cannot connect now; 25006: a read-only transaction (a standby, or a demoted
+            // primary, behind the address).
+            code.starts_with("08")
+                || code.starts_with("53")
+                || matches!(&*code, "57P01" | "57P02" | "57P03" | READ_ONLY)
         }),
         _ => false,
     }
+}
+
+/// SQLSTATE `read_only_sql_transaction`.
+const READ_ONLY: &str = "25006";
+
+/// Whether a connection that failed with `error` must not go back to the pool: it died,
+/// fell silent (a deadline, `db::lease`), or sits on a server that refuses writes, which
+/// it would keep doing for every request it served (sqlx pools stuck for days on a
+/// demoted primary this way: CRATES.md, round three).
+pub(crate) fn must_discard(error: &sqlx::Error) -> bool {
+    is_lost_connection(error)
+        || matches!(error, sqlx::Error::Database(db) if db.code().is_some_and(|code| code == READ_ONLY))
 }
 
 /// The connection died under the statement: killed by an operator, a PostgreSQL restart

@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use crate::db::{Db, Readiness};
 use metrics_exporter_prometheus::PrometheusHandle;
 use poem::{
     Endpoint, EndpointExt, IntoResponse, Route, Server, get, handler,
@@ -19,11 +20,10 @@ use poem::{
     web::{Data, Json},
 };
 use serde_json::json;
-use sqlx::PgPool;
 
 #[derive(Clone)]
 struct Probe {
-    db: PgPool,
+    db: Db,
     broker_up: Arc<AtomicBool>,
     metrics: PrometheusHandle,
 }
@@ -36,15 +36,14 @@ fn healthcheck() -> Json<serde_json::Value> {
 /// Ready when PostgreSQL answers and the broker connection is up; names what is not.
 #[handler]
 async fn readyz(probe: Data<&Probe>) -> impl IntoResponse {
-    let postgres = matches!(
-        tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&probe.db)).await,
-        Ok(Ok(_))
-    );
+    let postgres = probe.db.readiness(Duration::from_secs(4)).await;
     let status = match (postgres, probe.broker_up.load(Ordering::Relaxed)) {
-        (true, true) => return Json(json!({"status": "OK"})).with_status(StatusCode::OK),
-        (false, true) => "postgres unavailable",
-        (true, false) => "rabbitmq unavailable",
-        (false, false) => "postgres and rabbitmq unavailable",
+        (Readiness::Ready, true) => return Json(json!({"status": "OK"})).with_status(StatusCode::OK),
+        (Readiness::Ready, false) => "rabbitmq unavailable",
+        (Readiness::ReadOnly, true) => "postgres read-only",
+        (Readiness::ReadOnly, false) => "postgres read-only and rabbitmq unavailable",
+        (Readiness::Unavailable, true) => "postgres unavailable",
+        (Readiness::Unavailable, false) => "postgres and rabbitmq unavailable",
     };
     Json(json!({ "status": status })).with_status(StatusCode::SERVICE_UNAVAILABLE)
 }
@@ -55,7 +54,7 @@ fn metrics(probe: Data<&Probe>) -> String {
 }
 
 /// `/healthcheck/`, `/readyz` and `/metrics`.
-pub fn app(db: PgPool, broker_up: Arc<AtomicBool>, metrics_handle: PrometheusHandle) -> impl Endpoint {
+pub fn app(db: Db, broker_up: Arc<AtomicBool>, metrics_handle: PrometheusHandle) -> impl Endpoint {
     Route::new()
         .at("/healthcheck", get(healthcheck))
         .at("/readyz", get(readyz))
@@ -72,7 +71,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<impl Acceptor> {
 /// Serves [`app`] until `shutdown` resolves.
 pub async fn serve(
     acceptor: impl Acceptor + 'static,
-    db: PgPool,
+    db: Db,
     broker_up: Arc<AtomicBool>,
     metrics_handle: PrometheusHandle,
     shutdown: impl std::future::Future<Output = ()> + Send,
@@ -86,7 +85,7 @@ pub async fn serve(
 /// `stopped` turns true.
 pub async fn spawn(
     addr: SocketAddr,
-    db: PgPool,
+    db: Db,
     broker_up: Arc<AtomicBool>,
     metrics_handle: PrometheusHandle,
     mut stopped: tokio::sync::watch::Receiver<bool>,

@@ -16,7 +16,12 @@ async fn main() -> anyhow::Result<()> {
     let config = ApiConfig::from_env()?;
     let sinks = telemetry::init_tracing(&config.log, &config.traces, "api")?;
     db::create_database_if_missing(&config.database.url).await?;
-    let db = db::connect_with(&config.database.url, config.database.max_connections, http::SESSION_SETTINGS)?;
+    let db = db::connect(
+        &config.database.url,
+        config.database.max_connections,
+        http::SESSION_SETTINGS,
+        config.database.limits,
+    )?;
     db::migrate(&db).await?;
     if std::env::args().nth(1).as_deref() == Some("migrate") {
         tracing::info!("migrations applied");

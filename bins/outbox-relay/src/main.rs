@@ -17,7 +17,12 @@ async fn main() -> anyhow::Result<()> {
     let sinks = telemetry::init_tracing(&config.log, &config.traces, "outbox-relay")?;
     let metrics = telemetry::metrics();
     telemetry::register_metrics(telemetry::Process::OutboxRelay);
-    let db = db::connect_with(&config.database.url, config.database.max_connections, relay::SESSION_SETTINGS)?;
+    let db = db::connect(
+        &config.database.url,
+        config.database.max_connections,
+        relay::SESSION_SETTINGS,
+        config.database.limits,
+    )?;
     // Every process applies pending migrations (under the migrator's advisory lock), so
     // any of them may start first; this also waits for PostgreSQL to come up.
     db::create_database_if_missing(&config.database.url).await?;

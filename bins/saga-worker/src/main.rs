@@ -35,7 +35,7 @@ async fn main() -> anyhow::Result<()> {
     let sinks = telemetry::init_tracing(&config.log, &config.traces, "saga-worker")?;
     let metrics = telemetry::metrics();
     telemetry::register_metrics(telemetry::Process::SagaWorker);
-    let db = db::connect(&config.database.url, config.database.max_connections)?;
+    let db = db::connect(&config.database.url, config.database.max_connections, &[], config.database.limits)?;
     // Every process applies pending migrations (under the migrator's advisory lock).
     db::create_database_if_missing(&config.database.url).await?;
     db::migrate(&db).await?;
@@ -75,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// `sagas pending`: one JSON line per order waiting on the customer service, oldest first.
 async fn pending_sagas(config: &WorkerConfig, older_than: std::time::Duration, limit: i64) -> anyhow::Result<()> {
-    let db = db::connect(&config.database.url, 1)?;
+    let db = db::connect(&config.database.url, 1, &[], config.database.limits)?;
     let pending = saga::pending_sagas(&db, older_than, limit).await?;
     // Not println!: a closed pipe (`| head`) is an error to return, not a panic.
     let mut out = std::io::stdout().lock();

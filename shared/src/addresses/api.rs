@@ -1,7 +1,7 @@
 //! HTTP operations of addresses.
 
+use crate::db::Db;
 use poem_openapi::{Object, OpenApi, payload::Json, types::Example};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{CreateAddress, PART_MAX};
@@ -13,7 +13,7 @@ use crate::{
 };
 
 pub struct AddressesApi {
-    pub db: PgPool,
+    pub db: Db,
 }
 
 /// A new address.

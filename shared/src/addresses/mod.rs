@@ -26,7 +26,7 @@ pub(crate) struct CreateAddress {
 impl Command for CreateAddress {
     type Output = ();
 
-    async fn execute(self, tx: &mut Tx) -> Result<(), AppError> {
+    async fn execute(self, tx: &mut Tx<'_>) -> Result<(), AppError> {
         sqlx::query!(
             "INSERT INTO addresses (id, building_number, street_name, city, country) VALUES ($1, $2, $3, $4, $5)",
             self.id,

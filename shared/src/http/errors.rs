@@ -49,9 +49,11 @@ pub(crate) enum CommandError {
     /// Unexpected failure; the log has the cause.
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
-    /// PostgreSQL is unavailable; retry later.
+    /// PostgreSQL is unavailable, silent past its deadline, or refusing writes; retry
+    /// after `Retry-After` seconds (an order retried with the same id answers 409 if the
+    /// first attempt had committed after all).
     #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
+    Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u32),
 }
 
 /// The errors of a query.
@@ -66,10 +68,16 @@ pub(crate) enum QueryError {
     /// Unexpected failure; the log has the cause.
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
-    /// PostgreSQL is unavailable; retry later.
+    /// PostgreSQL is unavailable, silent past its deadline, or refusing writes; retry
+    /// after `Retry-After` seconds (an order retried with the same id answers 409 if the
+    /// first attempt had committed after all).
     #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
+    Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u32),
 }
+
+/// The `Retry-After` of a 503: PostgreSQL's outages that end by themselves (a failover,
+/// a restart) take seconds, and the api's own bounds (`db::Limits`) are seconds too.
+const RETRY_AFTER_SECONDS: u32 = 2;
 
 /// Status and body of an error, logging it once: a server fault with its whole cause
 /// chain, a client mistake briefly.
@@ -105,7 +113,7 @@ impl From<AppError> for CommandError {
             StatusCode::BAD_REQUEST => CommandError::BadRequest(body),
             StatusCode::NOT_FOUND => CommandError::NotFound(body),
             StatusCode::CONFLICT => CommandError::Conflict(body),
-            StatusCode::SERVICE_UNAVAILABLE => CommandError::Unavailable(body),
+            StatusCode::SERVICE_UNAVAILABLE => CommandError::Unavailable(body, RETRY_AFTER_SECONDS),
             _ => CommandError::Internal(body),
         }
     }
@@ -117,7 +125,7 @@ impl From<AppError> for QueryError {
         match status {
             StatusCode::BAD_REQUEST => QueryError::BadRequest(body),
             StatusCode::NOT_FOUND => QueryError::NotFound(body),
-            StatusCode::SERVICE_UNAVAILABLE => QueryError::Unavailable(body),
+            StatusCode::SERVICE_UNAVAILABLE => QueryError::Unavailable(body, RETRY_AFTER_SECONDS),
             // A query cannot conflict; anything else is a fault.
             _ => QueryError::Internal(body),
         }

@@ -2,17 +2,17 @@
 
 use std::time::Duration;
 
+use crate::db::{Db, Readiness};
 use metrics_exporter_prometheus::PrometheusHandle;
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
     payload::{Json, PlainText},
 };
-use sqlx::PgPool;
 
 use super::ApiTags;
 
 pub struct HealthApi {
-    pub db: PgPool,
+    pub db: Db,
     pub cache: crate::cache::OrderCache,
     pub metrics: PrometheusHandle,
 }
@@ -41,21 +41,22 @@ impl HealthApi {
         Json(Status { status: "OK".into() })
     }
 
-    /// Readiness: PostgreSQL and Redis answer; `status` names what does not.
+    /// Readiness: PostgreSQL answers and takes writes, and Redis answers; `status` names
+    /// what does not. Answers within 5 s whatever they do.
     #[oai(path = "/readyz", method = "get")]
     async fn readyz(&self) -> ReadyResponse {
-        let limit = Duration::from_secs(2);
         let (postgres, redis) = tokio::join!(
-            tokio::time::timeout(limit, sqlx::query("SELECT 1").execute(&self.db)),
-            tokio::time::timeout(limit, self.cache.ping()),
+            self.db.readiness(Duration::from_secs(4)),
+            tokio::time::timeout(Duration::from_secs(2), self.cache.ping()),
         );
-        let postgres = matches!(postgres, Ok(Ok(_)));
         let redis = matches!(redis, Ok(Ok(())));
         let status = match (postgres, redis) {
-            (true, true) => return ReadyResponse::Ready(Json(Status { status: "OK".into() })),
-            (false, true) => "postgres unavailable",
-            (true, false) => "redis unavailable",
-            (false, false) => "postgres and redis unavailable",
+            (Readiness::Ready, true) => return ReadyResponse::Ready(Json(Status { status: "OK".into() })),
+            (Readiness::Ready, false) => "redis unavailable",
+            (Readiness::ReadOnly, true) => "postgres read-only",
+            (Readiness::ReadOnly, false) => "postgres read-only and redis unavailable",
+            (Readiness::Unavailable, true) => "postgres unavailable",
+            (Readiness::Unavailable, false) => "postgres and redis unavailable",
         };
         tracing::warn!(status, "not ready");
         ReadyResponse::NotReady(Json(Status { status: status.into() }))

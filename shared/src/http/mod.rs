@@ -10,6 +10,7 @@ pub mod observe;
 
 use std::{sync::Arc, time::Duration};
 
+use crate::db::Db;
 use metrics_exporter_prometheus::PrometheusHandle;
 use poem::{
     Endpoint, EndpointExt, Route, Server,
@@ -17,7 +18,6 @@ use poem::{
     middleware::{NormalizePath, TrailingSlash},
 };
 use poem_openapi::{ApiResponse, OpenApiService, Tags};
-use sqlx::PgPool;
 
 use crate::{addresses, orders, products, users};
 
@@ -60,7 +60,7 @@ pub const SESSION_SETTINGS: &[(&str, &str)] = &[("plan_cache_mode", "force_gener
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    pub db: PgPool,
+    pub db: Db,
     pub cache: crate::cache::OrderCache,
     /// Woken after each commit that wrote the outbox.
     pub relays: crate::outbox::RelayWaker,

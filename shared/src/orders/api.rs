@@ -1,5 +1,6 @@
 //! HTTP operations of orders.
 
+use crate::db::Db;
 use crate::telemetry::names;
 use chrono::{DateTime, Utc};
 use poem::web::Data;
@@ -10,7 +11,6 @@ use poem_openapi::{
     types::Example,
 };
 use serde::Serialize;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{
@@ -34,7 +34,7 @@ use crate::{
 };
 
 pub struct OrdersApi {
-    pub db: PgPool,
+    pub db: Db,
     pub cache: OrderCache,
     pub relays: RelayWaker,
 }
@@ -317,7 +317,7 @@ impl OrdersApi {
 /// reads PostgreSQL and fills the cache, fenced against a concurrent invalidation; a
 /// Redis failure degrades to PostgreSQL alone.
 pub async fn user_orders(
-    db: &PgPool,
+    db: &Db,
     cache: &OrderCache,
     user_id: Uuid,
     page: Page,

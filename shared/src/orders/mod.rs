@@ -14,7 +14,9 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Deserialize;
-use sqlx::{PgPool, types::Json};
+use sqlx::types::Json;
+
+use crate::db::Db;
 use uuid::Uuid;
 
 use self::{
@@ -74,7 +76,7 @@ impl CreateOrder {
 impl Command for CreateOrder {
     type Output = ();
 
-    async fn execute(self, tx: &mut Tx) -> Result<(), AppError> {
+    async fn execute(self, tx: &mut Tx<'_>) -> Result<(), AppError> {
         // KEY SHARE: the products cannot be deleted under the order, while renaming or
         // repricing them (which leaves the key alone) is not blocked.
         let mut catalogue: HashMap<Uuid, (String, Money)> = sqlx::query!(
@@ -165,7 +167,7 @@ pub(crate) struct DeleteOrder {
 impl Command for DeleteOrder {
     type Output = Uuid;
 
-    async fn execute(self, tx: &mut Tx) -> Result<Uuid, AppError> {
+    async fn execute(self, tx: &mut Tx<'_>) -> Result<Uuid, AppError> {
         let mut order = lock(tx, self.id).await?.ok_or_else(|| AppError::not_found(NOT_FOUND, self.id))?;
         // Only approved, live orders can be deleted; to the client, any other is not there.
         order.delete(Utc::now()).map_err(|_| AppError::not_found(NOT_FOUND, self.id))?;
@@ -207,7 +209,7 @@ pub(crate) struct OrderLineView {
 /// Locks an order for the rest of the transaction (`FOR UPDATE`) and loads it for the
 /// domain to decide; none if it does not exist. A status the domain does not know is a
 /// decode error.
-pub async fn lock(tx: &mut Tx, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
+pub async fn lock(tx: &mut Tx<'_>, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
     sqlx::query_as!(
         Order,
         r#"SELECT id, user_id, order_status AS "order_status: OrderStatus", saga_status AS "saga_status: SagaStatus",
@@ -241,8 +243,8 @@ macro_rules! select_order_views {
 pub(crate) struct OrderById(pub Uuid);
 
 impl OrderById {
-    pub(crate) async fn fetch(self, db: &PgPool) -> Result<OrderView, AppError> {
-        crate::db::read(db, || view_by_id(db, self.0)).await?.ok_or_else(|| AppError::not_found(NOT_FOUND, self.0))
+    pub(crate) async fn fetch(self, db: &Db) -> Result<OrderView, AppError> {
+        db.read(|c| Box::pin(view_by_id(c, self.0))).await?.ok_or_else(|| AppError::not_found(NOT_FOUND, self.0))
     }
 }
 
@@ -255,7 +257,7 @@ pub(crate) async fn view_by_id<'e>(db: impl sqlx::PgExecutor<'e>, id: Uuid) -> R
 pub(crate) struct ListOrders(pub Page);
 
 impl ListOrders {
-    pub(crate) async fn fetch(self, db: &PgPool) -> Result<Vec<OrderView>, AppError> {
+    pub(crate) async fn fetch(self, db: &Db) -> Result<Vec<OrderView>, AppError> {
         let Page { limit, offset, order } = self.0;
         // One statement per direction, so each walks the partial index in its order. The
         // page's ids first, from the index alone, then the view for those rows only: the
@@ -265,18 +267,20 @@ impl ListOrders {
         // and a generic plan guesses a tenth of the orders for a LIMIT parameter; an
         // array parameter it guesses at ten elements, so the view's joins go by key,
         // where `id IN (subquery)` got hash joins over every order (seen in that test).
-        let orders = crate::db::read(db, || async move {
+        let orders = db.read(|c| {
+            Box::pin(async move {
             Ok(match order {
                 SortOrder::Asc => {
                     select_order_views!("WHERE id = ANY(ARRAY(SELECT id FROM orders WHERE saga_status = 'Approved' AND NOT deleted ORDER BY created_at, id LIMIT $1 OFFSET $2)) ORDER BY created_at, id", limit, offset)
-                    .fetch_all(db)
+                    .fetch_all(&mut *c)
                     .await?
                 }
                 SortOrder::Desc => {
                     select_order_views!("WHERE id = ANY(ARRAY(SELECT id FROM orders WHERE saga_status = 'Approved' AND NOT deleted ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2)) ORDER BY created_at DESC, id DESC", limit, offset)
-                    .fetch_all(db)
+                    .fetch_all(&mut *c)
                     .await?
                 }
+            })
             })
         })
         .await?;
@@ -291,30 +295,35 @@ pub(crate) struct UserOrders {
 }
 
 impl UserOrders {
-    pub(crate) async fn fetch(self, db: &PgPool) -> Result<Vec<OrderView>, AppError> {
+    pub(crate) async fn fetch(self, db: &Db) -> Result<Vec<OrderView>, AppError> {
         let Page { limit, offset, order } = self.page;
         let user_id = self.user_id;
         // As ListOrders: the page's ids first.
-        let orders = crate::db::read(db, || async move {
+        let orders = db.read(|c| {
+            Box::pin(async move {
             Ok(match order {
                 SortOrder::Asc => {
                     select_order_views!("WHERE id = ANY(ARRAY(SELECT id FROM orders WHERE user_id = $1 AND saga_status = 'Approved' AND NOT deleted ORDER BY created_at, id LIMIT $2 OFFSET $3)) ORDER BY created_at, id", user_id, limit, offset)
-                    .fetch_all(db)
+                    .fetch_all(&mut *c)
                     .await?
                 }
                 SortOrder::Desc => {
                     select_order_views!("WHERE id = ANY(ARRAY(SELECT id FROM orders WHERE user_id = $1 AND saga_status = 'Approved' AND NOT deleted ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3)) ORDER BY created_at DESC, id DESC", user_id, limit, offset)
-                    .fetch_all(db)
+                    .fetch_all(&mut *c)
                     .await?
                 }
+            })
             })
         })
         .await?;
         if orders.is_empty() {
-            let known = crate::db::read(db, || {
-                sqlx::query_scalar!("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", user_id).fetch_one(db)
-            })
-            .await?;
+            let known = db
+                .read(|c| {
+                    Box::pin(
+                        sqlx::query_scalar!("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", user_id).fetch_one(c),
+                    )
+                })
+                .await?;
             if known != Some(true) {
                 return Err(AppError::not_found(users::NOT_FOUND, user_id));
             }

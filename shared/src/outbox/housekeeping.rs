@@ -5,19 +5,24 @@
 
 use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
+use crate::db::Db;
 
 use crate::{error::chain, retry::Policy, telemetry::names};
 
 /// Refreshes `outbox_pending` and `outbox_oldest_unpublished_age_seconds`.
-pub async fn record_backlog(db: &PgPool) -> Result<(), sqlx::Error> {
-    let backlog = sqlx::query!(
-        r#"SELECT count(*) AS "pending!",
+pub async fn record_backlog(db: &Db) -> Result<(), sqlx::Error> {
+    let backlog = db
+        .run(|c| {
+            Box::pin(
+                sqlx::query!(
+                    r#"SELECT count(*) AS "pending!",
                   COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 AS "oldest_age!"
              FROM outbox"#
-    )
-    .fetch_one(db)
-    .await?;
+                )
+                .fetch_one(c),
+            )
+        })
+        .await?;
     metrics::gauge!(names::OUTBOX_PENDING).set(backlog.pending as f64);
     metrics::gauge!(names::OUTBOX_OLDEST_UNPUBLISHED_AGE).set(backlog.oldest_age);
     Ok(())
@@ -30,21 +35,25 @@ pub async fn record_backlog(db: &PgPool) -> Result<(), sqlx::Error> {
 ///
 /// Capped at ten batches of 1,000 every 30 s, it deleted 333 rows/s, less than one relay
 /// publishes: a busy outbox grew without bound.
-pub async fn delete_published(db: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
-    crate::db::delete_in_batches(RETENTION_BATCH as u64, RETENTION_BUDGET, || async {
-        Ok(sqlx::query!(
-            "DELETE FROM outbox_published WHERE ctid = ANY(ARRAY(
+pub async fn delete_published(db: &Db, retention: Duration) -> Result<u64, sqlx::Error> {
+    crate::db::delete_in_batches(RETENTION_BATCH as u64, RETENTION_BUDGET, || {
+        db.run(|c| {
+            Box::pin(async move {
+                Ok(sqlx::query!(
+                    "DELETE FROM outbox_published WHERE ctid = ANY(ARRAY(
                  SELECT ctid FROM outbox_published
                   WHERE published_at < now() - make_interval(secs => $1)
                   ORDER BY published_at
                   LIMIT $2
                     FOR UPDATE SKIP LOCKED))",
-            retention.as_secs_f64(),
-            RETENTION_BATCH
-        )
-        .execute(db)
-        .await?
-        .rows_affected())
+                    retention.as_secs_f64(),
+                    RETENTION_BATCH
+                )
+                .execute(c)
+                .await?
+                .rows_affected())
+            })
+        })
     })
     .await
 }
@@ -56,7 +65,7 @@ const RETENTION_BUDGET: Duration = Duration::from_secs(10);
 
 /// Every 30 s: the backlog gauges, and deleting published rows past the retention;
 /// every 5 s: whether the outbox needs a vacuum.
-pub async fn run(db: PgPool, retention: Duration) {
+pub async fn run(db: Db, retention: Duration) {
     let mut every = tokio::time::interval(Duration::from_secs(30));
     let mut vacuum_check = tokio::time::interval(VACUUM_CHECK);
     let (mut vacuum_backoff, mut vacuum_not_before) = (Policy::HOUSEKEEPING.backoff(), Instant::now());
@@ -105,12 +114,17 @@ pub const VACUUM_AFTER_DEAD_ROWS: i64 = 5_000;
 /// 10 ms, most of PostgreSQL's time at one order at a time. Autovacuum normally keeps up
 /// (the migrations make it eager for this table); where it is off or behind, this does.
 /// `SKIP_LOCKED`: when another relay is vacuuming, this one does not queue behind it.
-pub async fn vacuum_if_needed(db: &PgPool) -> Result<Option<i64>, sqlx::Error> {
-    let dead = sqlx::query_scalar!(
-        r#"SELECT n_dead_tup AS "dead!" FROM pg_stat_user_tables WHERE relid = 'outbox'::regclass"#
-    )
-    .fetch_optional(db)
-    .await?;
+pub async fn vacuum_if_needed(db: &Db) -> Result<Option<i64>, sqlx::Error> {
+    let dead = db
+        .run(|c| {
+            Box::pin(
+                sqlx::query_scalar!(
+                    r#"SELECT n_dead_tup AS "dead!" FROM pg_stat_user_tables WHERE relid = 'outbox'::regclass"#
+                )
+                .fetch_optional(c),
+            )
+        })
+        .await?;
     match dead {
         Some(dead) if dead >= VACUUM_AFTER_DEAD_ROWS => {
             // Without the pool's statement timeout (30 s): a vacuum of a large outbox

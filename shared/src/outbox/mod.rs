@@ -49,14 +49,14 @@ pub(crate) fn envelope<E: Event>(event: &E, event_id: Uuid, at: DateTime<Utc>) -
 }
 
 /// Writes `event` to the outbox inside the caller's transaction; returns its `eventID`.
-pub async fn append<E: Event>(tx: &mut Tx, event: &E, trace: TraceContext) -> Result<Uuid, sqlx::Error> {
+pub async fn append<E: Event>(tx: &mut Tx<'_>, event: &E, trace: TraceContext) -> Result<Uuid, sqlx::Error> {
     append_as(tx, event, Uuid::now_v7(), trace).await
 }
 
 /// [`append`] with an `eventID` chosen by the caller (who stored it elsewhere in the
 /// same transaction); a v7 UUID keeps the outbox's ids in time order.
 pub(crate) async fn append_as<E: Event>(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     event: &E,
     event_id: Uuid,
     trace: TraceContext,

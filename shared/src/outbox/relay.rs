@@ -25,6 +25,8 @@ use std::{
 use amqprs::connection::OpenConnectionArguments;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, postgres::PgListener};
+
+use crate::db::Db;
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
@@ -133,7 +135,7 @@ struct Claimed {
 /// choice, the planner once walked every earlier row of the outbox by primary key for
 /// each probe (100 ms claims in the bench, `auto_explain`).
 pub async fn relay_batch(
-    db: &PgPool,
+    db: &Db,
     publisher: &mut Publisher,
     topology: &Topology,
     settings: &RelaySettings,
@@ -142,15 +144,26 @@ pub async fn relay_batch(
     // Most steps find nothing: every wake-up wakes each lane, and a lane steps once more
     // after each batch. Ask first, in one round trip and without a transaction, instead
     // of opening one around a claim that is planned afresh each time.
-    let pending =
-        sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM outbox WHERE next_attempt_at <= now()) AS "pending!""#)
-            .fetch_one(db)
-            .await?;
+    let pending = db
+        .run(|c| {
+            Box::pin(
+                sqlx::query_scalar!(
+                    r#"SELECT EXISTS (SELECT 1 FROM outbox WHERE next_attempt_at <= now()) AS "pending!""#
+                )
+                .fetch_one(c),
+            )
+        })
+        .await?;
     if !pending {
         return Ok(Outcome::default());
     }
-    let mut tx = db.begin().await?;
-    let rows = sqlx::query_as!(
+    // Each statement within DB_DEADLINE (the transaction stays open while the broker
+    // confirms, which `confirm_timeout` bounds). A statement that fails leaves the lease
+    // unsettled: its connection is closed, and the server rolls the claim back, so the
+    // rows are claimable again and charged nothing.
+    let mut lease = db.lease().await?;
+    let mut tx = db.within(lease.begin()).await?;
+    let rows = db.within(sqlx::query_as!(
         Claimed,
         r#"SELECT id, event_id, exchange, routing_key, event_type, payload::text AS "payload!", headers, created_at
              FROM outbox AS o
@@ -170,10 +183,11 @@ pub async fn relay_batch(
               FOR UPDATE OF o SKIP LOCKED"#,
         settings.batch_size
     )
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut *tx))
     .await?;
     if rows.is_empty() {
-        tx.commit().await?;
+        db.within(tx.commit()).await?;
+        lease.settle_unless(None);
         return Ok(Outcome::default());
     }
 
@@ -212,25 +226,28 @@ pub async fn relay_batch(
         tracing::warn!(released, error = ?error, "batch not confirmed; rows released for the next connection");
     }
     if !published.is_empty() {
-        move_to_published(&mut *tx, &published).await?;
+        db.within(move_to_published(&mut *tx, &published)).await?;
     }
     // Backoff doubles per attempt, up to five minutes (the exponent is capped before
     // power() so a row failing for days cannot overflow it).
     if !failed.is_empty() {
-        sqlx::query!(
-            "UPDATE outbox AS o
+        db.within(
+            sqlx::query!(
+                "UPDATE outbox AS o
             SET attempts = o.attempts + 1,
                 last_error = f.error,
                 next_attempt_at = now() + make_interval(secs => least(power(2, least(o.attempts, 9)), 300))
            FROM UNNEST($1::bigint[], $2::text[]) AS f(id, error)
           WHERE o.id = f.id",
-            &failed,
-            &errors
+                &failed,
+                &errors
+            )
+            .execute(&mut *tx),
         )
-        .execute(&mut *tx)
         .await?;
     }
-    tx.commit().await?;
+    db.within(tx.commit()).await?;
+    lease.settle_unless(None);
 
     metrics::counter!(names::OUTBOX_PUBLISHED).increment(published.len() as u64);
     metrics::histogram!(names::OUTBOX_BATCH_DURATION).record(started.elapsed().as_secs_f64());
@@ -313,7 +330,7 @@ fn outgoing(row: &Claimed, topology: &Topology) -> (Outgoing, tracing::Span) {
 
 /// The relay process: connection supervision, schedule, wake-ups, shutdown.
 pub struct Relay {
-    pub db: PgPool,
+    pub db: Db,
     pub amqp: OpenConnectionArguments,
     pub topology: Topology,
     pub settings: RelaySettings,
@@ -475,7 +492,7 @@ enum LaneEnd {
 /// housekeeping and `/readyz` three connections of four (`/readyz` said "postgres
 /// unavailable" whenever a VACUUM ran). sqlx's `PgListener::connect(url)` does the same,
 /// without our connect options.
-fn listener_pool(db: &PgPool) -> PgPool {
+fn listener_pool(db: &Db) -> PgPool {
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .max_lifetime(None)

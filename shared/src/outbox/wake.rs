@@ -10,7 +10,7 @@
 //! statement of its own, which writes no WAL, and every wake-up asked for while one is
 //! on its way becomes one more NOTIFY, not one each.
 
-use sqlx::PgPool;
+use crate::db::Db;
 use tokio::sync::mpsc;
 
 use super::relay::CHANNEL;
@@ -23,7 +23,7 @@ pub struct RelayWaker {
 
 impl RelayWaker {
     /// Starts the task that sends the NOTIFYs, on `db`.
-    pub fn start(db: PgPool) -> Self {
+    pub fn start(db: Db) -> Self {
         // One slot: a wake-up asked for while one is being sent waits there, and the
         // ones after it find the slot taken and are already served by it.
         let (asked, wakes) = mpsc::channel(1);
@@ -38,9 +38,9 @@ impl RelayWaker {
     }
 }
 
-async fn send_wakes(db: PgPool, mut wakes: mpsc::Receiver<()>) {
+async fn send_wakes(db: Db, mut wakes: mpsc::Receiver<()>) {
     while wakes.recv().await.is_some() {
-        if let Err(e) = sqlx::query!("SELECT pg_notify($1, '')", CHANNEL).execute(&db).await {
+        if let Err(e) = db.run(|c| Box::pin(sqlx::query!("SELECT pg_notify($1, '')", CHANNEL).execute(c))).await {
             tracing::warn!(error.cause = %e, "cannot wake the outbox relays; their schedule will find the rows");
         }
     }

@@ -1,5 +1,6 @@
 //! HTTP operations of the catalogue.
 
+use crate::db::Db;
 use chrono::{DateTime, Utc};
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
@@ -7,7 +8,6 @@ use poem_openapi::{
     payload::Json,
     types::Example,
 };
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{CreateProduct, ListProducts, ProductByName, ProductName, ProductView, RenameProduct};
@@ -25,7 +25,7 @@ use crate::{
 };
 
 pub struct ProductsApi {
-    pub db: PgPool,
+    pub db: Db,
 }
 
 /// A new product.

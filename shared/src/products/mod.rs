@@ -2,9 +2,9 @@
 
 pub(crate) mod api;
 
+use crate::db::Db;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
@@ -60,7 +60,7 @@ pub(crate) struct CreateProduct {
 impl Command for CreateProduct {
     type Output = ();
 
-    async fn execute(self, tx: &mut Tx) -> Result<(), AppError> {
+    async fn execute(self, tx: &mut Tx<'_>) -> Result<(), AppError> {
         sqlx::query!(
             "INSERT INTO products (id, name, description, price, discount) VALUES ($1, $2, $3, $4, $5)",
             self.id,
@@ -90,7 +90,7 @@ pub(crate) struct RenameProduct {
 impl Command for RenameProduct {
     type Output = ();
 
-    async fn execute(self, tx: &mut Tx) -> Result<(), AppError> {
+    async fn execute(self, tx: &mut Tx<'_>) -> Result<(), AppError> {
         let renamed = sqlx::query!("UPDATE products SET name = $2 WHERE id = $1", self.id, self.name.as_str())
             .execute(&mut **tx)
             .await
@@ -122,16 +122,18 @@ pub(crate) struct ProductView {
 pub(crate) struct ProductByName(pub String);
 
 impl ProductByName {
-    pub(crate) async fn fetch(self, db: &PgPool) -> Result<ProductView, AppError> {
+    pub(crate) async fn fetch(self, db: &Db) -> Result<ProductView, AppError> {
         let name = &self.0;
-        crate::db::read(db, || {
-            sqlx::query_as!(
-                ProductView,
-                "SELECT id, name, description, price, discount, quantity, availability, created_at
+        db.read(|c| {
+            Box::pin(
+                sqlx::query_as!(
+                    ProductView,
+                    "SELECT id, name, description, price, discount, quantity, availability, created_at
                    FROM products WHERE name = $1",
-                name
+                    name
+                )
+                .fetch_optional(c),
             )
-            .fetch_optional(db)
         })
         .await?
         .ok_or_else(|| AppError::not_found(NOT_FOUND_BY_NAME, self.0))
@@ -142,36 +144,39 @@ impl ProductByName {
 pub(crate) struct ListProducts(pub Page);
 
 impl ListProducts {
-    pub(crate) async fn fetch(self, db: &PgPool) -> Result<Vec<ProductView>, AppError> {
+    pub(crate) async fn fetch(self, db: &Db) -> Result<Vec<ProductView>, AppError> {
         let Page { limit, offset, order } = self.0;
         // Two statements rather than a dynamic ORDER BY, so both walk the (price, id) index.
-        let products = crate::db::read(db, || async move {
-            Ok(match order {
-                SortOrder::Asc => {
-                    sqlx::query_as!(
-                        ProductView,
-                        "SELECT id, name, description, price, discount, quantity, availability, created_at
+        let products = db
+            .read(|c| {
+                Box::pin(async move {
+                    Ok(match order {
+                        SortOrder::Asc => {
+                            sqlx::query_as!(
+                                ProductView,
+                                "SELECT id, name, description, price, discount, quantity, availability, created_at
                        FROM products ORDER BY price, id LIMIT $1 OFFSET $2",
-                        limit,
-                        offset
-                    )
-                    .fetch_all(db)
-                    .await?
-                }
-                SortOrder::Desc => {
-                    sqlx::query_as!(
-                        ProductView,
-                        "SELECT id, name, description, price, discount, quantity, availability, created_at
+                                limit,
+                                offset
+                            )
+                            .fetch_all(&mut *c)
+                            .await?
+                        }
+                        SortOrder::Desc => {
+                            sqlx::query_as!(
+                                ProductView,
+                                "SELECT id, name, description, price, discount, quantity, availability, created_at
                        FROM products ORDER BY price DESC, id DESC LIMIT $1 OFFSET $2",
-                        limit,
-                        offset
-                    )
-                    .fetch_all(db)
-                    .await?
-                }
+                                limit,
+                                offset
+                            )
+                            .fetch_all(&mut *c)
+                            .await?
+                        }
+                    })
+                })
             })
-        })
-        .await?;
+            .await?;
         Ok(products)
     }
 }

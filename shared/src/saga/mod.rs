@@ -13,8 +13,8 @@ pub mod worker;
 
 use std::time::Duration;
 
+use crate::db::{Db, Lease};
 use serde_json::{Map, Value};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
@@ -167,23 +167,37 @@ pub enum SagaError {
     Database(#[from] sqlx::Error),
 }
 
+impl SagaError {
+    fn database(&self) -> Option<&sqlx::Error> {
+        match self {
+            SagaError::Database(e) => Some(e),
+            SagaError::Poison(_) => None,
+        }
+    }
+}
+
 /// Applies one reply in one transaction.
-pub async fn apply(
-    db: &PgPool,
-    message_key: &str,
-    reply: SagaReply,
-    trace: TraceContext,
-) -> Result<Applied, SagaError> {
-    crate::db::in_transaction_span("ApplySagaReply", apply_in_transaction(db, message_key, reply, trace)).await
+///
+/// Within DB_DEADLINE from `BEGIN` to `COMMIT`. Past it the outcome is unknown, which
+/// the caller treats as an outage: the reply is held and applied again, and the inbox
+/// makes a second application of a reply that did commit a no-op.
+pub async fn apply(db: &Db, message_key: &str, reply: SagaReply, trace: TraceContext) -> Result<Applied, SagaError> {
+    crate::db::in_transaction_span("ApplySagaReply", async {
+        let mut lease = db.lease().await?;
+        let applied = db.within(apply_in_transaction(&mut lease, message_key, reply, trace)).await;
+        lease.settle_unless(applied.as_ref().err().and_then(SagaError::database));
+        applied
+    })
+    .await
 }
 
 async fn apply_in_transaction(
-    db: &PgPool,
+    lease: &mut Lease,
     message_key: &str,
     reply: SagaReply,
     trace: TraceContext,
 ) -> Result<Applied, SagaError> {
-    let mut tx = db.begin().await?;
+    let mut tx = lease.begin().await?;
     let mut order =
         crate::orders::lock(&mut tx, reply.order_id()).await?.ok_or(Poison::UnknownOrder(reply.order_id()))?;
     let transition = match reply {
@@ -231,7 +245,7 @@ async fn apply_in_transaction(
     Ok(applied)
 }
 
-async fn save_statuses(tx: &mut Tx, order: &Order) -> Result<(), sqlx::Error> {
+async fn save_statuses(tx: &mut Tx<'_>, order: &Order) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "UPDATE orders SET saga_status = $2, order_status = $3 WHERE id = $1",
         order.id,
@@ -244,7 +258,7 @@ async fn save_statuses(tx: &mut Tx, order: &Order) -> Result<(), sqlx::Error> {
 }
 
 /// The order's full data, read back inside the transaction that approved it.
-async fn order_created(tx: &mut Tx, id: Uuid) -> Result<OrderCreated, sqlx::Error> {
+async fn order_created(tx: &mut Tx<'_>, id: Uuid) -> Result<OrderCreated, sqlx::Error> {
     // The order is pending (never deleted) and locked by this transaction.
     let view = crate::orders::view_by_id(&mut **tx, id).await?.ok_or(sqlx::Error::RowNotFound)?;
     Ok(OrderCreated {
@@ -309,12 +323,24 @@ impl ReplyBacklog {
 /// approval stuck behind a backlog of replies is not a silent customer service. Rows are
 /// claimed with `SKIP LOCKED`, so several workers can sweep at once.
 pub async fn sweep_timeouts(
-    db: &PgPool,
+    db: &Db,
     timeout: Duration,
     max_retries: i32,
     replies: ReplyBacklog,
 ) -> Result<Swept, sqlx::Error> {
-    let mut tx = db.begin().await?;
+    let mut lease = db.lease().await?;
+    let swept = db.within(sweep_in_transaction(&mut lease, timeout, max_retries, replies)).await;
+    lease.settle(&swept);
+    swept
+}
+
+async fn sweep_in_transaction(
+    lease: &mut Lease,
+    timeout: Duration,
+    max_retries: i32,
+    replies: ReplyBacklog,
+) -> Result<Swept, sqlx::Error> {
+    let mut tx = lease.begin().await?;
     let due = sqlx::query!(
         r#"SELECT id, user_id, order_status AS "order_status: OrderStatus", saga_status AS "saga_status: SagaStatus",
                   deleted_at, saga_retries, total_price, saga_event_id AS original_event_id,
@@ -407,10 +433,12 @@ pub struct PendingSaga {
 }
 
 /// Pending orders placed at least `older_than` ago, oldest first, at most `limit`.
-pub async fn pending_sagas(db: &PgPool, older_than: Duration, limit: i64) -> Result<Vec<PendingSaga>, sqlx::Error> {
-    sqlx::query_as!(
-        PendingSaga,
-        r#"SELECT id AS order_id, user_id,
+pub async fn pending_sagas(db: &Db, older_than: Duration, limit: i64) -> Result<Vec<PendingSaga>, sqlx::Error> {
+    db.run(|c| {
+        Box::pin(
+            sqlx::query_as!(
+                PendingSaga,
+                r#"SELECT id AS order_id, user_id,
                   EXTRACT(EPOCH FROM now() - created_at)::float8 AS "age_seconds!",
                   saga_retries AS re_requests,
                   CASE WHEN saga_retries > 0 THEN saga_requested_at END AS last_re_requested_at
@@ -418,42 +446,53 @@ pub async fn pending_sagas(db: &PgPool, older_than: Duration, limit: i64) -> Res
             WHERE saga_status = 'Pending' AND created_at <= now() - make_interval(secs => $1)
             ORDER BY created_at, id
             LIMIT $2"#,
-        older_than.as_secs_f64(),
-        limit
-    )
-    .fetch_all(db)
+                older_than.as_secs_f64(),
+                limit
+            )
+            .fetch_all(c),
+        )
+    })
     .await
 }
 
 /// How many orders wait on the customer service, and the age of the oldest (0 if
 /// none), for `saga_pending` and `saga_oldest_pending_age_seconds`.
-pub async fn pending_summary(db: &PgPool) -> Result<(i64, f64), sqlx::Error> {
-    let row = sqlx::query!(
-        r#"SELECT count(*) AS "pending!",
+pub async fn pending_summary(db: &Db) -> Result<(i64, f64), sqlx::Error> {
+    let row = db
+        .run(|c| {
+            Box::pin(
+                sqlx::query!(
+                    r#"SELECT count(*) AS "pending!",
                   COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 AS "oldest_age!"
              FROM orders WHERE saga_status = 'Pending'"#
-    )
-    .fetch_one(db)
-    .await?;
+                )
+                .fetch_one(c),
+            )
+        })
+        .await?;
     Ok((row.pending, row.oldest_age))
 }
 
 /// Deletes inbox rows older than `retention`, in bounded batches, for at most 10 s a
 /// pass (it runs hourly: ten batches of 1,000 an hour were 2.8 rows/s, less than the
 /// replies a busy worker records).
-pub(crate) async fn prune_inbox(db: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
-    crate::db::delete_in_batches(1000, Duration::from_secs(10), || async {
-        Ok(sqlx::query!(
-            "DELETE FROM saga_inbox WHERE message_id IN (
+pub(crate) async fn prune_inbox(db: &Db, retention: Duration) -> Result<u64, sqlx::Error> {
+    crate::db::delete_in_batches(1000, Duration::from_secs(10), || {
+        db.run(|c| {
+            Box::pin(async move {
+                Ok(sqlx::query!(
+                    "DELETE FROM saga_inbox WHERE message_id IN (
                  SELECT message_id FROM saga_inbox
                   WHERE received_at < now() - make_interval(secs => $1)
                   LIMIT 1000
                     FOR UPDATE SKIP LOCKED)",
-            retention.as_secs_f64()
-        )
-        .execute(db)
-        .await?
-        .rows_affected())
+                    retention.as_secs_f64()
+                )
+                .execute(c)
+                .await?
+                .rows_affected())
+            })
+        })
     })
     .await
 }

@@ -20,9 +20,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::db::Db;
 use amqprs::connection::OpenConnectionArguments;
 use chrono::Utc;
-use sqlx::PgPool;
 use tokio::sync::watch;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -48,7 +48,7 @@ pub struct TimeoutSettings {
 }
 
 pub struct SagaWorker {
-    pub db: PgPool,
+    pub db: Db,
     /// Connection arguments; the dead-letter publisher gets its own connection.
     pub amqp: OpenConnectionArguments,
     pub dead_letter_amqp: OpenConnectionArguments,
@@ -356,7 +356,7 @@ fn handled_well(done: Result<Result<(), amqprs::error::Error>, tokio::task::Join
 /// each sweep it asks the broker how many replies wait in `CustomerSaga` (on a
 /// connection of its own: the consumer's channel is busy with deliveries).
 async fn sweep_loop(
-    db: PgPool,
+    db: Db,
     cache: OrderCache,
     relays: RelayWaker,
     settings: TimeoutSettings,
@@ -400,7 +400,7 @@ async fn sweep_loop(
 /// `reply_queue` (none known, none canceled), sweeps, counts, and invalidates the
 /// canceled orders' users.
 pub async fn sweep_once(
-    db: &PgPool,
+    db: &Db,
     cache: &OrderCache,
     settings: &TimeoutSettings,
     amqp: &OpenConnectionArguments,
@@ -413,7 +413,7 @@ pub async fn sweep_once(
 }
 
 async fn sweep_in(
-    db: &PgPool,
+    db: &Db,
     cache: &OrderCache,
     settings: &TimeoutSettings,
     amqp: &OpenConnectionArguments,

@@ -12,6 +12,8 @@ pub(crate) const CACHE_FILLS: &str = "cache_fills_total";
 pub(crate) const CACHE_INVALIDATIONS: &str = "cache_invalidations_total";
 pub(crate) const DB_CONNECTIONS_LOST: &str = "db_connections_lost_total";
 pub(crate) const DB_REQUESTS_INTERRUPTED: &str = "db_requests_interrupted_total";
+pub(crate) const DB_DEADLINES_PASSED: &str = "db_deadlines_passed_total";
+pub(crate) const DB_CONNECTIONS_DISCARDED: &str = "db_connections_discarded_total";
 pub(crate) const LOKI_DROPPED_LINES: &str = "loki_dropped_lines_total";
 pub(crate) const LOKI_UP: &str = "loki_up";
 pub const OTEL_SPANS_EXPORTED: &str = "otel_spans_exported_total";
@@ -56,6 +58,9 @@ pub(crate) fn register(process: Process) {
             metrics::counter!(name, label => *value).absolute(0);
         }
     };
+    // Every process waits on PostgreSQL under the same bounds.
+    metrics::counter!(DB_DEADLINES_PASSED).absolute(0);
+    zero(DB_CONNECTIONS_DISCARDED, "why", &["unsettled", "silent_on_release", "read_only"]);
     match process {
         Process::Api => {
             zero(CACHE_REQUESTS, "result", &["hit", "miss", "unsettled", "error"]);
@@ -114,6 +119,14 @@ fn describe() {
     describe_counter!(
         DB_REQUESTS_INTERRUPTED,
         "Requests answered 503 because their PostgreSQL connection died after work began, by kind (read, transaction)."
+    );
+    describe_counter!(
+        DB_DEADLINES_PASSED,
+        "Units of PostgreSQL work (a read, a transaction, a relay statement) that passed DB_DEADLINE; each answered 503 or was retried."
+    );
+    describe_counter!(
+        DB_CONNECTIONS_DISCARDED,
+        "PostgreSQL connections closed instead of pooled, by why (unsettled: after a deadline, a lost connection, a refused write or a cancel; silent_on_release: no answer to the ping when given back; read_only: a new connection to a server that refuses writes)."
     );
     describe_counter!(
         LOKI_DROPPED_LINES,

@@ -1,7 +1,7 @@
 //! HTTP operations of users.
 
+use crate::db::Db;
 use poem_openapi::{Object, OpenApi, payload::Json, types::Example};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{CreateUser, USERNAME_MAX};
@@ -12,7 +12,7 @@ use crate::{
 };
 
 pub struct UsersApi {
-    pub db: PgPool,
+    pub db: Db,
 }
 
 /// A new user (a client).

@@ -25,7 +25,7 @@ pub(crate) struct CreateUser {
 impl Command for CreateUser {
     type Output = ();
 
-    async fn execute(self, tx: &mut Tx) -> Result<(), AppError> {
+    async fn execute(self, tx: &mut Tx<'_>) -> Result<(), AppError> {
         sqlx::query!(
             "INSERT INTO users (id, username, address_id) VALUES ($1, $2, $3)",
             self.id,

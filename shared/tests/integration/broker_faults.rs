@@ -92,7 +92,7 @@ async fn the_worker_consumes_again_after_its_queue_is_deleted_and_is_not_ready_m
 
 fn relay(db: &PgPool, broker: &TestBroker, confirm_timeout: Duration) -> Relay {
     Relay {
-        db: db.clone(),
+        db: db.clone().into(),
         amqp: broker.args("relay"),
         topology: broker.topology.clone(),
         settings: RelaySettings { batch_size: 100, confirm_timeout, ..RelaySettings::default() },
@@ -256,7 +256,7 @@ async fn no_order_is_canceled_while_its_answer_waits_in_customer_saga(db: PgPool
         schedule: "0 0 0 1 1 * 2099".parse().unwrap(),
     };
     let swept = order_service::saga::worker::sweep_once(
-        &app.db,
+        &app.db.clone().into(),
         &app.cache,
         &settings,
         &broker.args("sweep"),

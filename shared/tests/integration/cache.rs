@@ -79,7 +79,9 @@ async fn the_read_path_fences_its_own_refill(db: PgPool) {
     sqlx::query("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
     let reader = {
         let (db, cache) = (db.clone(), cache.clone());
-        tokio::spawn(async move { user_orders(&db, &cache, user, page()).await.map(|b| b.bytes().to_vec()) })
+        tokio::spawn(
+            async move { user_orders(&db.clone().into(), &cache, user, page()).await.map(|b| b.bytes().to_vec()) },
+        )
     };
     // Wait until the reader's query is queued behind the lock.
     let blocked = crate::helpers::broker::eventually(Duration::from_secs(10), || async {

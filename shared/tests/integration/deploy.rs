@@ -211,7 +211,7 @@ async fn probes_hit_routes_that_answer_on_the_port_the_process_listens_on(db: Pg
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let ops = order_service::probes::spawn(
         ([127, 0, 0, 1], ops_port).into(),
-        db.clone(),
+        db.clone().into(),
         Arc::new(std::sync::atomic::AtomicBool::new(true)),
         telemetry::metrics(),
         stopped,

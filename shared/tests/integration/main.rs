@@ -25,6 +25,7 @@ mod rabbitmq_admin;
 mod relay;
 mod saga;
 mod schemathesis;
+mod silent_networks;
 mod swagger;
 mod traces;
 mod users;

@@ -76,7 +76,7 @@ async fn sagas_pending_lists_the_waiting_orders_oldest_first(db: PgPool) {
     eprintln!("sagas pending:\n{}", lines.iter().map(Value::to_string).collect::<Vec<_>>().join("\n"));
 
     // The same, as the worker's gauges read it.
-    let (pending, oldest) = order_service::saga::pending_summary(&db).await.unwrap();
+    let (pending, oldest) = order_service::saga::pending_summary(&db.clone().into()).await.unwrap();
     assert_eq!(pending, 3);
     assert!((age - 1.0..age + 60.0).contains(&oldest), "{oldest} against {age}");
 
@@ -119,12 +119,12 @@ async fn dead_letters_are_listed_by_reason_then_replayed_or_discarded_one_by_one
     publisher.close().await;
     let (stop, stopped) = watch::channel(false);
     let worker = SagaWorker {
-        db: db.clone(),
+        db: db.clone().into(),
         amqp: vhost.args("worker"),
         dead_letter_amqp: vhost.args("worker-dlq"),
         topology: topology.clone(),
         cache: app.cache.clone(),
-        relays: order_service::outbox::RelayWaker::start(db.clone()),
+        relays: order_service::outbox::RelayWaker::start(db.clone().into()),
         prefetch: 8,
         concurrency: 4,
         timeouts: TimeoutSettings {

@@ -25,7 +25,7 @@ fn settings() -> RelaySettings {
 /// A relay on the test's database and topology, with its own connection name.
 fn test_relay(db: &PgPool, broker: &TestBroker, batch_size: i64, schedule: &str, broker_up: Arc<AtomicBool>) -> Relay {
     Relay {
-        db: db.clone(),
+        db: db.clone().into(),
         amqp: broker.args("relay"),
         topology: broker.topology.clone(),
         settings: RelaySettings { batch_size, ..settings() },
@@ -80,9 +80,12 @@ async fn every_order_created_through_the_api_reaches_order_saga_once(db: PgPool)
     }
 
     let mut publisher = broker.publisher().await;
-    let outcome = relay_batch(&db, &mut publisher, &broker.topology, &settings()).await.unwrap();
+    let outcome = relay_batch(&db.clone().into(), &mut publisher, &broker.topology, &settings()).await.unwrap();
     assert_eq!((outcome.claimed, outcome.published, outcome.failed), (5, 5, 0));
-    assert_eq!(relay_batch(&db, &mut publisher, &broker.topology, &settings()).await.unwrap().claimed, 0);
+    assert_eq!(
+        relay_batch(&db.clone().into(), &mut publisher, &broker.topology, &settings()).await.unwrap().claimed,
+        0
+    );
     assert_eq!(unpublished(&db).await, 0);
 
     let received = broker.drain(&broker.topology.order_saga_queue).await;
@@ -122,7 +125,7 @@ async fn three_relays_publish_every_event_once_and_in_order(db: PgPool) {
         relays.spawn(async move {
             // Step until nothing is left, not merely until this relay finds nothing to claim.
             while unpublished(&db).await > 0 {
-                let outcome = relay_batch(&db, &mut publisher, &topology, &settings()).await.unwrap();
+                let outcome = relay_batch(&db.clone().into(), &mut publisher, &topology, &settings()).await.unwrap();
                 assert_eq!(outcome.failed, 0);
                 if outcome.claimed == 0 {
                     tokio::task::yield_now().await;
@@ -172,7 +175,7 @@ async fn an_unroutable_event_stays_in_the_outbox(db: PgPool) {
     .await
     .unwrap();
     let mut publisher = broker.publisher().await;
-    let outcome = relay_batch(&db, &mut publisher, &broker.topology, &settings()).await.unwrap();
+    let outcome = relay_batch(&db.clone().into(), &mut publisher, &broker.topology, &settings()).await.unwrap();
     assert_eq!((outcome.claimed, outcome.published, outcome.failed, outcome.reconnect), (1, 0, 1, false));
     let (attempts, last_error, retry_later): (i32, String, bool) =
         sqlx::query_as("SELECT attempts, last_error, next_attempt_at > now() FROM outbox")
@@ -185,7 +188,10 @@ async fn an_unroutable_event_stays_in_the_outbox(db: PgPool) {
     assert!(last_error.contains("NO_ROUTE"), "{last_error}");
     assert!(retry_later, "backs off before the next attempt");
     // Within the backoff, it is not claimed again.
-    assert_eq!(relay_batch(&db, &mut publisher, &broker.topology, &settings()).await.unwrap().claimed, 0);
+    assert_eq!(
+        relay_batch(&db.clone().into(), &mut publisher, &broker.topology, &settings()).await.unwrap().claimed,
+        0
+    );
     publisher.close().await;
     broker.cleanup().await;
 }
@@ -202,9 +208,15 @@ async fn a_row_committed_late_is_still_published(db: PgPool) {
     sqlx::query(insert).bind(late).bind(Uuid::new_v4()).execute(&db).await.unwrap();
 
     let mut publisher = broker.publisher().await;
-    assert_eq!(relay_batch(&db, &mut publisher, &broker.topology, &settings()).await.unwrap().published, 1);
+    assert_eq!(
+        relay_batch(&db.clone().into(), &mut publisher, &broker.topology, &settings()).await.unwrap().published,
+        1
+    );
     slow.commit().await.unwrap();
-    assert_eq!(relay_batch(&db, &mut publisher, &broker.topology, &settings()).await.unwrap().published, 1);
+    assert_eq!(
+        relay_batch(&db.clone().into(), &mut publisher, &broker.topology, &settings()).await.unwrap().published,
+        1
+    );
     let ids: Vec<String> =
         broker.drain(&broker.topology.order_saga_queue).await.iter().map(|m| m.message_id()).collect();
     assert_eq!(ids, [late.to_string(), early.to_string()]);
@@ -258,7 +270,9 @@ async fn retention_deletes_old_published_rows_only(db: PgPool) {
     publish_rows(&db, &format!("id = {}", ids[0]), "now() - interval '8 days'").await;
     publish_rows(&db, &format!("id = {}", ids[2]), "now() - interval '1 day'").await;
     let deleted =
-        order_service::outbox::housekeeping::delete_published(&db, Duration::from_secs(7 * 86400)).await.unwrap();
+        order_service::outbox::housekeeping::delete_published(&db.clone().into(), Duration::from_secs(7 * 86400))
+            .await
+            .unwrap();
     assert_eq!(deleted, 1);
     let published: Vec<i64> =
         sqlx::query_scalar("SELECT id FROM outbox_published ORDER BY id").fetch_all(&db).await.unwrap();
@@ -281,13 +295,13 @@ async fn the_relay_vacuums_the_outbox_once_published_rows_pile_up(db: PgPool) {
     seed_events(&db, 100, 1).await;
     publish_rows(&db, "true", "now()").await;
     assert!(eventually(Duration::from_secs(5), || async { dead_rows().await >= 100 }).await);
-    assert_eq!(vacuum_if_needed(&db).await.unwrap(), None);
+    assert_eq!(vacuum_if_needed(&db.clone().into()).await.unwrap(), None);
     // Past the threshold, as a busy relay leaves them: vacuumed, and the claim's index is
     // clean again.
     seed_events(&db, VACUUM_AFTER_DEAD_ROWS as usize, 1).await;
     publish_rows(&db, "true", "now()").await;
     assert!(eventually(Duration::from_secs(5), || async { dead_rows().await >= VACUUM_AFTER_DEAD_ROWS }).await);
-    assert!(vacuum_if_needed(&db).await.unwrap().is_some());
+    assert!(vacuum_if_needed(&db.clone().into()).await.unwrap().is_some());
     let vacuumed: bool =
         sqlx::query_scalar("SELECT last_vacuum IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'outbox'")
             .fetch_one(&db)
@@ -336,7 +350,7 @@ async fn the_relay_reports_health_and_metrics(db: PgPool) {
     use poem::test::TestClient;
 
     let broker_up = Arc::new(AtomicBool::new(false));
-    let client = TestClient::new(probes::app(db.clone(), broker_up.clone(), telemetry::metrics()));
+    let client = TestClient::new(probes::app(db.clone().into(), broker_up.clone(), telemetry::metrics()));
     client.get("/healthcheck/").send().await.assert_json(json!({"status": "OK"})).await;
     let response = client.get("/readyz").send().await;
     response.assert_status(poem::http::StatusCode::SERVICE_UNAVAILABLE);
@@ -345,12 +359,12 @@ async fn the_relay_reports_health_and_metrics(db: PgPool) {
     client.get("/readyz").send().await.assert_json(json!({"status": "OK"})).await;
 
     seed_events(&db, 2, 1).await;
-    order_service::outbox::housekeeping::record_backlog(&db).await.unwrap();
+    order_service::outbox::housekeeping::record_backlog(&db.clone().into()).await.unwrap();
     // A failure and a success, to have every series.
     let broker = TestBroker::new().await;
     insert_event(&db, Uuid::new_v4(), "Nowhere.At.All").await;
     let mut publisher = broker.publisher().await;
-    relay_batch(&db, &mut publisher, &broker.topology, &settings()).await.unwrap();
+    relay_batch(&db.clone().into(), &mut publisher, &broker.topology, &settings()).await.unwrap();
     publisher.close().await;
     broker.cleanup().await;
     let text = client.get("/metrics").send().await.0.into_body().into_string().await.unwrap();
@@ -401,7 +415,7 @@ async fn a_nacked_event_stays_unpublished(db: PgPool) {
 
     insert_event(&db, Uuid::new_v4(), "Full.Event").await;
     let mut publisher = broker.publisher().await;
-    let outcome = relay_batch(&db, &mut publisher, &broker.topology, &settings()).await.unwrap();
+    let outcome = relay_batch(&db.clone().into(), &mut publisher, &broker.topology, &settings()).await.unwrap();
     assert_eq!((outcome.published, outcome.failed, outcome.reconnect), (0, 1, false));
     let last_error: String = sqlx::query_scalar("SELECT last_error FROM outbox").fetch_one(&db).await.unwrap();
     assert!(last_error.contains("nacked"), "{last_error}");
@@ -420,13 +434,19 @@ async fn a_failed_event_holds_back_the_next_of_its_order(db: PgPool) {
     let second = insert_event(&db, order, "Order.Saga.Second").await;
     let mut publisher = broker.publisher().await;
     // The first is unroutable; the second, routable, must wait for it.
-    let outcome = relay_batch(&db, &mut publisher, &broker.topology, &settings()).await.unwrap();
+    let outcome = relay_batch(&db.clone().into(), &mut publisher, &broker.topology, &settings()).await.unwrap();
     assert_eq!((outcome.claimed, outcome.failed), (1, 1));
     // Neither while the first waits out its backoff…
-    assert_eq!(relay_batch(&db, &mut publisher, &broker.topology, &settings()).await.unwrap().claimed, 0);
+    assert_eq!(
+        relay_batch(&db.clone().into(), &mut publisher, &broker.topology, &settings()).await.unwrap().claimed,
+        0
+    );
     // …nor when it is due and fails again.
     sqlx::query("UPDATE outbox SET next_attempt_at = now()").execute(&db).await.unwrap();
-    assert_eq!(relay_batch(&db, &mut publisher, &broker.topology, &settings()).await.unwrap().published, 0);
+    assert_eq!(
+        relay_batch(&db.clone().into(), &mut publisher, &broker.topology, &settings()).await.unwrap().published,
+        0
+    );
 
     let channel = broker.channel().await;
     channel
@@ -438,7 +458,7 @@ async fn a_failed_event_holds_back_the_next_of_its_order(db: PgPool) {
         .await
         .unwrap();
     sqlx::query("UPDATE outbox SET next_attempt_at = now(), attempts = 2000").execute(&db).await.unwrap();
-    while relay_batch(&db, &mut publisher, &broker.topology, &settings()).await.unwrap().claimed > 0 {}
+    while relay_batch(&db.clone().into(), &mut publisher, &broker.topology, &settings()).await.unwrap().claimed > 0 {}
     let ids: Vec<String> =
         broker.drain(&broker.topology.order_saga_queue).await.iter().map(|m| m.message_id()).collect();
     assert_eq!(ids, [first.to_string(), second.to_string()]);
@@ -502,7 +522,7 @@ async fn an_outbox_commit_sends_no_notify_of_its_own(db: PgPool) {
 async fn the_listener_holds_no_connection_of_the_relays_pool(db: PgPool) {
     let broker = TestBroker::new().await;
     // The relay's own pool, at the smallest size its configuration allows for two lanes.
-    let pool = order_service::db::connect(&database_url(&db), 4).unwrap();
+    let pool = order_service::db::connect(&database_url(&db), 4, &[], Default::default()).unwrap();
     let (stop, stopped) = watch::channel(false);
     let relay = Relay { db: pool.clone(), ..test_relay(&db, &broker, 500, "*/1 * * * * *", Arc::default()) };
     let task = tokio::spawn(relay.run(stopped));
@@ -545,11 +565,13 @@ async fn the_outbox_vacuum_is_not_cut_short_by_the_statement_timeout(db: PgPool)
     assert!(eventually(Duration::from_secs(5), || async { dead().await >= 50_000 }).await);
     // A pool whose statements time out long before this vacuum can finish (the relay's
     // is 30 s, against a large outbox).
-    let impatient = order_service::db::connect_with(&database_url(&db), 2, &[("statement_timeout", "20ms")]).unwrap();
+    let impatient =
+        order_service::db::connect(&database_url(&db), 2, &[("statement_timeout", "20ms")], Default::default())
+            .unwrap();
     let vacuumed = vacuum_if_needed(&impatient).await;
     assert!(matches!(vacuumed, Ok(Some(_))), "{vacuumed:?}");
     // The connection went back to the pool with its timeout as it was.
-    let timeout: String = sqlx::query_scalar("SHOW statement_timeout").fetch_one(&impatient).await.unwrap();
+    let timeout: String = sqlx::query_scalar("SHOW statement_timeout").fetch_one(impatient.pool()).await.unwrap();
     assert_eq!(timeout, "20ms");
 }
 
@@ -559,7 +581,9 @@ async fn one_retention_pass_deletes_everything_past_the_retention(db: PgPool) {
     publish_rows(&db, "true", "now() - interval '8 days'").await;
     seed_events(&db, 10, 1).await;
     let deleted =
-        order_service::outbox::housekeeping::delete_published(&db, Duration::from_secs(7 * 86400)).await.unwrap();
+        order_service::outbox::housekeeping::delete_published(&db.clone().into(), Duration::from_secs(7 * 86400))
+            .await
+            .unwrap();
     // Every 30 s, 10,000 at most was 333 rows/s: less than a busy relay publishes.
     assert_eq!(deleted, 30_000);
     assert_eq!(unpublished(&db).await, 10);
@@ -633,7 +657,8 @@ async fn a_backlog_after_an_empty_outbox_is_not_read_whole_at_each_claim(db: PgP
         .unwrap()
     };
     let before = read().await;
-    let relay_db = order_service::db::connect_with(&database_url(&db), 2, relay::SESSION_SETTINGS).unwrap();
+    let relay_db =
+        order_service::db::connect(&database_url(&db), 2, relay::SESSION_SETTINGS, Default::default()).unwrap();
     let mut publisher = broker.publisher().await;
     let mut steps = 0;
     while relay_batch(&relay_db, &mut publisher, &broker.topology, &settings()).await.unwrap().claimed > 0 {

@@ -5,6 +5,7 @@ use std::{
     time::Duration,
 };
 
+use amqprs::connection::OpenConnectionArguments;
 use order_service::{
     amqp::{Consumer, Outgoing},
     saga::{
@@ -36,29 +37,35 @@ impl RunningWorker {
     }
 
     pub(crate) fn start_with(app: &TestApp, broker: &TestBroker, apply_attempts: u32) -> Self {
-        Self::launch(app, broker, apply_attempts, None)
+        Self::launch(app, broker, broker.args("worker"), apply_attempts, None)
+    }
+
+    /// A worker reaching the broker with `amqp` (through a proxy, say).
+    pub(crate) fn start_through(app: &TestApp, broker: &TestBroker, amqp: OpenConnectionArguments) -> Self {
+        Self::launch(app, broker, amqp, saga::worker::APPLY_ATTEMPTS, None)
     }
 
     /// A worker that dies (stops doing anything) right after it acks its first reply.
     pub(crate) fn start_dying_after_ack(app: &TestApp, broker: &TestBroker, died: Arc<tokio::sync::Notify>) -> Self {
-        Self::launch(app, broker, saga::worker::APPLY_ATTEMPTS, Some(died))
+        Self::launch(app, broker, broker.args("worker"), saga::worker::APPLY_ATTEMPTS, Some(died))
     }
 
     fn launch(
         app: &TestApp,
         broker: &TestBroker,
+        amqp: OpenConnectionArguments,
         apply_attempts: u32,
         halt_after_ack: Option<Arc<tokio::sync::Notify>>,
     ) -> Self {
         let (stop, stopped) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
         let worker = SagaWorker {
-            db: app.db.clone(),
-            amqp: broker.args("worker"),
+            db: app.db.clone().into(),
+            amqp,
             dead_letter_amqp: broker.args("worker-dlq"),
             topology: broker.topology.clone(),
             cache: app.cache.clone(),
-            relays: order_service::outbox::RelayWaker::start(app.db.clone()),
+            relays: order_service::outbox::RelayWaker::start(app.db.clone().into()),
             prefetch: 8,
             concurrency: 4,
             timeouts: TimeoutSettings {
@@ -201,7 +208,9 @@ async fn the_same_reply_three_times_applies_once(db: PgPool) {
     assert_eq!(inbox, 2);
     // A contradicting reply later is stale: recorded, nothing moves.
     let outcome =
-        saga::apply(&app.db, "late", SagaReply::Rejected { order_id: order }, TraceContext::new_root()).await.unwrap();
+        saga::apply(&app.db.clone().into(), "late", SagaReply::Rejected { order_id: order }, TraceContext::new_root())
+            .await
+            .unwrap();
     assert!(matches!(outcome, saga::Applied::Stale { .. }));
     assert_eq!(saga_status(&app, order).await.0, "Approved");
     broker.cleanup().await;
@@ -228,7 +237,7 @@ async fn a_worker_stopped_between_commit_and_ack_has_no_effect_when_redelivered(
     let parsed = SagaReply::parse(&delivery.body).unwrap();
     let key = delivery.message_id().unwrap().to_owned();
     assert_eq!(
-        saga::apply(&app.db, &key, parsed, TraceContext::new_root()).await.unwrap(),
+        saga::apply(&app.db.clone().into(), &key, parsed, TraceContext::new_root()).await.unwrap(),
         saga::Applied::Approved { user_id: saga_user(&app, order).await }
     );
     consumer.close().await; // no ack: the broker redelivers
@@ -348,18 +357,18 @@ async fn a_pending_order_is_re_requested_then_canceled_after_the_last_retry(db: 
     };
     // Not due yet.
     assert_eq!(
-        saga::sweep_timeouts(&app.db, timeout, 2, saga::ReplyBacklog::Empty).await.unwrap(),
+        saga::sweep_timeouts(&app.db.clone().into(), timeout, 2, saga::ReplyBacklog::Empty).await.unwrap(),
         saga::Swept::default()
     );
     // Nor while its request has not left the outbox (the relay or the broker is down).
     age_order().await;
     assert_eq!(
-        saga::sweep_timeouts(&app.db, timeout, 2, saga::ReplyBacklog::Empty).await.unwrap(),
+        saga::sweep_timeouts(&app.db.clone().into(), timeout, 2, saga::ReplyBacklog::Empty).await.unwrap(),
         saga::Swept::default()
     );
     for retry in 1..=2 {
         age().await;
-        let swept = saga::sweep_timeouts(&app.db, timeout, 2, saga::ReplyBacklog::Empty).await.unwrap();
+        let swept = saga::sweep_timeouts(&app.db.clone().into(), timeout, 2, saga::ReplyBacklog::Empty).await.unwrap();
         assert_eq!((swept.re_requested, swept.canceled.len()), (1, 0), "retry {retry}");
         assert_eq!(events(&app, "OrderCreateSaga").await.len(), 1 + retry);
     }
@@ -372,13 +381,15 @@ async fn a_pending_order_is_re_requested_then_canceled_after_the_last_retry(db: 
         assert_ne!(again["eventID"], requests[0]["eventID"]);
     }
     age().await;
-    let swept = saga::sweep_timeouts(&app.db, timeout, 2, saga::ReplyBacklog::Empty).await.unwrap();
+    let swept = saga::sweep_timeouts(&app.db.clone().into(), timeout, 2, saga::ReplyBacklog::Empty).await.unwrap();
     assert_eq!((swept.re_requested, swept.canceled.len()), (0, 1));
     assert_eq!(saga_status(&app, order).await, ("Rejected".into(), "Canceled".into()));
     assert_eq!(events(&app, "OrderCanceled").await.len(), 1);
     // A late approval changes nothing.
     let late =
-        saga::apply(&app.db, "late", SagaReply::Approved { order_id: order }, TraceContext::new_root()).await.unwrap();
+        saga::apply(&app.db.clone().into(), "late", SagaReply::Approved { order_id: order }, TraceContext::new_root())
+            .await
+            .unwrap();
     assert!(matches!(late, saga::Applied::Stale { .. }));
     assert_eq!(saga_status(&app, order).await.0, "Rejected");
 }

@@ -6,6 +6,7 @@
 pub mod broker;
 pub mod otlp;
 pub mod processes;
+pub mod proxy;
 
 use poem::{EndpointExt, Response, endpoint::BoxEndpoint, http::StatusCode, test::TestClient};
 use serde_json::{Value, json};
@@ -71,7 +72,10 @@ pub fn test_cache() -> OrderCache {
 
 /// A pool of at most `connections` sessions set up as the api's, on the test's database.
 pub fn api_pool(db: &PgPool, connections: u32) -> PgPool {
-    order_service::db::connect_with(&processes::database_url(db), connections, http::SESSION_SETTINGS).unwrap()
+    order_service::db::connect(&processes::database_url(db), connections, http::SESSION_SETTINGS, Default::default())
+        .unwrap()
+        .pool()
+        .clone()
 }
 
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -92,9 +96,9 @@ impl TestApp {
     pub fn on_pool(db: PgPool, cache: OrderCache) -> Self {
         show_logs_if_asked();
         let state = AppState {
-            db: db.clone(),
+            db: db.clone().into(),
             cache: cache.clone(),
-            relays: RelayWaker::start(db.clone()),
+            relays: RelayWaker::start(db.clone().into()),
             metrics: telemetry::metrics(),
             max_body_bytes: 64 * 1024,
         };
@@ -208,7 +212,9 @@ impl TestApp {
     /// the worker does (without the worker's cache invalidation, which tests check).
     pub async fn approve(&self, order: Uuid) {
         let reply = SagaReply::Approved { order_id: order };
-        let applied = saga::apply(&self.db, &format!("test-approve-{order}"), reply, TraceContext::new_root()).await;
+        let applied =
+            saga::apply(&self.db.clone().into(), &format!("test-approve-{order}"), reply, TraceContext::new_root())
+                .await;
         assert!(matches!(applied, Ok(Applied::Approved { .. })), "{applied:?}");
     }
 

@@ -6,10 +6,7 @@ use tracing::Instrument;
 
 use backon::Retryable;
 
-use crate::{
-    error::{chain, is_lost_connection},
-    retry::Policy,
-};
+use crate::retry::Policy;
 
 use sqlx::{
     PgPool,
@@ -17,100 +14,88 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
+mod lease;
+
+pub(crate) use lease::Lease;
+pub use lease::{Db, Limits, Readiness};
+
 /// The transaction a command runs in. Commands take it, not a bare connection, so
-/// every write of a command (its outbox events included) provably commits together.
-pub(crate) type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+/// every write of a command (its outbox events included) provably commits together. It
+/// borrows a [`Lease`], which decides at the end whether the connection may go back to
+/// the pool.
+pub(crate) type Tx<'c> = sqlx::Transaction<'c, sqlx::Postgres>;
 
 /// The migrations of `migrations/`, embedded at build time. `Migrator` takes an advisory
 /// lock, so several replicas can start together.
 pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
-/// A pool that cannot be poisoned for long: a connection left inside a transaction (a
-/// cancelled `begin()`, sqlx #4385) is killed by the server after a few seconds, and
-/// every connection is recycled after half an hour.
-/// Connects lazily: the process starts even while PostgreSQL is still coming up.
-pub fn connect(database_url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
-    connect_with(database_url, max_connections, &[])
-}
-
 /// A connection idle this long is pinged before a request gets it.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
-/// [`connect`], with extra session settings.
-pub fn connect_with(
+/// A pool that cannot be poisoned or starved for long, connected lazily (the process
+/// starts even while PostgreSQL is still coming up), with `settings` for its sessions:
+/// - a connection left inside a transaction (a cancelled `begin()`, sqlx #4385) is
+///   killed by the server after a few seconds, and every connection is recycled after
+///   half an hour;
+/// - every wait has a bound ([`Limits`]): sqlx has none of its own on a statement, and
+///   `statement_timeout` is the server's, of no help when its answer cannot arrive;
+/// - a new connection to a server that refuses writes (a standby behind a stale
+///   address) is refused: libpq's `target_session_attrs=read-write`, which sqlx ignores.
+pub fn connect(
     database_url: &str,
     max_connections: u32,
     settings: &[(&str, &str)],
-) -> Result<PgPool, sqlx::Error> {
+    limits: Limits,
+) -> Result<Db, sqlx::Error> {
     let options: PgConnectOptions = database_url.parse()?;
     let options = options
         .application_name("order-service")
         .options([("idle_in_transaction_session_timeout", "10s"), ("statement_timeout", "30s")])
         .options(settings.iter().copied());
-    Ok(PgPoolOptions::new()
+    let ping = limits.ping;
+    let pool = PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(3))
+        .acquire_timeout(limits.acquire)
         .max_lifetime(Duration::from_secs(30 * 60))
         .idle_timeout(Duration::from_secs(10 * 60))
+        .after_connect(move |connection, _| Box::pin(async move { refuse_read_only(connection, ping).await }))
         // No ping before every acquire (a round trip per request under load), but one for
         // a connection that sat idle: one killed server-side while the pool was quiet (a
         // PostgreSQL restart, a failover) is replaced instead of failing the request that
-        // finds it with a 503 (measured: 2 of 20 requests, before this).
+        // finds it with a 503 (measured: 2 of 20 requests, before this). Bounded: a ping
+        // of a frozen connection otherwise waits for TCP to give up (15 minutes).
         .test_before_acquire(false)
-        .before_acquire(|connection, meta| {
+        .before_acquire(move |connection, meta| {
             Box::pin(async move {
                 if meta.idle_for >= PING_IF_IDLE_FOR {
-                    sqlx::Connection::ping(connection).await?;
+                    tokio::time::timeout(ping, sqlx::Connection::ping(connection))
+                        .await
+                        .map_err(|_| lease::silent("a ping", ping))??;
                 }
                 Ok(true)
             })
         })
-        .connect_lazy_with(options))
+        .connect_lazy_with(options);
+    Ok(Db::new(pool, limits))
 }
 
-/// Runs a read, again on another connection while the connection it got turns out dead.
-///
-/// The pool pings a connection that sat idle (`before_acquire`), but not one used a
-/// moment ago: one killed since fails the statement that finds it (measured: a 503 on
-/// the first request after the api's connections were killed under load). A read is
-/// safe to run twice. At most one try per pooled connection and one more: each dead
-/// connection is dropped by the pool when it fails.
-pub async fn read<T, F, Fut>(db: &PgPool, read: F) -> Result<T, sqlx::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
-{
-    let result = on_a_live_connection(db, "read", read).await;
-    if result.as_ref().is_err_and(is_lost_connection) {
-        metrics::counter!(names::DB_REQUESTS_INTERRUPTED, "kind" => "read").increment(1);
+/// `after_connect`: a server whose sessions refuse writes is not one to pool (the pool
+/// tries again until its acquire timeout, and the caller answers 503).
+async fn refuse_read_only(connection: &mut sqlx::PgConnection, within: Duration) -> Result<(), sqlx::Error> {
+    let read_only = tokio::time::timeout(within, is_read_only(connection))
+        .await
+        .map_err(|_| lease::silent("the read-only check of a new connection", within))??;
+    if read_only {
+        metrics::counter!(names::DB_CONNECTIONS_DISCARDED, "why" => "read_only").increment(1);
+        return Err(sqlx::Error::Configuration("the server refuses writes (transaction_read_only is on)".into()));
     }
-    result
+    Ok(())
 }
 
-/// Begins a transaction, on another connection while the one it got turns out dead:
-/// `BEGIN` is the first statement, so nothing was done yet (see [`read`]).
-pub async fn begin(db: &PgPool) -> Result<Tx, sqlx::Error> {
-    on_a_live_connection(db, "begin", || db.begin()).await
-}
-
-/// Runs `op` again while it fails on a lost connection, at most once per pooled
-/// connection and once more; each retry is counted by `during`.
-async fn on_a_live_connection<T, F, Fut>(db: &PgPool, during: &'static str, mut op: F) -> Result<T, sqlx::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
-{
-    let mut lost = 0;
-    loop {
-        match op().await {
-            Err(e) if is_lost_connection(&e) && lost < db.options().get_max_connections() => {
-                lost += 1;
-                metrics::counter!(names::DB_CONNECTIONS_LOST, "during" => during).increment(1);
-                tracing::info!(error.cause = %chain(&e), during, "a pooled connection was dead; trying again on another");
-            }
-            done => return done,
-        }
-    }
+/// Whether the session's server takes no writes: a standby, or a server set read-only
+/// (what libpq's `target_session_attrs=read-write` asks).
+pub(crate) async fn is_read_only(connection: &mut sqlx::PgConnection) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT current_setting('transaction_read_only') = 'on'").fetch_one(connection).await
 }
 
 /// Applies pending migrations, waiting (with backoff, logging each try) for PostgreSQL
