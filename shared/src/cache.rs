@@ -64,11 +64,53 @@ impl Default for Limits {
 
 #[derive(Clone)]
 pub struct OrderCache {
-    redis: ConnectionManager,
+    redis: Arc<Link>,
     prefix: String,
     ttl: Duration,
     limits: Limits,
     unsettled: Arc<Unsettled>,
+}
+
+/// The connection to Redis, replaced when a command gets no answer in time.
+///
+/// redis-rs's `ConnectionManager` reconnects when a connection is dropped, not when it
+/// falls silent: a response timeout is "retry immediately" to it (redis 1.8.1,
+/// `RedisError::retry_method`), so a connection frozen for good (its host gone without a
+/// word) kept every command timing out until the process restarted; the chaos run's
+/// Redis failover counted 1,216 "cache unavailable" to its end.
+/// `the_cache_reconnects_after_redis_froze_for_good` reproduces it.
+struct Link {
+    client: Client,
+    config: ConnectionManagerConfig,
+    /// The manager in use, and how many times it was replaced.
+    current: Mutex<(u64, ConnectionManager)>,
+}
+
+impl Link {
+    /// The manager in use, and its number.
+    fn get(&self) -> (u64, ConnectionManager) {
+        self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Passes `result` on; a timeout on manager `number` replaces it by a new one (once:
+    /// the commands that timed out on it together replace it once).
+    fn checked<T>(&self, number: u64, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
+        if let Err(e) = &result
+            && e.is_timeout()
+        {
+            let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if current.0 == number {
+                match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
+                    Ok(fresh) => {
+                        *current = (number + 1, fresh);
+                        tracing::warn!("Redis did not answer in time; the cache goes on with a new connection");
+                    }
+                    Err(e) => tracing::warn!(error.cause = %e, "cannot make a new Redis connection"),
+                }
+            }
+        }
+        result
+    }
 }
 
 /// The invalidations this process owes Redis (shared by the clones of one cache).
@@ -192,7 +234,8 @@ impl OrderCache {
             .set_response_timeout(Some(Duration::from_millis(500)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
-        let redis = ConnectionManager::new_lazy_with_config(client, config)?;
+        let redis = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+        let redis = Arc::new(Link { client, config, current: Mutex::new((0, redis)) });
         Ok(OrderCache { redis, prefix: prefix.to_owned(), ttl, limits, unsettled: Arc::default() })
     }
 
@@ -215,8 +258,9 @@ impl OrderCache {
         if self.unsettled.owes(user_id) {
             return Ok(Lookup::Unsettled);
         }
-        let (generation, stored): (Option<String>, Option<Vec<u8>>) =
-            self.redis.clone().mget(&[self.user_key(user_id, "gen"), self.page_key(user_id, page)]).await?;
+        let (link, mut redis) = self.redis.get();
+        let read = redis.mget(&[self.user_key(user_id, "gen"), self.page_key(user_id, page)]).await;
+        let (generation, stored): (Option<String>, Option<Vec<u8>>) = self.redis.checked(link, read)?;
         if let (Some(generation), Some(stored)) = (&generation, stored) {
             let prefix = generation.len();
             if stored.len() > prefix && stored.starts_with(generation.as_bytes()) && stored[prefix] == b'|' {
@@ -236,7 +280,8 @@ impl OrderCache {
         if body.len() > self.limits.entry_bytes {
             return Ok(Filled::TooLarge);
         }
-        let stored: i32 = Script::new(FILL)
+        let (link, mut redis) = self.redis.get();
+        let stored = Script::new(FILL)
             .key(self.user_key(user_id, "gen"))
             .key(self.page_key(user_id, page))
             .key(self.user_key(user_id, "pages"))
@@ -244,8 +289,9 @@ impl OrderCache {
             .arg(body)
             .arg(self.ttl.as_secs().max(1))
             .arg(self.limits.pages_per_user)
-            .invoke_async(&mut self.redis.clone())
-            .await?;
+            .invoke_async(&mut redis)
+            .await;
+        let stored: i32 = self.redis.checked(link, stored)?;
         Ok(match stored {
             1 => Filled::Stored,
             2 => Filled::StoredEvicting,
@@ -258,13 +304,14 @@ impl OrderCache {
         otel.name = "EVALSHA invalidate", otel.kind = "client", db.system.name = "redis", db.operation.name = "EVALSHA",
     ))]
     pub async fn invalidate(&self, user_id: Uuid) -> redis::RedisResult<()> {
-        let _: i64 = Script::new(INVALIDATE)
+        let (link, mut redis) = self.redis.get();
+        let done = Script::new(INVALIDATE)
             .key(self.user_key(user_id, "gen"))
             .key(self.user_key(user_id, "pages"))
             .arg(self.ttl.as_secs().max(1))
-            .invoke_async(&mut self.redis.clone())
-            .await?;
-        Ok(())
+            .invoke_async::<i64>(&mut redis)
+            .await;
+        self.redis.checked(link, done).map(|_| ())
     }
 
     /// Invalidates after a commit, from the task that committed: at once, so the next
@@ -336,11 +383,12 @@ impl OrderCache {
 
     async fn users_with_pages(&self) -> redis::RedisResult<Vec<Uuid>> {
         let pattern = format!("{}:user:*:gen", self.prefix);
-        let mut redis = self.redis.clone();
-        let mut keys: redis::AsyncIter<String> = redis.scan_match(&pattern).await?;
+        let (link, mut redis) = self.redis.get();
+        let keys = redis.scan_match(&pattern).await;
+        let mut keys: redis::AsyncIter<String> = self.redis.checked(link, keys)?;
         let mut users = Vec::new();
         while let Some(key) = keys.next_item().await {
-            let key = key?;
+            let key = self.redis.checked(link, key)?;
             let user = key.strip_prefix(&format!("{}:user:", self.prefix)).and_then(|rest| rest.strip_suffix(":gen"));
             if let Some(user) = user.and_then(|id| Uuid::parse_str(id).ok()) {
                 users.push(user);
@@ -350,7 +398,9 @@ impl OrderCache {
     }
 
     pub async fn ping(&self) -> redis::RedisResult<()> {
-        redis::cmd("PING").query_async::<String>(&mut self.redis.clone()).await.map(|_| ())
+        let (link, mut redis) = self.redis.get();
+        let pong = redis::cmd("PING").query_async::<String>(&mut redis).await;
+        self.redis.checked(link, pong).map(|_| ())
     }
 }
 
