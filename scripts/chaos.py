@@ -14,6 +14,26 @@ Broker faults of the second round: the broker cancels the workers' consumer (Cus
 deleted while empty, then redeclared by the workers), and a memory alarm blocks every
 publisher for a few seconds.
 
+Silent networks: the system's processes reach PostgreSQL, RabbitMQ and Redis each through
+a fault proxy of this run (scripts/fault_proxy.py, ports 18340-18342; the ledger's own
+psql, pika and rabbitmqctl go direct), and for each of the three the schedule adds
+- a silent partition: every connection, open and new, frozen (nothing forwarded,
+  nothing closed; new connections accepted but not forwarded) for 6 to 12 s (6 to 8 s
+  in the short variant), then healed: what the connections held goes on;
+- a failover behind a stable address: the connections open then are frozen for good
+  (never forwarded again, never closed until the run ends), while new ones pass at once.
+The faults above that act on the servers themselves (close_connection, stop_app, the
+Redis restart, pg_terminate_backend) go through the proxies as they would through a
+network. After each silent fault the `recovery` line of the summary says how long from
+the network being usable again (the heal, or the failover itself) until the system had
+recovered: for PostgreSQL and RabbitMQ, no outbox row and no Pending order from before
+that moment left, and an order created after it completed (once the clients are done,
+the probe places one of its own, which the ledger checks like theirs); for Redis, the
+api's cache answering reads again (a hit or a miss, not an error). No recovery within
+60 s is a violation, which says what was still wrong. At the end every process is
+stopped at once (15 s for all), then the proxies, which closes the connections frozen
+for good.
+
 CHAOS_SHORT=1 is the variant `make test` runs (about two minutes); CHAOS_SEED fixes the
 schedule (printed at the start); CHAOS_ORDERS, CHAOS_CLIENTS and CHAOS_SECONDS override
 the sizes. CHAOS_AMQP_PORT and CHAOS_RABBITMQCTL choose the broker (`make test` runs it
@@ -41,6 +61,8 @@ from pathlib import Path
 
 import pika
 
+from fault_proxy import FaultProxy
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target/debug"
 WORK = ROOT / "target/chaos"
@@ -62,6 +84,21 @@ AMQP_PORT = int(os.environ.get("CHAOS_AMQP_PORT", 5672))
 AMQP_URL = f"amqp://guest:guest@127.0.0.1:{AMQP_PORT}/{VHOST}"
 RABBITMQCTL = os.environ.get("CHAOS_RABBITMQCTL", "rabbitmqctl").split()
 REDIS_PORT = 16390
+# The system's processes reach the three servers through the fault proxies on these
+# ports (silent partitions, failovers); the ledger's own psql, pika and rabbitmqctl go
+# direct, so that they see the servers whatever the proxies do.
+PG_PROXY_PORT, AMQP_PROXY_PORT, REDIS_PROXY_PORT = 18340, 18341, 18342
+SYSTEM_DATABASE_URL = f"postgres://postgres:{DB_PASSWORD}@127.0.0.1:{PG_PROXY_PORT}/{DB}"
+SYSTEM_AMQP_URL = f"amqp://guest:guest@127.0.0.1:{AMQP_PROXY_PORT}/{VHOST}"
+SYSTEM_REDIS_URL = f"redis://127.0.0.1:{REDIS_PROXY_PORT}/0"
+# How long a silent partition lasts (seeded), and how long the system has to recover
+# from a silent fault before it is a violation.
+PARTITION_SECONDS = (6, 8) if SHORT else (6, 12)
+# Recovery here means every order from before the fault completed, which also waits for
+# the broker to notice a frozen consumer (its heartbeats) and redeliver what it held, and
+# for the faults that overlap it: measured 21-58 s in short runs. 90 s tells a stuck
+# system from a slow one without flaking.
+RECOVERY_SECONDS = 90
 API_PORT = 18300
 API = f"127.0.0.1:{API_PORT}"
 CREDIT_LIMIT = decimal.Decimal(1000)
@@ -124,13 +161,23 @@ class Proc:
         self.start()
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.crashes.append("no exit within 15 s of SIGTERM")
+        stop_all({self.name: self})
+
+
+def stop_all(procs):
+    """SIGTERM to every process at once, then 15 s for all of them: a process that hangs
+    on a connection frozen for good costs 15 s once, not once per process."""
+    running = [p for p in procs.values() if p.proc and p.proc.poll() is None]
+    for p in running:
+        p.proc.send_signal(signal.SIGTERM)
+    deadline = time.time() + 15
+    for p in running:
+        try:
+            p.proc.wait(timeout=max(0.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            p.proc.kill()
+            p.proc.wait()
+            p.crashes.append("no exit within 15 s of SIGTERM")
 
 
 class Redis:
@@ -153,9 +200,17 @@ class Redis:
         self.proc.wait()
 
 
-def system(redis_url):
-    common = dict(os.environ, DATABASE_URL=DATABASE_URL, AMQP_URL=AMQP_URL, REDIS_URL=redis_url, LOG_FORMAT="json",
-                  LOG_LEVEL="info", CREDIT_LIMIT=str(CREDIT_LIMIT))
+def proxies():
+    """The fault proxies between the system's processes and the three servers."""
+    return {name: FaultProxy(port, "127.0.0.1", upstream, name=f"{name} proxy")
+            for name, port, upstream in (("pg", PG_PROXY_PORT, 5432), ("rabbitmq", AMQP_PROXY_PORT, AMQP_PORT),
+                                         ("redis", REDIS_PROXY_PORT, REDIS_PORT))}
+
+
+def system():
+    """The system's processes, which reach the servers through the fault proxies."""
+    common = dict(os.environ, DATABASE_URL=SYSTEM_DATABASE_URL, AMQP_URL=SYSTEM_AMQP_URL, REDIS_URL=SYSTEM_REDIS_URL,
+                  LOG_FORMAT="json", LOG_LEVEL="info", CREDIT_LIMIT=str(CREDIT_LIMIT))
     common.pop("LOKI_URL", None)
     procs = [Proc("api", [str(BIN / "api")], dict(common, API_ADDR=API))]
     for i in (1, 2):
@@ -177,15 +232,15 @@ def supervise(procs, stop):
 
 
 class Client:
-    def __init__(self):
-        self.conn = None
+    def __init__(self, timeout=30):
+        self.conn, self.timeout = None, timeout
 
     def call(self, method, path, body=None):
         """(status, parsed body); status 0 when the connection failed."""
         for _ in range(2):
             try:
                 if self.conn is None:
-                    self.conn = http.client.HTTPConnection(API, timeout=30)
+                    self.conn = http.client.HTTPConnection(API, timeout=self.timeout)
                 headers = {"Content-Type": "application/json"} if body is not None else {}
                 self.conn.request(method, path, json.dumps(body) if body is not None else None, headers)
                 response = self.conn.getresponse()
@@ -327,9 +382,96 @@ def poison_messages():
 
 # Seconds from each fault to the system's recovery, by fault kind.
 recovery = collections.defaultdict(list)
+# Silent faults the system had not recovered from RECOVERY_SECONDS later: by kind, what
+# was still wrong then, once per fault.
+unrecovered = collections.defaultdict(list)
+# What each silent fault froze: "kind: details", in order.
+silences = []
+# The threads measuring recovery from the silent faults (joined before the drain).
+probes = []
+# Set once the clients have sent every order: a recovery probe then places an order of
+# its own to see one complete.
+stream_over = threading.Event()
+# The orders the recovery probes placed (as the clients' results; the ledger checks them).
+canaries = []
 
 
-def fault_schedule(rng, procs, redis, poison):
+def place_canary(client, prices):
+    """One order placed by a recovery probe, recorded for the ledger: (its id if it was
+    taken (204), the status)."""
+    rng = random.Random()
+    products = rng.sample(sorted(prices), 3)
+    user = rng.randrange(1, USERS + 1)
+    order = str(uuid.uuid4())
+    status, body = client.call("POST", "/api/v1/orders/", {
+        "orderID": order, "paymentMethod": "Card", "productsIds": products, "userID": user_id(user),
+        "deliveryAddress": address_id(user)})
+    canaries.append({"order": order, "status": status, "body": body, "user": user_id(user),
+                     "total": sum(prices[p] for p in products), "products": products})
+    return (order if status == 204 else None), status
+
+
+def not_recovered(server, back, state, prices):
+    """What still shows that the system has not recovered from a silent fault of
+    `server` whose network was usable again at `back` (a time.time()); nothing once it
+    has. PostgreSQL and RabbitMQ: an outbox row or a Pending order older than `back`,
+    or no order created since completed (once the clients have sent all theirs, the
+    probe places one, again each second until the api takes it). Redis: the
+    api's cache reads not answered by Redis (no hit nor miss counted since the last
+    look, which reads a list itself to make one); the workers' invalidations that
+    Redis did not take are the ledger's cache check's business."""
+    if server == "redis":
+        state["client"].call("GET", f"/api/v1/orders/user/{user_id(1)}?limit=1000")
+        reads = api_counter("cache_requests_total", 'result="hit"') + api_counter("cache_requests_total",
+                                                                                   'result="miss"')
+        answered = state.get("reads") is not None and reads > state["reads"]
+        state["reads"] = reads
+        return [] if answered else ["the api's cache reads are not answered by Redis"]
+    at = f"to_timestamp({back})"
+    old_events, old_pending, completed = map(int, rows(
+        f"SELECT (SELECT count(*) FROM outbox WHERE created_at < {at}),"
+        f" (SELECT count(*) FROM orders WHERE saga_status = 'Pending' AND created_at < {at}),"
+        f" (SELECT count(*) FROM orders WHERE saga_status <> 'Pending' AND created_at >= {at})")[0])
+    wrong = []
+    if old_events:
+        wrong.append(f"{old_events} outbox rows from before still unpublished")
+    if old_pending:
+        wrong.append(f"{old_pending} orders from before still Pending")
+    if not completed:
+        wrong.append("no order created since has completed")
+        if stream_over.is_set() and not state.get("canary") and time.time() > state.get("canary_at", 0) + 1:
+            state["canary_at"] = time.time()
+            state["canary"], status = place_canary(state["client"], prices)
+            if not state["canary"]:
+                wrong.append(f"the api did not take an order ({status or 'no answer'})")
+    return wrong
+
+
+def measure_recovery(kind, server, back, prices):
+    """In a thread of its own (the schedule goes on): records in `recovery` how long
+    after `back` the system had recovered from a silent fault of `server`, or in
+    `unrecovered` what was still wrong RECOVERY_SECONDS later."""
+    def probe():
+        # The clients' timeout: an order the api took late is still answered.
+        state, wrong = {"client": Client(timeout=30 if server != "redis" else 5)}, ["not looked at"]
+        while time.time() < back + RECOVERY_SECONDS:
+            try:
+                wrong = not_recovered(server, back, state, prices)
+                if not wrong:
+                    recovery[kind].append(time.time() - back)
+                    return
+            except (OSError, subprocess.CalledProcessError, http.client.HTTPException) as e:
+                wrong = [f"the probe failed ({type(e).__name__}: {e})"]
+            time.sleep(0.25)
+        unrecovered[kind].append("; ".join(wrong))
+        log(f"{kind}: no recovery within {RECOVERY_SECONDS} s: {'; '.join(wrong)}")
+
+    thread = threading.Thread(target=probe, name=f"recovery of {kind}", daemon=True)
+    thread.start()
+    probes.append(thread)
+
+
+def fault_schedule(rng, procs, redis, poison, proxies, prices):
     """(at seconds, kind, action) in time order, over the order stream."""
     def kill(name):
         def act():
@@ -407,9 +549,39 @@ def fault_schedule(rng, procs, redis, poison):
                 return
             time.sleep(0.1)
 
+    def silent_partition(name):
+        """Every connection to the server, open and new, frozen for a few seconds, then
+        healed; the recovery is measured from the heal."""
+        def act():
+            proxy = proxies[name]
+            seconds = rng.uniform(*PARTITION_SECONDS)
+            frozen = proxy.partition()
+            try:
+                time.sleep(seconds)
+            finally:
+                held = proxy.stats()["held"]
+                proxy.heal()
+            silences.append(f"{name} silent partition: {frozen} connections frozen for {seconds:.1f} s,"
+                            f" {held} new ones held")
+            log(f"{name}: healed after {seconds:.1f} s ({frozen} connections frozen, {held} new ones held)")
+            measure_recovery(f"{name} silent partition", name, time.time(), prices)
+        return act
+
+    def failover(name):
+        """The connections open now frozen for good (until the run ends), new ones pass:
+        the recovery is measured from the failover itself."""
+        def act():
+            frozen = proxies[name].freeze_current_for_good()
+            silences.append(f"{name} failover: {frozen} connections frozen for good")
+            log(f"{name}: {frozen} connections frozen for good")
+            measure_recovery(f"{name} failover", name, time.time(), prices)
+        return act
+
     rounds = 1 if SHORT else 2
     faults = []
     for _ in range(rounds):
+        for name in ("pg", "rabbitmq", "redis"):
+            faults += [(f"{name} silent partition", silent_partition(name)), (f"{name} failover", failover(name))]
         faults += [("sigkill relay", kill(f"outbox-relay-{rng.choice((1, 2))}")),
                    ("sigkill worker", kill(f"saga-worker-{rng.choice((1, 2))}")),
                    ("broker closes connections", close_connections),
@@ -596,12 +768,13 @@ def check_logs(violations):
 # --- load with faults -------------------------------------------------------------------
 
 
-def api_counter(name):
-    """The sum of every series of one of the api's counters."""
+def api_counter(name, label=""):
+    """The sum of every series of one of the api's counters (those with label, such as
+    'result="hit"', if given)."""
     with urllib.request.urlopen(f"http://{API}/metrics", timeout=10) as response:
         text = response.read().decode()
     return sum(float(value) for series, value in re.findall(r"^(\S+) (\S+)$", text, re.M)
-               if series == name or series.startswith(name + "{"))
+               if (series == name or series.startswith(name + "{")) and label in series)
 
 
 def load_phase(kill_connections, violations):
@@ -699,7 +872,16 @@ def main():
     setup()
     redis = Redis()
     redis.start()
-    procs = system(f"redis://127.0.0.1:{REDIS_PORT}/0")
+    gates = proxies()
+    for proxy in gates.values():
+        try:
+            proxy.start()
+        except OSError as e:
+            for started in gates.values():
+                started.stop()
+            redis.stop()
+            raise SystemExit(f"chaos: {proxy.name} cannot listen on port {proxy.port}: {e}")
+    procs = system()
     for proc in procs.values():
         proc.start()
     stop_supervisor = threading.Event()
@@ -711,20 +893,28 @@ def main():
         wait_http("/readyz")
         prices = seed(rng)
         poison = poison_messages()
-        schedule = fault_schedule(rng, procs, redis, poison)
+        schedule = fault_schedule(rng, procs, redis, poison, gates, prices)
         results = []
         start = time.time()
         threads = clients(prices, results)
         inject(schedule, start, injected)
         for t in threads:
             t.join()
+        stream_over.set()
         log(f"{len(results)} orders sent in {time.time() - start:.0f} s; healing and draining")
-        # Heal: everything running (the supervisor restarts), the broker up.
+        # Heal: everything running (the supervisor restarts), the broker up, no partition
+        # (each heals itself; the connections frozen for good stay so until the end).
         ctl("-q", "await_startup")
+        # The recovery probes first: the orders they place are drained like the others.
+        for probe in probes:
+            probe.join()
+        for kind, wrongs in sorted(unrecovered.items()):
+            for wrong in wrongs:
+                violations.append(f"{kind}: not recovered within {RECOVERY_SECONDS} s ({wrong})")
         busy = drain(time.time() + DRAIN_SECONDS)
         if any(busy.values()):
             violations.append(f"not drained within {DRAIN_SECONDS} s: {busy}")
-        ledger = check_ledger(results, poison, violations)
+        ledger = check_ledger(results + canaries, poison, violations)
         mismatched = check_cache(violations)
 
         log(f"load: {LOAD_SECONDS} s at saturation, then {LOAD_SECONDS} s while PostgreSQL connections are killed")
@@ -737,9 +927,11 @@ def main():
     finally:
         stop_supervisor.set()
         supervisor.join()
-        for proc in procs.values():
-            proc.stop()
+        stop_all(procs)
         redis.stop()
+        # Last: closes the connections frozen for good.
+        for proxy in gates.values():
+            proxy.stop()
     crashes = {name: p.crashes for name, p in procs.items() if p.crashes}
     for name, codes in crashes.items():
         if name != "customer-simulator":
@@ -749,7 +941,7 @@ def main():
     statuses = ", ".join(f"{s or 'no answer'}: {n}" for s, n in sorted(ledger["statuses"].items()))
     summary = [
         f"chaos summary (seed {SEED}{', short' if SHORT else ''}, {time.time() - started:.0f} s)",
-        f"  orders: {len(results)} sent by {CLIENTS} clients ({statuses})",
+        f"  orders: {len(results)} sent by {CLIENTS} clients, {len(canaries)} by the recovery probes ({statuses})",
         "  faults: " + ", ".join(f"{kind} ×{n}" for kind, n in sorted(injected.items())),
         "  restarts: " + ", ".join(f"{n} {p.starts - 1}" for n, p in procs.items() if p.starts > 1),
         f"  events: {ledger['events']} written, all seen by the Order.* consumer: {ledger['events_unseen'] == 0}"
@@ -763,7 +955,13 @@ def main():
         f" interrupted, {killed['replaced']} dead connections replaced without a failure),"
         f" then {killed['recovery_503s']} 503s before 20 orders in a row went through",
         "  recovery: " + (", ".join(f"{kind} {', '.join(f'{s:.1f} s' for s in times)}"
-                                    for kind, times in sorted(recovery.items())) or "none measured"),
+                                    for kind, times in sorted(recovery.items())) or "none measured")
+        + "".join(f"; {kind}: none within {RECOVERY_SECONDS} s ×{len(wrongs)}"
+                  for kind, wrongs in sorted(unrecovered.items())),
+        "  silent network: " + ("; ".join(silences) or "no silent fault"),
+        "  proxies: " + ", ".join(f"{name} {stats['accepted']} connections, {stats['bytes_up'] / 1e6:.1f} MB up,"
+                                  f" {stats['bytes_down'] / 1e6:.1f} MB down, {stats['refused']} refused upstream"
+                                  for name, stats in ((name, proxy.stats()) for name, proxy in gates.items())),
         f"  broker: RabbitMQ {broker_version()} on port {AMQP_PORT}",
         "  peak RSS: " + ", ".join(f"{n} {mb:.1f} MB" for n, mb in rss.items()),
         f"  violations: {len(violations)}",

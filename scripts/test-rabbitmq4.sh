@@ -28,7 +28,7 @@ export TEST_AMQP_URL="$url"
 export TEST_RABBITMQCTL="$PWD/scripts/rabbitmq4.sh ctl"
 export DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export TEST_RABBITMQ_MANAGEMENT_URL="http://127.0.0.1:15673/"
-cargo test --workspace --test integration -- broker_faults:: relay:: saga:: rabbitmq_admin:: operators:: --include-ignored --skip broker_wide
+cargo test --workspace --test integration -- broker_faults:: relay:: saga:: rabbitmq_admin:: operators:: silent_networks::rabbitmq --include-ignored --skip broker_wide
 cargo test --workspace --test integration -- broker_wide --ignored --test-threads=1
 CHAOS_SHORT=1 CHAOS_AMQP_PORT=5673 CHAOS_RABBITMQCTL="$PWD/scripts/rabbitmq4.sh ctl" \
     target/tools/venv/bin/python scripts/chaos.py
