@@ -54,11 +54,20 @@ pub struct Limits {
     /// every user's pages are invalidated once Redis answers, and until then this process
     /// does not read the cache at all.
     pub unsettled_users: usize,
+    /// `REDIS_TIMEOUT`: for a connection and for each answer. Past it a read falls back
+    /// to PostgreSQL and the connection is replaced (a cache that answers late is worse
+    /// than none).
+    pub timeout: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { pages_per_user: 16, entry_bytes: 1024 * 1024, unsettled_users: 100_000 }
+        Limits {
+            pages_per_user: 16,
+            entry_bytes: 1024 * 1024,
+            unsettled_users: 100_000,
+            timeout: Duration::from_millis(500),
+        }
     }
 }
 
@@ -230,8 +239,8 @@ impl OrderCache {
         let client = Client::open(redis_url)?;
         // Fail fast: a cache that answers late is worse than none.
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(Duration::from_millis(500)))
+            .set_connection_timeout(Some(limits.timeout))
+            .set_response_timeout(Some(limits.timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
         let redis = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;

@@ -190,11 +190,15 @@ pub struct AmqpConfig {
     pub queue_type: QueueType,
 }
 
-/// The Redis read cache, read alike by the api and the worker: `REDIS_URL`, `CACHE_TTL`.
+/// The Redis read cache, read alike by the api and the worker: `REDIS_URL`, `CACHE_TTL`,
+/// `REDIS_TIMEOUT`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct CacheConfig {
     #[serde(rename = "redis_url", default = "default_redis_url")]
     pub url: Redacted<String>,
+    /// The bound of each wait on Redis (`cache::Limits::timeout`), e.g. `500ms`.
+    #[serde(rename = "redis_timeout", default = "default_redis_timeout", deserialize_with = "redis_timeout")]
+    pub timeout: Duration,
     /// How long a cached page of a user's orders lives, e.g. `5m` (the worker retries a
     /// failed invalidation as long).
     #[serde(rename = "cache_ttl", default = "default_cache_ttl", deserialize_with = "cache_ttl")]
@@ -618,6 +622,16 @@ fn default_cache_ttl() -> Duration {
     Duration::from_secs(5 * 60)
 }
 
+fn default_redis_timeout() -> Duration {
+    crate::cache::Limits::default().timeout
+}
+
+fn redis_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    parse_var_with(d, "REDIS_TIMEOUT", "a duration of at least 10ms such as 500ms", |text| {
+        at_least(text, Duration::from_millis(10))
+    })
+}
+
 fn cache_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     parse_var_with(d, "CACHE_TTL", "a duration of at least 1s such as 5m", |text| {
         at_least(text, Duration::from_secs(1))
@@ -959,6 +973,31 @@ mod tests {
         ] {
             let error = WorkerConfig::from_vars(vars(&[(var, value)])).unwrap_err().to_string();
             assert!(error.contains(var), "{error}");
+        }
+    }
+
+    #[test]
+    fn every_wait_on_postgresql_and_redis_has_a_bound_with_a_default() {
+        let config = ApiConfig::from_vars(vars(&[])).unwrap();
+        assert_eq!(config.database.limits, crate::db::Limits::default());
+        assert_eq!(config.cache.timeout, Duration::from_millis(500));
+        let config = WorkerConfig::from_vars(vars(&[
+            ("DB_ACQUIRE_TIMEOUT", "2s"),
+            ("DB_DEADLINE", "8s"),
+            ("DB_PING_TIMEOUT", "300ms"),
+            ("REDIS_TIMEOUT", "1s"),
+        ]))
+        .unwrap();
+        let limits = config.database.limits;
+        assert_eq!(
+            (limits.acquire, limits.deadline, limits.ping),
+            (Duration::from_secs(2), Duration::from_secs(8), Duration::from_millis(300))
+        );
+        assert_eq!(config.cache.timeout, Duration::from_secs(1));
+        for var in ["DB_ACQUIRE_TIMEOUT", "DB_DEADLINE", "DB_PING_TIMEOUT", "REDIS_TIMEOUT"] {
+            let error = ApiConfig::from_vars(vars(&[(var, "1ms")])).unwrap_err().to_string();
+            assert!(error.contains(var), "{error}");
+            assert!(ApiConfig::variables().contains(&var.to_owned()), "{var}");
         }
     }
 

@@ -28,7 +28,12 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     telemetry::register_metrics(telemetry::Process::Api);
-    let cache = cache::OrderCache::new(&config.cache.url, "order-service", config.cache.ttl)?;
+    let cache = cache::OrderCache::with_limits(
+        &config.cache.url,
+        "order-service",
+        config.cache.ttl,
+        cache::Limits { timeout: config.cache.timeout, ..cache::Limits::default() },
+    )?;
     let state = http::AppState {
         db: db.clone(),
         cache,

@@ -8,7 +8,7 @@ use std::{
 
 use order_service::{
     amqp::Topology,
-    cache::OrderCache,
+    cache::{self, OrderCache},
     config::{Settings, WorkerConfig},
     db, outbox, probes,
     saga::{
@@ -42,7 +42,12 @@ async fn main() -> anyhow::Result<()> {
     let name = format!("saga-worker@{}", std::process::id());
     let amqp = config.amqp.connection_args(&name)?;
     let dead_letter_amqp = config.amqp.connection_args(&format!("{name}-dead-letters"))?;
-    let cache = OrderCache::new(&config.cache.url, "order-service", config.cache.ttl)?;
+    let cache = OrderCache::with_limits(
+        &config.cache.url,
+        "order-service",
+        config.cache.ttl,
+        cache::Limits { timeout: config.cache.timeout, ..cache::Limits::default() },
+    )?;
 
     let stopped = order_service::shutdown::flag();
     let broker_up = Arc::new(AtomicBool::new(false));

@@ -1,7 +1,7 @@
 //! Networks that say nothing: PostgreSQL, RabbitMQ and Redis behind a [`FaultProxy`]
 //! that freezes connections without closing them (a partition, a failover behind a
 //! stable address), and PostgreSQL answering "not now" (read-only, disk full). Every
-//! wait is bounded by a named setting (README, "Settings"), and nothing is lost.
+//! wait is bounded by a named setting (README, "Configuration"), and nothing is lost.
 
 use std::{
     sync::{Arc, atomic::AtomicBool},
