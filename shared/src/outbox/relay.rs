@@ -121,9 +121,13 @@ struct Claimed {
 /// One step of the relay. The claim's transaction stays open while the batch is
 /// published, so the rows stay locked against other relays until they are moved.
 ///
-/// The claim looks at the oldest due rows only (four batches' worth, walked in id order
-/// on the primary key): the oldest row is always the head of its order, so a claim finds
-/// work whenever there is some. Its shape keeps its cost bounded by that window whatever
+/// The claim looks at the oldest due heads only (four batches' worth, walked in id order
+/// on the primary key): a due row that is not its order's head (its head was refused by
+/// the broker and backs off) is passed over, at one probe of the aggregate's index each,
+/// so a claim finds work whenever there is some. The window was once the oldest due rows,
+/// heads or not: four orders whose heads backed off, with a due successor each, filled a
+/// window of batch size 1 and every claim returned nothing (#24,
+/// `successors_of_backed_off_heads_do_not_hide_the_heads_behind_them`). Its shape keeps its cost bounded by that window whatever
 /// the planner believes of the outbox, whose statistics usually say it is empty (a
 /// VACUUM of an empty outbox leaves its pages with no rows: every estimate becomes one
 /// row). Believing that, the planner had rescanned the window for each row and read the
@@ -167,8 +171,12 @@ pub async fn relay_batch(
         Claimed,
         r#"SELECT id, event_id, exchange, routing_key, event_type, payload::text AS "payload!", headers, created_at
              FROM outbox AS o
-            WHERE id = ANY(ARRAY(SELECT id FROM outbox
+            WHERE id = ANY(ARRAY(SELECT id FROM outbox AS due
                                   WHERE next_attempt_at <= now()
+                                    AND NOT EXISTS (SELECT 1 FROM outbox AS earlier
+                                                     WHERE earlier.aggregate_id = due.aggregate_id
+                                                       AND earlier.id + 0 < due.id
+                                                    OFFSET 0)
                                   ORDER BY id
                                   LIMIT $1::bigint * 4))
               -- Again on the row itself: when another relay retried it meanwhile, the

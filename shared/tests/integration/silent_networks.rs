@@ -576,3 +576,42 @@ async fn the_cache_reconnects_after_redis_froze_for_good(db: PgPool) {
     println!("a page stored again {:?} after Redis froze", frozen.elapsed());
     assert!(stored, "no page stored within 10 s of Redis's connection freezing for good");
 }
+
+/// A relay whose move PostgreSQL refuses "not now" (a read-only server, a full disk)
+/// charges the rows nothing: they leave as they were once it takes writes again.
+#[sqlx::test(migrations = "../migrations")]
+async fn the_relay_charges_no_attempt_while_postgres_refuses_writes(db: PgPool) {
+    let broker = TestBroker::new().await;
+    insert_events(&db, 3).await;
+    let relay_db: order_service::db::Db = db.clone().into();
+    let mut publisher = broker.publisher().await;
+    let settings = RelaySettings { batch_size: 100, ..RelaySettings::default() };
+    for code in ["25006", "53100", "57P03"] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE OR REPLACE FUNCTION not_now() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN RAISE EXCEPTION 'not now' USING ERRCODE = '{code}'; END $$;
+             CREATE OR REPLACE TRIGGER not_now BEFORE INSERT ON outbox_published
+                 FOR EACH ROW EXECUTE FUNCTION not_now();"
+        )))
+        .execute(&db)
+        .await
+        .unwrap();
+        let refused =
+            order_service::outbox::relay::relay_batch(&relay_db, &mut publisher, &broker.topology, &settings).await;
+        assert!(refused.is_err(), "{code}: {refused:?}");
+        let charged: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM outbox WHERE attempts > 0 OR last_error IS NOT NULL OR next_attempt_at > now()",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        assert_eq!((unpublished(&db).await, charged), (3, 0), "{code}");
+    }
+    sqlx::raw_sql("DROP TRIGGER not_now ON outbox_published").execute(&db).await.unwrap();
+    let outcome = order_service::outbox::relay::relay_batch(&relay_db, &mut publisher, &broker.topology, &settings)
+        .await
+        .unwrap();
+    assert_eq!(outcome.published, 3);
+    publisher.close().await;
+    broker.cleanup().await;
+}
