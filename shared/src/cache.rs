@@ -22,7 +22,7 @@ use crate::telemetry::names;
 use std::{
     collections::HashSet,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, RwLock,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -91,14 +91,15 @@ pub struct OrderCache {
 struct Link {
     client: Client,
     config: ConnectionManagerConfig,
-    /// The manager in use, and how many times it was replaced.
-    current: Mutex<(u64, ConnectionManager)>,
+    /// The manager in use, and how many times it was replaced. Read by every command,
+    /// written once per silent connection.
+    current: RwLock<(u64, ConnectionManager)>,
 }
 
 impl Link {
     /// The manager in use, and its number.
     fn get(&self) -> (u64, ConnectionManager) {
-        self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Passes `result` on; a timeout on manager `number` replaces it by a new one (once:
@@ -107,7 +108,7 @@ impl Link {
         if let Err(e) = &result
             && e.is_timeout()
         {
-            let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut current = self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner);
             if current.0 == number {
                 match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
                     Ok(fresh) => {
@@ -244,7 +245,7 @@ impl OrderCache {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
         let redis = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
-        let redis = Arc::new(Link { client, config, current: Mutex::new((0, redis)) });
+        let redis = Arc::new(Link { client, config, current: RwLock::new((0, redis)) });
         Ok(OrderCache { redis, prefix: prefix.to_owned(), ttl, limits, unsettled: Arc::default() })
     }
 

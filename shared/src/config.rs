@@ -161,24 +161,21 @@ struct DatabaseVars {
 }
 
 fn db_acquire_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    parse_var_with(d, "DB_ACQUIRE_TIMEOUT", "a duration of at least 100ms such as 3s", |text| {
-        at_least(text, Duration::from_millis(100))
-    })
-    .map(Some)
+    db_bound(d, "DB_ACQUIRE_TIMEOUT", "3s")
 }
 
 fn db_deadline<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    parse_var_with(d, "DB_DEADLINE", "a duration of at least 100ms such as 5s", |text| {
-        at_least(text, Duration::from_millis(100))
-    })
-    .map(Some)
+    db_bound(d, "DB_DEADLINE", "5s")
 }
 
 fn db_ping_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    parse_var_with(d, "DB_PING_TIMEOUT", "a duration of at least 100ms such as 1s", |text| {
-        at_least(text, Duration::from_millis(100))
-    })
-    .map(Some)
+    db_bound(d, "DB_PING_TIMEOUT", "1s")
+}
+
+/// One of `db::Limits`: at least 100 ms (less would fail healthy work under load).
+fn db_bound<'de, D: Deserializer<'de>>(d: D, var: &str, example: &str) -> Result<Option<Duration>, D::Error> {
+    let expected = format!("a duration of at least 100ms such as {example}");
+    parse_var_with(d, var, &expected, |text| at_least(text, Duration::from_millis(100))).map(Some)
 }
 
 /// RabbitMQ, read alike by every binary that talks to it: `AMQP_URL`, `AMQP_QUEUE_TYPE`.

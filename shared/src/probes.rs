@@ -36,7 +36,7 @@ fn healthcheck() -> Json<serde_json::Value> {
 /// Ready when PostgreSQL answers and the broker connection is up; names what is not.
 #[handler]
 async fn readyz(probe: Data<&Probe>) -> impl IntoResponse {
-    let postgres = probe.db.readiness(Duration::from_secs(4)).await;
+    let postgres = probe.db.readiness().await;
     let status = match (postgres, probe.broker_up.load(Ordering::Relaxed)) {
         (Readiness::Ready, true) => return Json(json!({"status": "OK"})).with_status(StatusCode::OK),
         (Readiness::Ready, false) => "rabbitmq unavailable",

@@ -94,10 +94,6 @@ impl Db {
         &self.pool
     }
 
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
     /// A connection of the pool, for one unit of work.
     pub(crate) async fn lease(&self) -> Result<Lease, sqlx::Error> {
         let connection = self.pool.acquire().await?;
@@ -194,9 +190,9 @@ impl Db {
         true
     }
 
-    /// Readiness: whether PostgreSQL answers, and takes writes; within `limit`.
-    pub async fn readiness(&self, limit: Duration) -> Readiness {
-        let started = Instant::now();
+    /// Readiness: whether PostgreSQL answers, and takes writes; within [`READY_WITHIN`].
+    pub async fn readiness(&self) -> Readiness {
+        let (started, limit) = (Instant::now(), READY_WITHIN);
         let pooled = tokio::time::timeout(limit / 2, async {
             let mut lease = self.lease().await?;
             let read_only = super::is_read_only(lease.connection()).await;
@@ -225,6 +221,10 @@ impl Db {
         }
     }
 }
+
+/// How long [`Db::readiness`] may take: within the 5 s both `/readyz` promise, with
+/// room for Redis's answer (the api) beside it.
+const READY_WITHIN: Duration = Duration::from_secs(4);
 
 /// What [`Db::readiness`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -95,7 +95,9 @@ async fn refuse_read_only(connection: &mut sqlx::PgConnection, within: Duration)
 /// Whether the session's server takes no writes: a standby, or a server set read-only
 /// (what libpq's `target_session_attrs=read-write` asks).
 pub(crate) async fn is_read_only(connection: &mut sqlx::PgConnection) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT current_setting('transaction_read_only') = 'on'").fetch_one(connection).await
+    sqlx::query_scalar!(r#"SELECT current_setting('transaction_read_only') = 'on' AS "read_only!""#)
+        .fetch_one(connection)
+        .await
 }
 
 /// Applies pending migrations, waiting (with backoff, logging each try) for PostgreSQL

@@ -45,10 +45,8 @@ impl HealthApi {
     /// what does not. Answers within 5 s whatever they do.
     #[oai(path = "/readyz", method = "get")]
     async fn readyz(&self) -> ReadyResponse {
-        let (postgres, redis) = tokio::join!(
-            self.db.readiness(Duration::from_secs(4)),
-            tokio::time::timeout(Duration::from_secs(2), self.cache.ping()),
-        );
+        let (postgres, redis) =
+            tokio::join!(self.db.readiness(), tokio::time::timeout(Duration::from_secs(2), self.cache.ping()),);
         let redis = matches!(redis, Ok(Ok(())));
         let status = match (postgres, redis) {
             (Readiness::Ready, true) => return ReadyResponse::Ready(Json(Status { status: "OK".into() })),

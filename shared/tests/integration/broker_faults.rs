@@ -101,7 +101,7 @@ fn relay(db: &PgPool, broker: &TestBroker, confirm_timeout: Duration) -> Relay {
     }
 }
 
-async fn insert_events(db: &PgPool, orders: usize, per_order: usize) {
+pub(crate) async fn insert_events(db: &PgPool, orders: usize, per_order: usize) {
     for seq in 0..per_order {
         for n in 0..orders {
             let aggregate = Uuid::from_u128(n as u128 + 1);

@@ -21,7 +21,7 @@ async fn fill_the_pool(client: &reqwest::Client, list: &str) {
 }
 
 /// Has the server kill the api's connections (as a restart or a failover does).
-async fn kill_api_connections(db: &PgPool, database: &str) -> i64 {
+pub(crate) async fn kill_api_connections(db: &PgPool, database: &str) -> i64 {
     let killed: i64 = sqlx::query_scalar(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
           WHERE datname = $1 AND application_name = 'order-service'",

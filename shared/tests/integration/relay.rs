@@ -23,7 +23,13 @@ fn settings() -> RelaySettings {
 }
 
 /// A relay on the test's database and topology, with its own connection name.
-fn test_relay(db: &PgPool, broker: &TestBroker, batch_size: i64, schedule: &str, broker_up: Arc<AtomicBool>) -> Relay {
+pub(crate) fn test_relay(
+    db: &PgPool,
+    broker: &TestBroker,
+    batch_size: i64,
+    schedule: &str,
+    broker_up: Arc<AtomicBool>,
+) -> Relay {
     Relay {
         db: db.clone().into(),
         amqp: broker.args("relay"),
@@ -34,7 +40,7 @@ fn test_relay(db: &PgPool, broker: &TestBroker, batch_size: i64, schedule: &str,
     }
 }
 
-async fn unpublished(db: &PgPool) -> i64 {
+pub(crate) async fn unpublished(db: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(db).await.unwrap()
 }
 

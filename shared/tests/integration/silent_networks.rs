@@ -4,7 +4,7 @@
 //! wait is bounded by a named setting (README, "Configuration"), and nothing is lost.
 
 use std::{
-    sync::{Arc, atomic::AtomicBool},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::{
+    broker_faults::insert_events,
     helpers::{
         REDIS_URL, TestApp, api_pool,
         broker::{TestBroker, eventually},
@@ -26,6 +27,8 @@ use crate::{
         proxy::{FaultProxy, Trigger},
         test_cache,
     },
+    pool::kill_api_connections,
+    relay::{test_relay, unpublished},
     saga::{RunningWorker, reply, saga_status, send_reply},
 };
 
@@ -188,25 +191,32 @@ async fn requests_in_flight_at_a_failover_behind_a_stable_address_answer_within_
     assert!(taken, "no order taken within 10 s of the failover");
 }
 
+/// An order whose `COMMIT` meets `trigger`: the first attempt (which must answer 503
+/// within 10 s), then the same order retried once the held connection is closed (its
+/// host back: the server rolls back what it still had open).
+async fn order_whose_commit(db: &PgPool, trigger: Trigger) -> (Answer, Answer, Uuid) {
+    let proxy = FaultProxy::start("127.0.0.1:5432").await;
+    // Seeded on a pool of its own: the api's connections have never committed, so their
+    // first `COMMIT` goes out as text (sqlx prepares it, then sends only its name).
+    let (user, address, product) = seed(&TestApp::new(db.clone())).await;
+    let app = app_through(&proxy, db);
+    let order = Uuid::new_v4();
+    proxy.freeze_after(b"COMMIT", trigger);
+    let first = send(&app, "POST", "/api/v1/orders/", Some(order_body(order, user, address, product))).await;
+    println!("first attempt ({trigger:?}): {} in {:?}", first.status, first.took);
+    assert!(first.took <= Duration::from_secs(10), "took {:?}", first.took);
+    assert_unavailable(&first, "an order whose commit's outcome is unknown");
+    proxy.close_all();
+    let retry = send(&app, "POST", "/api/v1/orders/", Some(order_body(order, user, address, product))).await;
+    (first, retry, order)
+}
+
 /// A deadline that fires after `COMMIT` was sent leaves the outcome unknown: 503. The
 /// client retries with the same order id and learns what happened: 409 when the first
 /// commit had landed.
 #[sqlx::test(migrations = "../migrations")]
 async fn a_commit_whose_answer_is_lost_answers_503_and_a_retry_409(db: PgPool) {
-    let proxy = FaultProxy::start("127.0.0.1:5432").await;
-    // Seeded on a pool of its own: the api's connections have never committed, so their
-    // first `COMMIT` goes out as text (sqlx prepares it, then sends only its name).
-    let (user, address, product) = seed(&TestApp::new(db.clone())).await;
-    let app = app_through(&proxy, &db);
-    let order = Uuid::new_v4();
-
-    proxy.freeze_after(b"COMMIT", Trigger::SwallowAnswer);
-    let first = send(&app, "POST", "/api/v1/orders/", Some(order_body(order, user, address, product))).await;
-    println!("first attempt: {} in {:?}", first.status, first.took);
-    assert!(first.took <= Duration::from_secs(10), "took {:?}", first.took);
-    assert_unavailable(&first, "an order whose commit was not answered");
-
-    let retry = send(&app, "POST", "/api/v1/orders/", Some(order_body(order, user, address, product))).await;
+    let (_, retry, order) = order_whose_commit(&db, Trigger::SwallowAnswer).await;
     assert_eq!(retry.status, StatusCode::CONFLICT, "the first commit landed: {}", retry.body);
     let stored: i64 =
         sqlx::query_scalar("SELECT count(*) FROM orders WHERE id = $1").bind(order).fetch_one(&db).await.unwrap();
@@ -216,61 +226,19 @@ async fn a_commit_whose_answer_is_lost_answers_503_and_a_retry_409(db: PgPool) {
 /// The same, when `COMMIT` never reached the server: the retry commits now (204).
 #[sqlx::test(migrations = "../migrations")]
 async fn a_commit_that_never_arrived_answers_503_and_a_retry_commits(db: PgPool) {
-    let proxy = FaultProxy::start("127.0.0.1:5432").await;
-    // Seeded on a pool of its own: the api's connections have never committed, so their
-    // first `COMMIT` goes out as text (sqlx prepares it, then sends only its name).
-    let (user, address, product) = seed(&TestApp::new(db.clone())).await;
-    let app = app_through(&proxy, &db);
-    let order = Uuid::new_v4();
-
-    proxy.freeze_after(b"COMMIT", Trigger::Hold);
-    let first = send(&app, "POST", "/api/v1/orders/", Some(order_body(order, user, address, product))).await;
-    println!("first attempt: {} in {:?}", first.status, first.took);
-    assert!(first.took <= Duration::from_secs(10), "took {:?}", first.took);
-    assert_unavailable(&first, "an order whose commit never arrived");
-
-    // The held connection closes (its host comes back): the server rolls it back.
-    proxy.close_all();
-    let retry = send(&app, "POST", "/api/v1/orders/", Some(order_body(order, user, address, product))).await;
+    let (_, retry, _) = order_whose_commit(&db, Trigger::Hold).await;
     assert_eq!(retry.status, StatusCode::NO_CONTENT, "the first commit never landed: {}", retry.body);
 }
 
 fn relay_through(proxy: &FaultProxy, db: &PgPool, broker: &TestBroker) -> Relay {
-    let pool = order_service::db::connect(
+    let proxied = order_service::db::connect(
         &proxy.url(&database_url(db)),
         4,
         order_service::outbox::relay::SESSION_SETTINGS,
         Default::default(),
     )
     .unwrap();
-    Relay {
-        db: pool,
-        amqp: broker.args("relay"),
-        topology: broker.topology.clone(),
-        settings: RelaySettings { batch_size: 100, ..RelaySettings::default() },
-        schedule: "*/1 * * * * *".parse().unwrap(),
-        broker_up: Arc::new(AtomicBool::new(false)),
-    }
-}
-
-async fn insert_events(db: &PgPool, count: usize) {
-    for seq in 0..count {
-        let (event, aggregate) = (Uuid::now_v7(), Uuid::new_v4());
-        sqlx::query(
-            "INSERT INTO outbox (event_id, aggregate_id, exchange, routing_key, event_type, payload)
-             VALUES ($1, $2, 'Orders', 'Order.Saga.Ping', 'OrderPinged', $3)",
-        )
-        .bind(event)
-        .bind(aggregate)
-        .bind(json!({"eventID": event, "orderID": aggregate, "seq": seq}))
-        .execute(db)
-        .await
-        .unwrap();
-    }
-}
-
-async fn unpublished(db: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(db).await.unwrap()
+    Relay { db: proxied, ..test_relay(db, broker, 100, "*/1 * * * * *", Arc::default()) }
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -279,18 +247,18 @@ async fn the_relay_publishes_again_within_30_s_of_a_failover_behind_a_stable_add
     let broker = TestBroker::new().await;
     let (stop, stopped) = watch::channel(false);
     let relay = tokio::spawn(relay_through(&proxy, &db, &broker).run(stopped));
-    insert_events(&db, 5).await;
+    insert_events(&db, 5, 1).await;
     assert!(eventually(Duration::from_secs(10), || async { unpublished(&db).await == 0 }).await);
 
     // The relay's statements wait behind the test's lock while the address moves.
-    insert_events(&db, 5).await;
+    insert_events(&db, 5, 1).await;
     let mut lock = db.begin().await.unwrap();
     sqlx::query("LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
     sessions_waiting_for_a_lock(&db, 1).await;
     proxy.freeze_current_for_good();
     let frozen = Instant::now();
     lock.rollback().await.unwrap();
-    insert_events(&db, 5).await;
+    insert_events(&db, 5, 1).await;
     let drained = eventually(Duration::from_secs(30), || async { unpublished(&db).await == 0 }).await;
     println!("outbox drained {:?} after the failover", frozen.elapsed());
     assert!(drained, "{} events still unpublished 30 s after the failover", unpublished(&db).await);
@@ -345,7 +313,7 @@ async fn a_read_only_server_behind_the_address_answers_503_and_readyz_says_so(db
         .execute(&db)
         .await
         .unwrap();
-    terminate_service_sessions(&db).await;
+    kill_api_connections(&db, &database).await;
     let refused = send(&app, "POST", "/api/v1/orders/", Some(order_body(Uuid::new_v4(), user, address, product))).await;
     println!("order during the switchover: {} {} in {:?}", refused.status, refused.body, refused.took);
     assert_unavailable(&refused, "an order while the address leads to a read-only server");
@@ -373,16 +341,6 @@ async fn a_read_only_server_behind_the_address_answers_503_and_readyz_says_so(db
     assert!(taken, "no order taken within 10 s of the address leading to a primary again");
     println!("order taken {:?} after the primary came back", back.elapsed());
     assert_eq!(send(&app, "GET", "/readyz", None).await.status, StatusCode::OK);
-}
-
-async fn terminate_service_sessions(db: &PgPool) {
-    sqlx::query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-          WHERE datname = current_database() AND application_name = 'order-service'",
-    )
-    .execute(db)
-    .await
-    .unwrap();
 }
 
 /// Pooled connections left on a server that now refuses writes (a demoted primary) are
@@ -475,8 +433,7 @@ async fn rabbitmq_frozen_for_good_costs_nothing(db: PgPool) {
     let phone = app.create_product("Phone", 10.0, 0).await;
     let order = app.place_order(&[phone]).await.order;
     let (stop, stopped) = watch::channel(false);
-    let mut relay = relay_through_direct(&db, &broker);
-    relay.amqp = through("relay");
+    let relay = Relay { amqp: through("relay"), ..test_relay(&db, &broker, 100, "*/1 * * * * *", Arc::default()) };
     let relay = tokio::spawn(relay.run(stopped));
     let worker = RunningWorker::start_through(&app, &broker, through("worker"));
     assert!(eventually(Duration::from_secs(10), || async { unpublished(&db).await == 0 }).await);
@@ -486,7 +443,7 @@ async fn rabbitmq_frozen_for_good_costs_nothing(db: PgPool) {
 
     amqp.freeze_current_for_good();
     let frozen = Instant::now();
-    insert_events(&db, 5).await;
+    insert_events(&db, 5, 1).await;
     send_reply(&broker, &reply(order, "Approved"), "while-rabbitmq-is-frozen").await;
     let done = eventually(Duration::from_secs(60), || async {
         unpublished(&db).await == 0 && saga_status(&app, order).await.0 == "Approved"
@@ -498,23 +455,6 @@ async fn rabbitmq_frozen_for_good_costs_nothing(db: PgPool) {
     tokio::time::timeout(Duration::from_secs(15), relay).await.expect("the relay did not stop").unwrap();
     tokio::time::timeout(Duration::from_secs(15), worker.stop()).await.expect("the worker did not stop");
     broker.cleanup().await;
-}
-
-fn relay_through_direct(db: &PgPool, broker: &TestBroker) -> Relay {
-    Relay {
-        db: order_service::db::connect(
-            &database_url(db),
-            4,
-            order_service::outbox::relay::SESSION_SETTINGS,
-            Default::default(),
-        )
-        .unwrap(),
-        amqp: broker.args("relay"),
-        topology: broker.topology.clone(),
-        settings: RelaySettings { batch_size: 100, ..RelaySettings::default() },
-        schedule: "*/1 * * * * *".parse().unwrap(),
-        broker_up: Arc::new(AtomicBool::new(false)),
-    }
 }
 
 /// Redis frozen for good: a user's orders are read from PostgreSQL within Redis's
@@ -582,7 +522,7 @@ async fn the_cache_reconnects_after_redis_froze_for_good(db: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn the_relay_charges_no_attempt_while_postgres_refuses_writes(db: PgPool) {
     let broker = TestBroker::new().await;
-    insert_events(&db, 3).await;
+    insert_events(&db, 3, 1).await;
     let relay_db: order_service::db::Db = db.clone().into();
     let mut publisher = broker.publisher().await;
     let settings = RelaySettings { batch_size: 100, ..RelaySettings::default() };
