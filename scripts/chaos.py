@@ -747,7 +747,15 @@ def check_cache(violations):
     mismatched = 0
     for i in range(1, USERS + 1):
         for attempt in ("first read", "second read"):
-            status, body = client.call("GET", f"/api/v1/orders/user/{user_id(i)}?limit=1000")
+            # A 503 (with Retry-After) is the api saying "not now", not a stale page: asked
+            # again for up to 30 s. (Seen once: three reads 30 s after a PostgreSQL failover
+            # answered 503 for 12 s, each after its 3 s acquire bound.)
+            deadline = time.time() + 30
+            while True:
+                status, body = client.call("GET", f"/api/v1/orders/user/{user_id(i)}?limit=1000")
+                if status != 503 or time.time() > deadline:
+                    break
+                time.sleep(1)
             cached = {o["OrderID"] for o in body["orders"]} if status == 200 else None
             if cached != approved[user_id(i)]:
                 mismatched += 1

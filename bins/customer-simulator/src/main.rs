@@ -11,7 +11,7 @@
 //! Environment ([`SimulatorConfig`]): `AMQP_URL`, `AMQP_QUEUE_TYPE` (as the other
 //! processes), `CREDIT_LIMIT` (default 1000), `LOG_LEVEL`, `LOG_FORMAT`, `LOKI_URL`.
 
-use std::{str::FromStr, time::Duration};
+use std::str::FromStr;
 
 use order_service::{
     amqp::{Consumer, Outgoing, Publisher, Topology},
@@ -116,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
                 headers: vec![("traceparent".to_owned(), reply_trace.to_string())],
                 body: json!({"orderID": order_id, "orderType": answer}).to_string().into_bytes(),
             };
-            let confirmed = publisher.publish_all(std::slice::from_ref(&reply), Duration::from_secs(5));
+            let confirmed = publisher.publish_all(std::slice::from_ref(&reply), order_service::amqp::CONFIRM_DEADLINE);
             match confirmed.instrument(published).await.remove(0) {
                 // A lost ack means a redelivery, answered again with the same reply id.
                 Ok(()) if consumer.ack(delivery.tag).await.is_err() => break,

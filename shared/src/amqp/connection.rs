@@ -13,7 +13,7 @@ use amqprs::{
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use super::{BrokerVersion, CONNECT_TIMEOUT};
+use super::{BrokerVersion, CLOSE_WITHIN, CONNECT_TIMEOUT};
 
 /// A connection with its news: `lost` turns true once it failed, `blocked` holds the
 /// broker's reason while a resource alarm (memory, disk) blocks its publishes.
@@ -54,8 +54,15 @@ impl Watched {
     }
 
     /// Closes the connection politely.
+    /// Closes the connection, within [`CLOSE_WITHIN`]; past it, dropped.
     pub(super) async fn close(&self) {
-        let _ = self.connection.clone().close().await;
+        let _ = tokio::time::timeout(CLOSE_WITHIN, self.connection.clone().close()).await;
+    }
+
+    /// Closes `channel`, then the connection, each within [`CLOSE_WITHIN`].
+    pub(super) async fn close_with(&self, channel: &amqprs::channel::Channel) {
+        let _ = tokio::time::timeout(CLOSE_WITHIN, channel.clone().close()).await;
+        self.close().await;
     }
 }
 

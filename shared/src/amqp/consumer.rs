@@ -11,7 +11,8 @@ use amqprs::{
     Ack, BasicProperties, Cancel, CloseChannel, FieldValue, Nack, Return,
     callbacks::ChannelCallback,
     channel::{
-        BasicAckArguments, BasicConsumeArguments, BasicQosArguments, BasicRejectArguments, Channel, ConsumerMessage,
+        BasicAckArguments, BasicCancelArguments, BasicConsumeArguments, BasicQosArguments, BasicRejectArguments,
+        Channel, ConsumerMessage,
     },
     connection::OpenConnectionArguments,
 };
@@ -19,7 +20,7 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    CONNECT_TIMEOUT, Topology,
+    CONNECT_TIMEOUT, Outgoing, Topology,
     connection::{Watched, timed_out},
 };
 
@@ -47,6 +48,32 @@ impl Delivery {
             FieldValue::i(n) => Some(n.to_string()),
             _ => None,
         })
+    }
+}
+
+impl Delivery {
+    /// A copy of this message for `queue` (through the default exchange): the same id,
+    /// type, timestamp, body and headers, less the broker's own (`x-…`, such as the
+    /// delivery count).
+    pub fn copy_for(&self, queue: &str) -> Outgoing {
+        let headers = self.properties.headers().map_or_else(Vec::new, |headers| {
+            let headers: &HashMap<amqprs::FieldName, FieldValue> = headers.as_ref();
+            headers
+                .keys()
+                .map(ToString::to_string)
+                .filter(|name| !name.starts_with("x-"))
+                .filter_map(|name| self.header(&name).map(|value| (name, value)))
+                .collect()
+        });
+        Outgoing {
+            exchange: String::new(),
+            routing_key: queue.to_owned(),
+            message_id: self.message_id().unwrap_or_default().to_owned(),
+            message_type: self.properties.message_type().cloned().unwrap_or_default(),
+            timestamp: self.properties.timestamp().unwrap_or_default(),
+            headers,
+            body: self.body.clone(),
+        }
     }
 }
 
@@ -125,6 +152,7 @@ pub struct Consumer {
     channel: Channel,
     deliveries: mpsc::UnboundedReceiver<ConsumerMessage>,
     stopped: watch::Receiver<Option<Stopped>>,
+    tag: String,
 }
 
 impl Consumer {
@@ -144,8 +172,8 @@ impl Consumer {
             channel.basic_qos(BasicQosArguments::new(0, prefetch, false)).await?;
             let mut consume = BasicConsumeArguments::new(queue, "");
             consume.manual_ack(true);
-            let (_, deliveries) = channel.basic_consume_rx(consume.finish()).await?;
-            Ok::<_, amqprs::error::Error>(Consumer { connection, channel, deliveries, stopped })
+            let (tag, deliveries) = channel.basic_consume_rx(consume.finish()).await?;
+            Ok::<_, amqprs::error::Error>(Consumer { connection, channel, deliveries, stopped, tag })
         })
         .await;
         opened.map_err(|_| timed_out())?
@@ -170,17 +198,30 @@ impl Consumer {
                     self.deliveries.try_recv().ok()?
                 }
             };
-            if let (Some(deliver), Some(properties), Some(body)) =
-                (message.deliver, message.basic_properties, message.content)
-            {
-                return Some(Delivery {
-                    tag: deliver.delivery_tag(),
-                    redelivered: deliver.redelivered(),
-                    properties,
-                    body,
-                });
+            if let Some(delivery) = Self::delivery(message) {
+                return Some(delivery);
             }
         }
+    }
+
+    /// Asks the broker for no more deliveries (`basic.cancel`, within [`CONNECT_TIMEOUT`])
+    /// and returns those already received and not yet taken; they stay unacked, to be
+    /// settled on this channel.
+    pub async fn stop_consuming(&mut self) -> Vec<Delivery> {
+        let cancel = self.channel.basic_cancel(BasicCancelArguments::new(&self.tag));
+        if let Err(e) = tokio::time::timeout(CONNECT_TIMEOUT, cancel).await.unwrap_or_else(|_| Err(timed_out())) {
+            tracing::warn!(error.cause = %e, "cannot stop consuming");
+        }
+        let mut buffered = Vec::new();
+        while let Ok(message) = self.deliveries.try_recv() {
+            buffered.extend(Self::delivery(message));
+        }
+        buffered
+    }
+
+    fn delivery(message: ConsumerMessage) -> Option<Delivery> {
+        let (deliver, properties, body) = (message.deliver?, message.basic_properties?, message.content?);
+        Some(Delivery { tag: deliver.delivery_tag(), redelivered: deliver.redelivered(), properties, body })
     }
 
     /// Why the broker stopped this consumer, if it did.
@@ -209,7 +250,6 @@ impl Consumer {
 
     /// Closes the channel (unacked messages go back to the queue) and the connection.
     pub async fn close(self) {
-        let _ = self.channel.clone().close().await;
-        self.connection.close().await;
+        self.connection.close_with(&self.channel).await;
     }
 }

@@ -21,6 +21,16 @@ pub use publisher::{Outgoing, PublishError, Publisher};
 pub use topology::{BrokerVersion, QueueType, Topology};
 pub use url::connection_args;
 
+/// How long a publisher waits for the broker's confirm of a message (the relay's default
+/// too): past it, the connection is suspect.
+pub const CONFIRM_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How long closing a channel and its connection may take before they are dropped: a
+/// broker that blocked a connection for a resource alarm stops reading it, and the close
+/// waited for an answer for as long as the alarm lasted (a saga worker told to stop never
+/// did: `broker_wide_a_worker_holding_a_poison_reply_through_an_alarm_stops_when_told`).
+pub(crate) const CLOSE_WITHIN: Duration = Duration::from_secs(1);
+
 /// How long opening a connection (TCP, handshake, topology) may take: amqprs has no
 /// timeout of its own, and heartbeats start only once the connection is open.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

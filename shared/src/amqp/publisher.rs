@@ -195,11 +195,28 @@ impl Publisher {
     /// Resolves once the broker lifts its alarm on this connection, or the connection
     /// is gone (then a new one is the way on).
     pub async fn unblocked(&self) {
+        self.unblocked_later().await;
+    }
+
+    /// [`Self::unblocked`] as a future that does not borrow the publisher, so that its
+    /// owner can wait for it without holding the publisher.
+    pub fn unblocked_later(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut blocked = self.connection.blocked.clone();
-        tokio::select! {
-            _ = blocked.wait_for(Option::is_none) => {}
-            () = self.closed() => {}
+        let mut lost = self.connection.lost.clone();
+        let mut channel_closed = self.channel_closed.clone();
+        async move {
+            tokio::select! {
+                _ = blocked.wait_for(Option::is_none) => {}
+                _ = lost.wait_for(|lost| *lost) => {}
+                _ = channel_closed.wait_for(Option::is_some) => {}
+            }
         }
+    }
+
+    /// Marks the publisher broken, for an owner that dropped a [`Self::publish_all`]
+    /// before it ended: confirms still on their way could be pinned on the next batch.
+    pub fn abandon(&mut self) {
+        self.broken.get_or_insert(PublishError::Send("a batch was abandoned before its confirms".into()));
     }
 
     /// Publishes every message (persistent, `mandatory`), without waiting between them,
@@ -294,8 +311,7 @@ impl Publisher {
 
     /// Closes the channel and the connection politely.
     pub async fn close(self) {
-        let _ = self.channel.clone().close().await;
-        self.connection.close().await;
+        self.connection.close_with(&self.channel).await;
     }
 }
 

@@ -84,7 +84,7 @@ impl Default for RelaySettings {
     fn default() -> Self {
         RelaySettings {
             batch_size: 500,
-            confirm_timeout: Duration::from_secs(5),
+            confirm_timeout: crate::amqp::CONFIRM_DEADLINE,
             retention: Duration::from_secs(7 * 86400),
             lanes: 2,
         }

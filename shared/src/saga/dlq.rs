@@ -110,7 +110,8 @@ pub async fn replay_one(
     let outcome = async {
         let mut publisher = Publisher::connect(publish, topology).await?;
         let copy = back_to_queue(&delivery, topology);
-        let published = publisher.publish_all(std::slice::from_ref(&copy), Duration::from_secs(5)).await.remove(0);
+        let published =
+            publisher.publish_all(std::slice::from_ref(&copy), crate::amqp::CONFIRM_DEADLINE).await.remove(0);
         publisher.close().await;
         match published {
             Ok(()) => {
@@ -210,7 +211,7 @@ pub async fn replay(
             };
             let letter = DeadLetter::of(&delivery);
             let copy = back_to_queue(&delivery, topology);
-            match publisher.publish_all(std::slice::from_ref(&copy), Duration::from_secs(5)).await.remove(0) {
+            match publisher.publish_all(std::slice::from_ref(&copy), crate::amqp::CONFIRM_DEADLINE).await.remove(0) {
                 Ok(()) => {
                     consumer.ack(delivery.tag).await?;
                     tracing::info!(message.id = ?letter.message_id, kind = %letter.kind, reason = %letter.reason,

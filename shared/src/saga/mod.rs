@@ -9,6 +9,8 @@
 //! `dlq` is its operator's side (`saga-worker dlq list|replay`).
 
 pub mod dlq;
+pub mod in_hand;
+pub mod probe;
 pub mod worker;
 
 use std::time::Duration;
@@ -292,7 +294,8 @@ pub struct Swept {
     pub re_requested: usize,
     /// Orders canceled after the last retry: their users, to invalidate.
     pub canceled: Vec<Uuid>,
-    /// Orders past their last retry left pending because replies were waiting.
+    /// Orders past their last retry left pending: their answers may still be waiting in
+    /// `CustomerSaga` or held by a worker.
     pub postponed: usize,
 }
 
@@ -319,9 +322,12 @@ impl ReplyBacklog {
 
 /// Orders still `Pending` `timeout` after their last request get it again (carrying the
 /// first request's `eventID`), up to `max_retries` times; after that they are rejected
-/// and canceled (compensation) — but only when no reply waits in `CustomerSaga`: an
-/// approval stuck behind a backlog of replies is not a silent customer service. Rows are
-/// claimed with `SKIP LOCKED`, so several workers can sweep at once.
+/// and canceled (compensation) — but only once their answer, had it come in time, would
+/// have reached us: every reply published before it was due delivered (the queue was
+/// empty, `replies`, or a [`probe`] sent later came through) and none of the order's
+/// replies in a worker's hands ([`in_hand`]). An approval stuck behind a backlog is not a
+/// silent customer service. Rows are claimed with `SKIP LOCKED`, so several workers can
+/// sweep at once.
 pub async fn sweep_timeouts(
     db: &Db,
     timeout: Duration,
@@ -341,12 +347,20 @@ async fn sweep_in_transaction(
     replies: ReplyBacklog,
 ) -> Result<Swept, sqlx::Error> {
     let mut tx = lease.begin().await?;
+    // Re-requests need no proof; a cancellation needs the order's answer, if it came in
+    // time, to have been delivered (`probe`) and not to be in a worker's hands
+    // (`in_hand`). Orders that cannot be canceled yet stay out of the window, so they
+    // never keep a younger order from its re-request.
     let due = sqlx::query!(
-        r#"SELECT id, user_id, order_status AS "order_status: OrderStatus", saga_status AS "saga_status: SagaStatus",
+        r#"WITH held AS (SELECT objid::bigint AS key FROM pg_locks
+                          WHERE locktype = 'advisory' AND classid = $4::int4::oid AND objsubid = 2 AND granted),
+                seen AS (SELECT CASE WHEN $3 THEN now() ELSE (SELECT passed_at FROM saga_reply_barrier) END
+                                AS delivered_until)
+           SELECT id, user_id, order_status AS "order_status: OrderStatus", saga_status AS "saga_status: SagaStatus",
                   deleted_at, saga_retries, total_price, saga_event_id AS original_event_id,
                 (SELECT array_agg(product_id ORDER BY position) FROM order_products
                   WHERE order_id = orders.id) AS "products_ids!: Vec<Uuid>"
-           FROM orders
+           FROM orders, seen
           WHERE saga_status = 'Pending' AND saga_requested_at < now() - make_interval(secs => $1)
             -- The wait counts from when the request left: not while the relay or the broker
             -- is down and the request still sits in the outbox.
@@ -357,10 +371,20 @@ async fn sweep_in_transaction(
                              WHERE published.aggregate_id = orders.id
                                AND published.event_type = 'OrderCreateSaga'
                                AND published.published_at > now() - make_interval(secs => $1))
+            AND (saga_retries < $2
+                 OR (saga_requested_at < delivered_until - make_interval(secs => $1)
+                     AND NOT EXISTS (SELECT 1 FROM outbox_published AS published
+                                      WHERE published.aggregate_id = orders.id
+                                        AND published.event_type = 'OrderCreateSaga'
+                                        AND published.published_at > delivered_until - make_interval(secs => $1))
+                     AND ('x' || left(orders.id::text, 8))::bit(32)::bigint NOT IN (SELECT key FROM held)))
           ORDER BY saga_requested_at
           LIMIT 100
-            FOR UPDATE SKIP LOCKED"#,
-        timeout.as_secs_f64()
+            FOR UPDATE OF orders SKIP LOCKED"#,
+        timeout.as_secs_f64(),
+        max_retries,
+        replies == ReplyBacklog::Empty,
+        in_hand::NAMESPACE,
     )
     .fetch_all(&mut *tx)
     .await?;
@@ -384,10 +408,6 @@ async fn sweep_in_transaction(
             .await?;
             tracing::info!(order.id = %row.id, retry = row.saga_retries + 1, "saga timed out, customer check requested again");
             swept.re_requested += 1;
-        } else if replies != ReplyBacklog::Empty {
-            // Its answer may be among the replies still waiting: cancel on a later sweep,
-            // once they are applied (or the broker can be asked again).
-            swept.postponed += 1;
         } else {
             let mut order = Order {
                 id: row.id,
@@ -415,6 +435,16 @@ async fn sweep_in_transaction(
             swept.canceled.push(order.user_id);
         }
     }
+    // Past their last retry, still pending: their answers may be on their way.
+    swept.postponed = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "postponed!" FROM orders
+            WHERE saga_status = 'Pending' AND saga_retries >= $2
+              AND saga_requested_at < now() - make_interval(secs => $1)"#,
+        timeout.as_secs_f64(),
+        max_retries,
+    )
+    .fetch_one(&mut *tx)
+    .await? as usize;
     tx.commit().await?;
     Ok(swept)
 }

@@ -27,7 +27,12 @@ use tokio::sync::watch;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{Applied, Poison, ReplyBacklog, SagaError, SagaReply, Swept, apply, prune_inbox, sweep_timeouts};
+use super::{
+    Applied, Poison, ReplyBacklog, SagaError, SagaReply, Swept, apply,
+    in_hand::{Holding, RepliesInHand},
+    probe::{self, Probe},
+    prune_inbox, sweep_timeouts,
+};
 use crate::{
     amqp::{Consumer, Delivery, Outgoing, Publisher, Settler, Topology, queue_depth},
     cache::OrderCache,
@@ -84,9 +89,10 @@ impl SagaWorker {
             worker.cache.clone(),
             worker.relays.clone(),
             worker.timeouts.clone(),
-            (worker.dead_letter_amqp.clone(), worker.topology.customer_saga_queue.clone()),
+            (worker.dead_letter_amqp.clone(), worker.topology.clone()),
             shutdown.clone(),
         ));
+        let in_hand = RepliesInHand::start(worker.db.clone());
         let gauges =
             tokio::spawn(queue_gauges(worker.dead_letter_amqp.clone(), worker.topology.clone(), shutdown.clone()));
         let mut backoff = Policy::RECONNECT.backoff();
@@ -114,7 +120,7 @@ impl SagaWorker {
             tracing::info!(queue = %worker.topology.customer_saga_queue, "consuming saga replies");
             worker.broker_up.store(true, Ordering::Relaxed);
             let dead_letters = Arc::new(tokio::sync::Mutex::new(dead_letters));
-            if worker.consume(&mut consumer, &dead_letters, &mut shutdown).await {
+            if worker.consume(&mut consumer, &dead_letters, &in_hand, &mut shutdown).await {
                 backoff.reset();
             }
             // Not ready from here until a consumer runs again: the probe must not say OK
@@ -141,48 +147,113 @@ impl SagaWorker {
     /// Handles replies until the consumer or the dead-letter publisher is of no more use,
     /// or shutdown, then waits for the replies in hand; true if it handled any (the
     /// connection was worth having).
+    ///
+    /// Every delivery is taken from the consumer as soon as it arrives (at most `prefetch`
+    /// are unacked) and recorded in `replies` (`in_hand`), then waits here for one of the
+    /// `concurrency` tasks: a reply waiting in the client's buffer was invisible to the
+    /// saga timeout.
     async fn consume(
         self: &Arc<Self>,
         consumer: &mut Consumer,
         dead_letters: &Arc<tokio::sync::Mutex<Publisher>>,
+        replies: &RepliesInHand,
         shutdown: &mut watch::Receiver<bool>,
     ) -> bool {
         let settler = consumer.settler();
         let mut in_hand = tokio::task::JoinSet::new();
+        let mut waiting = std::collections::VecDeque::new();
         let mut handled = false;
         loop {
+            while in_hand.len() < self.concurrency.max(1)
+                && let Some((delivery, holding)) = waiting.pop_front()
+            {
+                let (worker, settler, dead_letters, shutdown) =
+                    (self.clone(), settler.clone(), dead_letters.clone(), shutdown.clone());
+                in_hand.spawn(async move {
+                    let settled = worker.handle(&settler, &dead_letters, delivery, &shutdown).await;
+                    (settled, holding)
+                });
+            }
             tokio::select! {
-                delivery = consumer.next(), if in_hand.len() < self.concurrency.max(1) => {
+                delivery = consumer.next() => {
                     let Some(delivery) = delivery else { break };
                     handled = true;
-                    let (worker, settler, dead_letters, shutdown) =
-                        (self.clone(), settler.clone(), dead_letters.clone(), shutdown.clone());
-                    in_hand.spawn(async move { worker.handle(&settler, &dead_letters, delivery, &shutdown).await });
+                    let holding = SagaReply::parse(&delivery.body).ok().map(|reply| replies.hold(reply.order_id()));
+                    waiting.push_back((delivery, holding));
                 }
-                Some(done) = in_hand.join_next() => {
-                    if !handled_well(done) || !dead_letters.lock().await.is_usable() {
+                Some(done) = in_hand.join_next() => match handled_well(done) {
+                    Ok((None, _)) if dead_letters.lock().await.is_usable() => {}
+                    // Only a task that saw the shutdown leaves its reply.
+                    Ok((Some(left), holding)) => {
+                        waiting.push_back((left, holding));
                         break;
                     }
-                }
+                    _ => break,
+                },
                 _ = shutdown.changed() => break,
             }
         }
-        // Each reply in hand is settled (or handed back) before the channel closes.
-        while let Some(done) = in_hand.join_next().await {
-            handled_well(done);
+        let stopping = *shutdown.borrow();
+        if stopping {
+            // No more deliveries: a copy handed back must not come back to this consumer.
+            let buffered = consumer.stop_consuming().await;
+            waiting.extend(buffered.into_iter().map(|delivery| (delivery, None)));
         }
+        // Each reply in hand is settled, or left by a task that saw the shutdown.
+        let mut unsettled: Vec<(Delivery, Option<Holding>)> = waiting.drain(..).collect();
+        while let Some(done) = in_hand.join_next().await {
+            if let Ok((Some(left), holding)) = handled_well(done) {
+                unsettled.push((left, holding));
+            }
+        }
+        if stopping && !unsettled.is_empty() {
+            let deliveries: Vec<&Delivery> = unsettled.iter().map(|(delivery, _)| delivery).collect();
+            if let Err(e) = self.hand_back(&settler, dead_letters, &deliveries).await {
+                tracing::warn!(error.cause = %e, "cannot hand back the replies not applied");
+            }
+        }
+        // The holdings end here: after the copies are in the queue, where the sweep sees them.
+        drop(unsettled);
         handled
     }
 
-    /// Applies one reply and settles it with the broker. An error means the broker
-    /// connection is in trouble; the reply itself is never lost (unacked, it returns).
+    /// Hands replies this worker will not apply (it is stopping) back to the queue as
+    /// fresh copies, then acks them: a reply the channel's close returns counts as a
+    /// delivery on RabbitMQ 3.10 and 4.0 alike (`x-delivery-count` 1, seen in
+    /// `a_worker_told_to_stop_during_an_outage_stops_and_spends_no_delivery`), so each
+    /// rollout during an outage brought healthy replies closer to the dead-letter queue.
+    /// A copy not confirmed leaves its original to the channel's close; a copy confirmed
+    /// whose original's ack is lost is a duplicate the inbox absorbs.
+    async fn hand_back(
+        &self,
+        settler: &Settler,
+        dead_letters: &tokio::sync::Mutex<Publisher>,
+        deliveries: &[&Delivery],
+    ) -> Result<(), amqprs::error::Error> {
+        let queue = &self.topology.customer_saga_queue;
+        let copies: Vec<Outgoing> = deliveries.iter().map(|delivery| delivery.copy_for(queue)).collect();
+        let published = dead_letters.lock().await.publish_all(&copies, crate::amqp::CONFIRM_DEADLINE).await;
+        let mut handed_back = 0;
+        for (delivery, published) in deliveries.iter().zip(published) {
+            if published.is_ok() {
+                settler.ack(delivery.tag).await?;
+                handed_back += 1;
+            }
+        }
+        tracing::info!(handed_back, of = deliveries.len(), "stopping: replies not applied handed back to the queue");
+        Ok(())
+    }
+
+    /// Applies one reply and settles it with the broker; the delivery back if shutdown
+    /// came first (the caller hands it back). An error means the broker connection is in
+    /// trouble; the reply itself is never lost (unacked, it returns).
     async fn handle(
         &self,
         settler: &Settler,
         dead_letters: &tokio::sync::Mutex<Publisher>,
         delivery: Delivery,
         shutdown: &watch::Receiver<bool>,
-    ) -> Result<(), amqprs::error::Error> {
+    ) -> Result<Option<Delivery>, amqprs::error::Error> {
         let started = Instant::now();
         // A consumer span (OpenTelemetry's messaging conventions) continuing the trace the
         // reply carries: the customer service's, which continued the relay's request.
@@ -205,18 +276,25 @@ impl SagaWorker {
         let trace = TraceContext::continue_in(&span, caller);
         span.record("trace_id", trace.trace_id());
         let handled = async {
+            if delivery.properties.message_type().map(String::as_str) == Some(probe::MESSAGE_TYPE) {
+                self.pass_probe(settler, &delivery).await?;
+                return Ok(Settled::Yes);
+            }
             let reply = match SagaReply::parse(&delivery.body) {
                 Ok(reply) => reply,
                 Err(poison) => {
                     tracing::Span::current().record("otel.status_code", "ERROR");
-                    return self.dead_letter(settler, dead_letters, &delivery, &poison).await;
+                    return self.dead_letter(settler, dead_letters, &delivery, &poison, shutdown).await;
                 }
             };
             tracing::Span::current().record("order.id", tracing::field::display(reply.order_id()));
             tracing::Span::current().record("reply", reply.as_str());
             self.apply_and_settle(settler, dead_letters, &delivery, reply, trace, shutdown, started).await
         };
-        handled.instrument(span).await
+        match handled.instrument(span).await? {
+            Settled::Yes => Ok(None),
+            Settled::NotBeforeShutdown => Ok(Some(delivery)),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -229,7 +307,7 @@ impl SagaWorker {
         trace: TraceContext,
         shutdown: &watch::Receiver<bool>,
         started: Instant,
-    ) -> Result<(), amqprs::error::Error> {
+    ) -> Result<Settled, amqprs::error::Error> {
         let key = reply.inbox_key(delivery.message_id());
         let mut backoff = Policy::APPLY.backoff();
         let mut failures = 0;
@@ -258,10 +336,10 @@ impl SagaWorker {
                         Applied::Duplicate { .. } => tracing::info!("duplicate saga reply ignored"),
                         Applied::Stale { .. } => tracing::info!("saga reply for an order no longer pending ignored"),
                     }
-                    return Ok(());
+                    return Ok(Settled::Yes);
                 }
                 Err(SagaError::Poison(poison)) => {
-                    return self.dead_letter(settler, dead_letters, delivery, &poison).await;
+                    return self.dead_letter(settler, dead_letters, delivery, &poison, shutdown).await;
                 }
                 Err(SagaError::Database(e)) => {
                     metrics::counter!(names::SAGA_APPLY_FAILURES).increment(1);
@@ -278,10 +356,12 @@ impl SagaWorker {
                         retry_in_ms = delay.as_millis() as u64,
                         "cannot apply saga reply"
                     );
-                    if (!outage && failures >= self.apply_attempts) || *shutdown.borrow() {
+                    if !outage && failures >= self.apply_attempts {
                         break;
                     }
-                    tokio::time::sleep(delay).await;
+                    if stopped_first(delay, shutdown).await {
+                        return Ok(Settled::NotBeforeShutdown);
+                    }
                 }
             }
         }
@@ -289,7 +369,21 @@ impl SagaWorker {
         // dead-letters the reply past its delivery limit, so a reply that never gets
         // through is kept, not lost, nor retried forever.
         metrics::counter!(names::SAGA_REPLIES, "outcome" => "retried").increment(1);
-        settler.reject_for_retry(delivery.tag).await
+        settler.reject_for_retry(delivery.tag).await?;
+        Ok(Settled::Yes)
+    }
+
+    /// Records the barrier a probe of the saga timeout carries, then acks it. A probe
+    /// that cannot be recorded is acked all the same: the next sweep sends another.
+    async fn pass_probe(&self, settler: &Settler, delivery: &Delivery) -> Result<(), amqprs::error::Error> {
+        match Probe::parse(&delivery.body) {
+            Some(probe) => match probe.record(&self.db).await {
+                Ok(()) => tracing::debug!(sent_at = %probe.sent_at, "saga reply probe passed"),
+                Err(e) => tracing::warn!(error.cause = %chain(&e), "cannot record a saga reply probe"),
+            },
+            None => tracing::warn!("a saga reply probe without its time, ignored"),
+        }
+        settler.ack(delivery.tag).await
     }
 
     /// Publishes the reply to the dead-letter exchange with its reason, confirmed, and
@@ -300,7 +394,8 @@ impl SagaWorker {
         dead_letters: &tokio::sync::Mutex<Publisher>,
         delivery: &Delivery,
         poison: &Poison,
-    ) -> Result<(), amqprs::error::Error> {
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<Settled, amqprs::error::Error> {
         let mut dead_letters = dead_letters.lock().await;
         let message = Outgoing {
             exchange: self.topology.dead_letter_exchange.clone(),
@@ -315,39 +410,75 @@ impl SagaWorker {
             ],
             body: delivery.body.clone(),
         };
-        let published = dead_letters.publish_all(std::slice::from_ref(&message), Duration::from_secs(5)).await;
+        let mut stop = shutdown.clone();
+        let published = tokio::select! {
+            published = dead_letters.publish_all(std::slice::from_ref(&message), crate::amqp::CONFIRM_DEADLINE) => published,
+            _ = stop.wait_for(|stop| *stop) => {
+                dead_letters.abandon();
+                return Ok(Settled::NotBeforeShutdown);
+            }
+        };
         match published.into_iter().next() {
             Some(Ok(())) => {
                 settler.ack(delivery.tag).await?;
                 metrics::counter!(names::SAGA_REPLIES, "outcome" => "dead_lettered").increment(1);
                 metrics::counter!(names::SAGA_DEAD_LETTERED, "reason" => poison.kind()).increment(1);
                 tracing::warn!(reason = %poison, "saga reply dead-lettered");
-                Ok(())
+                Ok(Settled::Yes)
             }
             failure => {
                 tracing::warn!(reason = %poison, error = ?failure, "could not dead-letter a poison reply; it goes back to the queue");
                 if dead_letters.is_blocked() {
                     // A resource alarm: every try would fail the same way and count a
-                    // delivery. Hold the reply until the broker lifts it.
-                    dead_letters.unblocked().await;
+                    // delivery. Hold the reply until the broker lifts it, without the
+                    // publisher (the consume loop reads it) and not past shutdown.
+                    let unblocked = dead_letters.unblocked_later();
+                    drop(dead_letters);
+                    let mut shutdown = shutdown.clone();
+                    tokio::select! {
+                        () = unblocked => {}
+                        _ = shutdown.wait_for(|stop| *stop) => return Ok(Settled::NotBeforeShutdown),
+                    }
                 }
-                settler.reject_for_retry(delivery.tag).await
+                settler.reject_for_retry(delivery.tag).await?;
+                Ok(Settled::Yes)
             }
         }
     }
 }
 
-/// Whether a task that handled a reply left the broker connection fit for more.
-fn handled_well(done: Result<Result<(), amqprs::error::Error>, tokio::task::JoinError>) -> bool {
+/// Sleeps `delay`, unless shutdown comes first: then true.
+async fn stopped_first(delay: Duration, shutdown: &watch::Receiver<bool>) -> bool {
+    let mut shutdown = shutdown.clone();
+    tokio::select! {
+        () = tokio::time::sleep(delay) => false,
+        _ = shutdown.wait_for(|stop| *stop) => true,
+    }
+}
+
+/// Whether a reply was settled with the broker (acked, dead-lettered, or rejected to be
+/// counted), or left because the worker is stopping.
+enum Settled {
+    Yes,
+    NotBeforeShutdown,
+}
+
+/// What a task that handled a reply gave back: the delivery it left at shutdown, and the
+/// reply's holding.
+type Handled = (Result<Option<Delivery>, amqprs::error::Error>, Option<Holding>);
+
+/// What a task left unsettled with its holding, or an error if it left the broker
+/// connection unfit for more.
+fn handled_well(done: Result<Handled, tokio::task::JoinError>) -> Result<(Option<Delivery>, Option<Holding>), ()> {
     match done {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
+        Ok((Ok(left), holding)) => Ok((left, holding)),
+        Ok((Err(e), _)) => {
             tracing::warn!(error.cause = %e, "broker trouble while handling a reply, reconnecting");
-            false
+            Err(())
         }
         Err(e) => {
             tracing::error!(error.cause = %e, "a reply's task failed; its reply returns to the queue");
-            false
+            Err(())
         }
     }
 }
@@ -360,7 +491,7 @@ async fn sweep_loop(
     cache: OrderCache,
     relays: RelayWaker,
     settings: TimeoutSettings,
-    (amqp, reply_queue): (OpenConnectionArguments, String),
+    (amqp, topology): (OpenConnectionArguments, Topology),
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut last_prune = Instant::now();
@@ -374,11 +505,14 @@ async fn sweep_loop(
             () = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => break,
         }
-        match sweep_once(&db, &cache, &settings, &amqp, &reply_queue).await {
+        match sweep_once(&db, &cache, &settings, &amqp, &topology).await {
             // Re-requests and cancellations are outbox rows.
             Ok(swept) if swept.re_requested > 0 || !swept.canceled.is_empty() => relays.wake(),
             Ok(_) => {}
             Err(e) => tracing::warn!(error.cause = %chain(&e), "saga timeout sweep failed"),
+        }
+        if *shutdown.borrow() {
+            break;
         }
         match super::pending_summary(&db).await {
             Ok((pending, oldest)) => {
@@ -397,19 +531,19 @@ async fn sweep_loop(
 }
 
 /// One sweep of the saga timeout: asks the broker how many replies wait in
-/// `reply_queue` (none known, none canceled), sweeps, counts, and invalidates the
-/// canceled orders' users.
+/// `CustomerSaga`, sweeps, counts, invalidates the canceled orders' users, and sends a
+/// [`Probe`] through a backlog that postponed a cancellation.
 pub async fn sweep_once(
     db: &Db,
     cache: &OrderCache,
     settings: &TimeoutSettings,
     amqp: &OpenConnectionArguments,
-    reply_queue: &str,
+    topology: &Topology,
 ) -> Result<Swept, sqlx::Error> {
     // A trace of its own: no request caused it (each re-request it writes starts the
     // order's next hop in this trace).
     let span = tracing::info_span!(parent: None, "saga.timeout_sweep", otel.name = "saga timeout sweep");
-    sweep_in(db, cache, settings, amqp, reply_queue).instrument(span).await
+    sweep_in(db, cache, settings, amqp, topology).instrument(span).await
 }
 
 async fn sweep_in(
@@ -417,9 +551,9 @@ async fn sweep_in(
     cache: &OrderCache,
     settings: &TimeoutSettings,
     amqp: &OpenConnectionArguments,
-    reply_queue: &str,
+    topology: &Topology,
 ) -> Result<Swept, sqlx::Error> {
-    let replies = match queue_depth(amqp, reply_queue).await {
+    let replies = match queue_depth(amqp, &topology.customer_saga_queue).await {
         Ok(depth) => ReplyBacklog::of(Some(depth)),
         Err(e) => {
             tracing::warn!(error.cause = %e, "cannot ask how many saga replies wait; no cancellation this sweep");
@@ -432,11 +566,34 @@ async fn sweep_in(
     metrics::counter!(names::SAGA_TIMEOUTS, "action" => "postponed").increment(swept.postponed as u64);
     if swept.postponed > 0 {
         tracing::info!(postponed = swept.postponed, ?replies, "timed-out orders not canceled while replies wait");
+        if matches!(replies, ReplyBacklog::Waiting(_))
+            && let Err(e) = send_probe(db, amqp, topology).await
+        {
+            tracing::warn!(error.cause = %e, "cannot send a probe through the saga replies");
+        }
     }
     for user_id in &swept.canceled {
         cache.invalidate_after_commit(*user_id).await;
     }
     Ok(swept)
+}
+
+/// Publishes a [`Probe`] stamped with the database's time into `CustomerSaga`.
+async fn send_probe(db: &Db, amqp: &OpenConnectionArguments, topology: &Topology) -> Result<(), String> {
+    let sent_at = db
+        .run(|connection| {
+            Box::pin(async move { sqlx::query_scalar!(r#"SELECT now() AS "now!""#).fetch_one(connection).await })
+        })
+        .await
+        .map_err(|e| chain(&e).to_string())?;
+    let message = Probe { sent_at }.message(&topology.customer_saga_queue);
+    let mut publisher = Publisher::connect(amqp, topology).await.map_err(|e| e.to_string())?;
+    let published = publisher.publish_all(std::slice::from_ref(&message), crate::amqp::CONFIRM_DEADLINE).await;
+    publisher.close().await;
+    match published.into_iter().next() {
+        Some(Ok(())) => Ok(()),
+        other => Err(format!("{other:?}")),
+    }
 }
 
 /// How often the worker reads its queues' depths.

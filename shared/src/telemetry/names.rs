@@ -151,7 +151,7 @@ fn describe() {
     describe_counter!(SAGA_DEAD_LETTERED, "Replies dead-lettered as poison, by reason.");
     describe_counter!(
         SAGA_TIMEOUTS,
-        "Timed-out sagas, by action (re_requested, canceled, postponed while replies wait)."
+        "Timed-out sagas, by action (re_requested, canceled, postponed: past the last retry and left pending by a sweep, their answer possibly waiting in CustomerSaga or held by a worker)."
     );
     describe_gauge!(SAGA_PENDING, "Orders waiting for the customer service's answer.");
     describe_gauge!(SAGA_OLDEST_PENDING_AGE, "Age of the oldest order waiting for the customer service.");

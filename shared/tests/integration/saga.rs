@@ -32,6 +32,9 @@ pub(crate) struct RunningWorker {
 }
 
 impl RunningWorker {
+    /// Replies a test worker applies at once.
+    pub(crate) const CONCURRENCY: usize = 4;
+
     pub(crate) fn start(app: &TestApp, broker: &TestBroker) -> Self {
         Self::start_with(app, broker, saga::worker::APPLY_ATTEMPTS)
     }
@@ -67,7 +70,7 @@ impl RunningWorker {
             cache: app.cache.clone(),
             relays: order_service::outbox::RelayWaker::start(app.db.clone().into()),
             prefetch: 8,
-            concurrency: 4,
+            concurrency: Self::CONCURRENCY,
             timeouts: TimeoutSettings {
                 after: Duration::from_secs(3600),
                 max_retries: 3,

@@ -4,7 +4,7 @@
 //! wait is bounded by a named setting (README, "Configuration"), and nothing is lost.
 
 use std::{
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -554,4 +554,77 @@ async fn the_relay_charges_no_attempt_while_postgres_refuses_writes(db: PgPool) 
     assert_eq!(outcome.published, 3);
     publisher.close().await;
     broker.cleanup().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_worker_told_to_stop_during_an_outage_stops_and_spends_no_delivery(db: PgPool) {
+    // Its retry sleep (up to 60 s) did not race the shutdown, and the reply in hand was
+    // rejected on the way out, which counts towards the delivery limit: a rollout during a
+    // long outage dead-lettered healthy replies.
+    let proxy = FaultProxy::start("127.0.0.1:5432").await;
+    let broker = TestBroker::new().await;
+    let direct = TestApp::new(db.clone());
+    let phone = direct.create_product("Phone", 10.0, 0).await;
+    let order = direct.place_order(&[phone]).await.order;
+    let worker = RunningWorker::start(&app_through(&proxy, &db), &broker);
+    assert!(eventually(Duration::from_secs(10), || async { worker.ready.load(Ordering::Relaxed) }).await);
+    // PostgreSQL stops: every connection closed, new ones refused.
+    proxy.redirect("127.0.0.1:1").await;
+    proxy.close_all();
+    send_reply(&broker, &reply(order, "Approved"), "in-hand-at-shutdown").await;
+    let queue = broker.topology.customer_saga_queue.clone();
+    assert!(eventually(Duration::from_secs(10), || async { broker.queue_depth(&queue).await == 0 }).await);
+    // Long enough for the retry sleep to grow past 5 s (0.5 s doubling, each try
+    // spending the 3 s acquire bound on a refused server).
+    tokio::time::sleep(Duration::from_secs(20)).await;
+
+    let asked = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), worker.stop()).await.expect("the worker did not stop within 5 s");
+    println!("stopped {:?} after it was told", asked.elapsed());
+    let back = broker.drain(&queue).await;
+    assert_eq!(back.len(), 1, "the reply is back in the queue");
+    // The broker writes the count once it is above zero (3.10) or always (4.0).
+    let count = back[0].header("x-delivery-count").unwrap_or_else(|| "0".into());
+    assert_eq!(count, "0", "its delivery was counted: {:?}", back[0].properties);
+    assert_eq!(saga_status(&direct, order).await.0, "Pending");
+    broker.cleanup().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_pool_whose_idle_connections_all_froze_answers_the_next_request(db: PgPool) {
+    // A pool whose every idle connection is frozen behind the stable address: a request
+    // spends bounded pings, and sqlx (0.9, `check_idle_conn`) opens a new connection after a
+    // failed one rather than pinging every idle one in turn, a second each, past the 3 s
+    // acquire bound. What the chaos run's reads after a failover rely on; it held on main
+    // (the run on RabbitMQ 4 that saw three reads answer 503 after a failover spent their
+    // 3 s elsewhere: 1 s on the ping, 2 s opening a connection).
+    let proxy = FaultProxy::start("127.0.0.1:5432").await;
+    let app = app_through(&proxy, &db);
+    let (user, _, _) = seed(&app).await;
+    // Ten connections in the pool, all idle.
+    let barrier = Arc::new(tokio::sync::Barrier::new(10));
+    let mut held = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let (pool, barrier) = (app.db.clone(), barrier.clone());
+        held.spawn(async move {
+            let connection = pool.acquire().await.unwrap();
+            barrier.wait().await;
+            drop(connection);
+        });
+    }
+    while let Some(done) = held.join_next().await {
+        done.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.freeze_current_for_good();
+    for n in 0..5 {
+        let answer = send(&app, "GET", &format!("/api/v1/orders/user/{user}"), None).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "request {n} after the failover: {:?} in {:?}",
+            answer.body,
+            answer.took
+        );
+    }
 }

@@ -48,6 +48,9 @@ pub enum Trigger {
     Hold,
     /// The trigger reaches the server; its answer never reaches the client.
     SwallowAnswer,
+    /// The trigger reaches the server; its answer reaches the client once
+    /// [`FaultProxy::release_answers`] is called (a query whose result is late).
+    DelayAnswer,
 }
 
 struct Shared {
@@ -57,6 +60,8 @@ struct Shared {
     /// Frozen for good: closed only when the proxy is dropped.
     frozen_for_good: Vec<watch::Sender<Flow>>,
     trigger: Option<(Vec<u8>, Trigger)>,
+    /// Set by [`FaultProxy::release_answers`]: delayed answers go on.
+    released: watch::Receiver<bool>,
 }
 
 /// A proxy listening on a port of its own; dropped, it stops accepting.
@@ -64,6 +69,7 @@ pub struct FaultProxy {
     pub addr: SocketAddr,
     shared: Arc<Mutex<Shared>>,
     partition: watch::Sender<bool>,
+    release: watch::Sender<bool>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -83,16 +89,18 @@ impl FaultProxy {
         let upstream = tokio::net::lookup_host(upstream).await.unwrap().next().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let (release, released) = watch::channel(false);
         let shared = Arc::new(Mutex::new(Shared {
             upstream,
             partitioned: false,
             connections: Vec::new(),
             frozen_for_good: Vec::new(),
             trigger: None,
+            released,
         }));
         let (partition, partitioned) = watch::channel(false);
         let accept = tokio::spawn(accept(listener, shared.clone(), partitioned));
-        FaultProxy { addr, shared, partition, accept }
+        FaultProxy { addr, shared, partition, release, accept }
     }
 
     /// `url` with its `host:port` replaced by the proxy's.
@@ -151,7 +159,6 @@ impl FaultProxy {
     }
 
     /// New connections go to `upstream` (`host:port`).
-    #[allow(dead_code, reason = "no test leads to another server yet: the cluster tests will (#27)")]
     pub async fn redirect(&self, upstream: &str) {
         let upstream = tokio::net::lookup_host(upstream).await.unwrap().next().unwrap();
         self.shared.lock().unwrap().upstream = upstream;
@@ -161,6 +168,16 @@ impl FaultProxy {
     /// proxy reads plaintext only: give PostgreSQL clients `sslmode=disable`.
     pub fn freeze_after(&self, bytes: &[u8], trigger: Trigger) {
         self.shared.lock().unwrap().trigger = Some((bytes.to_vec(), trigger));
+    }
+
+    /// Whether the trigger set by [`Self::freeze_after`] has fired.
+    pub fn fired(&self) -> bool {
+        self.shared.lock().unwrap().trigger.is_none()
+    }
+
+    /// Lets the answers held by [`Trigger::DelayAnswer`] through.
+    pub fn release_answers(&self) {
+        self.release.send_replace(true);
     }
 }
 
@@ -195,8 +212,11 @@ async fn pump(client: TcpStream, server: TcpStream, flow: watch::Receiver<Flow>,
     let (server_read, server_write) = server.into_split();
     // Set when a trigger fires: the connection is frozen for good from then on.
     let tripped = Arc::new(AtomicBool::new(false));
-    let up = direction(client_read, server_write, flow.clone(), tripped.clone(), Some(shared));
-    let down = direction(server_read, client_write, flow, tripped, None);
+    // Set when a `DelayAnswer` trigger fires: what the server says next waits for release.
+    let delayed = Arc::new(AtomicBool::new(false));
+    let released = shared.lock().unwrap().released.clone();
+    let up = direction(client_read, server_write, flow.clone(), (tripped.clone(), delayed.clone()), Side::Up(shared));
+    let down = direction(server_read, client_write, flow, (tripped, delayed), Side::Down(released));
     tokio::select! {
         () = up => {}
         () = down => {}
@@ -207,9 +227,13 @@ async fn direction(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut flow: watch::Receiver<Flow>,
-    tripped: Arc<AtomicBool>,
-    triggers: Option<Arc<Mutex<Shared>>>,
+    (tripped, delayed): (Arc<AtomicBool>, Arc<AtomicBool>),
+    side: Side,
 ) {
+    let (triggers, mut released) = match side {
+        Side::Up(shared) => (Some(shared), None),
+        Side::Down(released) => (None, Some(released)),
+    };
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
         if tripped.load(Ordering::SeqCst) {
@@ -245,7 +269,10 @@ async fn direction(
                     _ => None,
                 }
             };
-            if let Some(kind) = fired {
+            if fired == Some(Trigger::DelayAnswer) {
+                // Before the bytes leave, so that their answer is held.
+                delayed.store(true, Ordering::SeqCst);
+            } else if let Some(kind) = fired {
                 // Tripped before the bytes leave: the way down forwards nothing after.
                 tripped.store(true, Ordering::SeqCst);
                 if kind == Trigger::SwallowAnswer && to.write_all(bytes).await.is_err() {
@@ -257,8 +284,21 @@ async fn direction(
         if tripped.load(Ordering::SeqCst) {
             continue;
         }
+        if let Some(released) = released.as_mut()
+            && delayed.load(Ordering::SeqCst)
+            && released.wait_for(|r| *r).await.is_err()
+        {
+            return;
+        }
         if to.write_all(bytes).await.is_err() {
             return;
         }
     }
+}
+
+/// Which way a [`direction`] goes: up (client to server) it watches for triggers; down,
+/// it holds a delayed answer until its release.
+enum Side {
+    Up(Arc<Mutex<Shared>>),
+    Down(watch::Receiver<bool>),
 }
