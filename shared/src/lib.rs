@@ -40,6 +40,7 @@ pub mod pagination;
 pub(crate) mod pricing;
 pub mod probes;
 pub(crate) mod products;
+pub mod release;
 pub mod retry;
 pub mod saga;
 pub(crate) mod schedule;

@@ -1,7 +1,8 @@
 //! The `api` process: REST API, OpenAPI spec and Swagger UI, health and metrics.
 //!
 //! `api migrate` creates the database if missing, applies the migrations and exits
-//! (`make migrate`); `api` does the same, then serves.
+//! (`make migrate`, the Kubernetes Job, Compose's `migrate` service); `api` waits for the
+//! migrations it needs, then serves (db/schema.rs).
 
 use std::time::Duration;
 
@@ -13,20 +14,24 @@ use order_service::{
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if order_service::release::print_version_if_asked("api") {
+        return Ok(());
+    }
     let config = ApiConfig::from_env()?;
     let sinks = telemetry::init_tracing(&config.log, &config.traces, "api")?;
-    db::create_database_if_missing(&config.database.url).await?;
+    if std::env::args().nth(1).as_deref() == Some("migrate") {
+        db::create_database_if_missing(&config.database.url).await?;
+        db::migrate(&config.database.url).await?;
+        sinks.flush().await;
+        return Ok(());
+    }
     let db = db::connect(
         &config.database.url,
         config.database.max_connections,
         http::SESSION_SETTINGS,
         config.database.limits,
     )?;
-    db::migrate(&db).await?;
-    if std::env::args().nth(1).as_deref() == Some("migrate") {
-        tracing::info!("migrations applied");
-        return Ok(());
-    }
+    db::require(&db).await?;
     telemetry::register_metrics(telemetry::Process::Api);
     let cache = cache::OrderCache::with_limits(
         &config.cache.url,

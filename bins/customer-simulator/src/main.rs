@@ -26,6 +26,9 @@ use tracing::Instrument;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if order_service::release::print_version_if_asked("customer-simulator") {
+        return Ok(());
+    }
     let config = SimulatorConfig::from_env()?;
     let sinks = telemetry::init_tracing(&config.log, &config.traces, "customer-simulator")?;
     // SIGTERM (docker stop) as well as Ctrl-C.

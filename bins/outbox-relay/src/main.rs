@@ -13,6 +13,9 @@ use order_service::{
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if order_service::release::print_version_if_asked("outbox-relay") {
+        return Ok(());
+    }
     let config = RelayConfig::from_env()?;
     let sinks = telemetry::init_tracing(&config.log, &config.traces, "outbox-relay")?;
     let metrics = telemetry::metrics();
@@ -23,10 +26,9 @@ async fn main() -> anyhow::Result<()> {
         relay::SESSION_SETTINGS,
         config.database.limits,
     )?;
-    // Every process applies pending migrations (under the migrator's advisory lock), so
-    // any of them may start first; this also waits for PostgreSQL to come up.
-    db::create_database_if_missing(&config.database.url).await?;
-    db::migrate(&db).await?;
+    // Only `api migrate` (the Job) migrates; this waits for the migrations this release
+    // needs, tolerating later ones (db/schema.rs).
+    db::require(&db).await?;
     let connection_name = format!("outbox-relay@{}", std::process::id());
     let amqp = config.amqp.connection_args(&connection_name)?;
 

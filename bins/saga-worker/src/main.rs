@@ -24,6 +24,9 @@ use cli::{Invocation, USAGE};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if order_service::release::print_version_if_asked("saga-worker") {
+        return Ok(());
+    }
     let config = WorkerConfig::from_env()?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -36,9 +39,9 @@ async fn main() -> anyhow::Result<()> {
     let metrics = telemetry::metrics();
     telemetry::register_metrics(telemetry::Process::SagaWorker);
     let db = db::connect(&config.database.url, config.database.max_connections, &[], config.database.limits)?;
-    // Every process applies pending migrations (under the migrator's advisory lock).
-    db::create_database_if_missing(&config.database.url).await?;
-    db::migrate(&db).await?;
+    // Only `api migrate` (the Job) migrates; this waits for the migrations this release
+    // needs, tolerating later ones (db/schema.rs).
+    db::require(&db).await?;
     let name = format!("saga-worker@{}", std::process::id());
     let amqp = config.amqp.connection_args(&name)?;
     let dead_letter_amqp = config.amqp.connection_args(&format!("{name}-dead-letters"))?;

@@ -8,26 +8,20 @@ use backon::Retryable;
 
 use crate::retry::Policy;
 
-use sqlx::{
-    PgPool,
-    migrate::Migrator,
-    postgres::{PgConnectOptions, PgPoolOptions},
-};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 mod lease;
+mod schema;
 
 pub(crate) use lease::Lease;
 pub use lease::{Db, Limits, Readiness};
+pub use schema::{migrate, require};
 
 /// The transaction a command runs in. Commands take it, not a bare connection, so
 /// every write of a command (its outbox events included) provably commits together. It
 /// borrows a [`Lease`], which decides at the end whether the connection may go back to
 /// the pool.
 pub(crate) type Tx<'c> = sqlx::Transaction<'c, sqlx::Postgres>;
-
-/// The migrations of `migrations/`, embedded at build time. `Migrator` takes an advisory
-/// lock, so several replicas can start together.
-pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
 /// A connection idle this long is pinged before a request gets it.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
@@ -98,21 +92,6 @@ pub(crate) async fn is_read_only(connection: &mut sqlx::PgConnection) -> Result<
     sqlx::query_scalar!(r#"SELECT current_setting('transaction_read_only') = 'on' AS "read_only!""#)
         .fetch_one(connection)
         .await
-}
-
-/// Applies pending migrations, waiting (with backoff, logging each try) for PostgreSQL
-/// to accept connections, however long it takes: it may still be starting next to us.
-pub async fn migrate(db: &PgPool) -> anyhow::Result<()> {
-    let run = || async { MIGRATOR.run(db).await };
-    run.retry(Policy::STARTUP.builder())
-        .sleep(tokio::time::sleep)
-        .when(|e| matches!(e, sqlx::migrate::MigrateError::Execute(e) if crate::error::is_unavailable(e)))
-        .notify(|e, delay| {
-            tracing::warn!(error.cause = %crate::error::chain(e), retry_in_ms = delay.as_millis() as u64,
-                "database not ready, retrying migrations");
-        })
-        .await
-        .map_err(|e| anyhow::Error::new(e).context("applying migrations"))
 }
 
 /// Creates the database named in the URL if it does not exist yet (`make migrate`),

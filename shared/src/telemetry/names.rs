@@ -30,6 +30,7 @@ pub(crate) const SAGA_REPLY_DURATION: &str = "saga_reply_duration_seconds";
 pub(crate) const SAGA_APPLY_FAILURES: &str = "saga_apply_failures_total";
 pub(crate) const SAGA_DEAD_LETTERED: &str = "saga_dead_lettered_total";
 pub(crate) const SAGA_TIMEOUTS: &str = "saga_timeouts_total";
+pub const BUILD_INFO: &str = "build_info";
 pub const SAGA_PENDING: &str = "saga_pending";
 pub const SAGA_OLDEST_PENDING_AGE: &str = "saga_oldest_pending_age_seconds";
 pub(crate) const SAGA_CANCEL_AFTER: &str = "saga_cancel_after_seconds";
@@ -48,6 +49,8 @@ pub enum Process {
 /// Describes every metric and creates `process`'s series at zero.
 pub(crate) fn register(process: Process) {
     describe();
+    // Which release runs where, during a rollout or after a rollback.
+    metrics::gauge!(BUILD_INFO, "version" => crate::release::VERSION, "commit" => crate::release::COMMIT).set(1.0);
     metrics::counter!(LOKI_DROPPED_LINES).absolute(0);
     metrics::counter!(OTEL_SPANS_EXPORTED).absolute(0);
     for reason in ["queue_full", "export_failed", "export_timeout"] {
@@ -147,6 +150,7 @@ fn describe() {
     describe_gauge!(OUTBOX_BROKER_BLOCKED, "Relay lanes held by a broker resource alarm (connection.blocked).");
     describe_counter!(SAGA_REPLIES, "Customer service replies handled, by outcome.");
     describe_histogram!(SAGA_REPLY_DURATION, "Time from a reply's delivery to its ack.");
+    describe_gauge!(BUILD_INFO, "1, labelled with the process's release (version) and the commit it was built from.");
     describe_counter!(SAGA_APPLY_FAILURES, "Attempts to apply a reply that failed on the database.");
     describe_counter!(SAGA_DEAD_LETTERED, "Replies dead-lettered as poison, by reason.");
     describe_counter!(

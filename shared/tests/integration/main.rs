@@ -28,4 +28,5 @@ mod schemathesis;
 mod silent_networks;
 mod swagger;
 mod traces;
+mod upgrades;
 mod users;
