@@ -47,6 +47,8 @@ test: services
 	target/tools/squawk/bin/squawk migrations/*.sql
 	# The end-to-end test runs the real binaries: build them first.
 	cargo build --workspace --bins --examples
+	# The rolling-update test runs the previous release beside them: built once, cached.
+	scripts/previous-release.sh
 	# Every test, those needing more than the three services (the binaries, rabbitmqctl,
 	# redis-server, the tools of scripts/tools.sh) included: a plain `cargo test` skips them.
 	DATABASE_URL=$(TEST_DATABASE_URL) cargo test --workspace --all-targets -- --include-ignored --skip broker_wide

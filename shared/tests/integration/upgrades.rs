@@ -157,3 +157,113 @@ async fn every_binary_says_which_release_it_is(db: PgPool) {
     );
     assert!(metrics.lines().any(|line| line == expected), "no `{expected}` in /metrics");
 }
+
+/// Where `scripts/previous-release.sh` puts the previous release's binaries.
+fn previous_release() -> std::path::PathBuf {
+    target_dir().join("../previous-release/bin")
+}
+
+#[sqlx::test(migrations = "../migrations")]
+#[ignore = "needs the binaries and the previous release's (make test builds both)"]
+async fn a_rolling_update_then_a_rollback_completes_every_order(db: PgPool) {
+    use crate::helpers::{
+        broker::{OwnVhost, eventually},
+        processes::{call, free_port, spawn_programs},
+    };
+    use reqwest::Method;
+    use serde_json::json;
+    use uuid::Uuid;
+
+    let previous = previous_release();
+    assert!(previous.join("api").exists(), "scripts/previous-release.sh has not built {}", previous.display());
+    let vhost = OwnVhost::create("rolling");
+    let common: Vec<(&str, String)> = vec![
+        ("DATABASE_URL", database_url(&db)),
+        ("AMQP_URL", vhost.url.clone()),
+        ("REDIS_URL", "redis://127.0.0.1:6379".into()),
+        ("LOG_LEVEL", "warn".into()),
+        ("CREDIT_LIMIT", "1000000".into()),
+        ("RELAY_SCHEDULE", "*/1 * * * * *".into()),
+    ];
+    let processes = |bin: &std::path::Path, api_port: u16| {
+        spawn_programs(
+            bin,
+            &[
+                ("api", vec![("API_ADDR", format!("127.0.0.1:{api_port}"))]),
+                ("outbox-relay", vec![("METRICS_ADDR", format!("127.0.0.1:{}", free_port()))]),
+                ("saga-worker", vec![("METRICS_ADDR", format!("127.0.0.1:{}", free_port()))]),
+            ],
+            &common,
+        )
+    };
+    // Mid-rollout: the previous release and this one on one database (migrated by this
+    // release) and one broker; the customer service apart from both.
+    let (old_port, new_port) = (free_port(), free_port());
+    let mut old = processes(&previous, old_port);
+    let new = processes(&target_dir(), new_port);
+    let _customer = spawn_programs(&target_dir(), &[("customer-simulator", vec![])], &common);
+    let (old_api, new_api) = (format!("http://127.0.0.1:{old_port}"), format!("http://127.0.0.1:{new_port}"));
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    for api in [&old_api, &new_api] {
+        let up = eventually(Duration::from_secs(30), || async {
+            call(&client, Method::GET, &format!("{api}/healthcheck/"), None).await.0 == 200
+        })
+        .await;
+        assert!(up, "{api} did not come up");
+    }
+    let (product, address, user) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    for (resource, body) in [
+        ("products", json!({"productID": product, "price": 10, "discount": 0, "name": "Phone"})),
+        (
+            "address",
+            json!({"addressID": address, "buildingNumber": 1, "streetName": "Street", "city": "City", "country": "Country"}),
+        ),
+        ("users", json!({"userID": user, "username": "rolling", "addressID": address})),
+    ] {
+        let (status, _) = call(&client, Method::POST, &format!("{new_api}/api/v1/{resource}/"), Some(&body)).await;
+        assert_eq!(status, 204, "{resource}");
+    }
+    let place = |api: String| {
+        let client = client.clone();
+        async move {
+            let order = Uuid::new_v4();
+            let body = json!({"orderID": order, "paymentMethod": "Card", "productsIds": [product], "userID": user, "deliveryAddress": address});
+            let (status, answer) = call(&client, Method::POST, &format!("{api}/api/v1/orders/"), Some(&body)).await;
+            assert_eq!(status, 204, "{api}: {answer}");
+            order
+        }
+    };
+    let all_done = |orders: Vec<Uuid>| {
+        let db = db.clone();
+        async move {
+            eventually(Duration::from_secs(60), || async {
+                let (approved, waiting): (i64, i64) = sqlx::query_as(
+                    "SELECT (SELECT count(*) FROM orders WHERE id = ANY($1) AND saga_status = 'Approved'),
+                            (SELECT count(*) FROM outbox)",
+                )
+                .bind(&orders)
+                .fetch_one(&db)
+                .await
+                .unwrap();
+                approved == orders.len() as i64 && waiting == 0
+            })
+            .await
+        }
+    };
+    let mut orders = Vec::new();
+    for n in 0..20 {
+        orders.push(place(if n % 2 == 0 { old_api.clone() } else { new_api.clone() }).await);
+    }
+    assert!(all_done(orders.clone()).await, "orders placed through both releases did not all complete");
+
+    // The rollback: this release's processes stop; the previous release carries on alone.
+    drop(new);
+    let mut after = Vec::new();
+    for _ in 0..20 {
+        after.push(place(old_api.clone()).await);
+    }
+    assert!(all_done(after).await, "orders placed after the rollback did not all complete");
+    for (name, child) in &mut old.0 {
+        assert!(matches!(child.try_wait(), Ok(None)), "the previous release's {name} exited: {:?}", child.try_wait());
+    }
+}

@@ -110,26 +110,23 @@ impl System {
         }
         let vhost = OwnVhost::create(vhost_prefix);
         let (api_port, relay_port, worker_port) = (free_port(), free_port(), free_port());
-        let common: Vec<(&str, String)> = vec![
+        let mut common: Vec<(&str, String)> = vec![
             ("DATABASE_URL", database_url(db)),
             ("AMQP_URL", vhost.url.clone()),
             ("REDIS_URL", "redis://127.0.0.1:6379".into()),
             ("LOG_LEVEL", "warn".into()),
         ];
-        let mut processes = Processes(Vec::new());
-        for (name, own) in [
-            ("api", vec![("API_ADDR", format!("127.0.0.1:{api_port}"))]),
-            ("outbox-relay", vec![("METRICS_ADDR", format!("127.0.0.1:{relay_port}"))]),
-            ("saga-worker", vec![("METRICS_ADDR", format!("127.0.0.1:{worker_port}"))]),
-            ("customer-simulator", vec![]),
-        ] {
-            let child = Command::new(bin.join(name))
-                .envs(common.iter().chain(env).chain(&own).map(|(k, v)| (*k, v.as_str())))
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("{name} does not start: {e}"));
-            processes.0.push((name.to_owned(), child));
-        }
+        common.extend(env.iter().cloned());
+        let processes = spawn_programs(
+            &bin,
+            &[
+                ("api", vec![("API_ADDR", format!("127.0.0.1:{api_port}"))]),
+                ("outbox-relay", vec![("METRICS_ADDR", format!("127.0.0.1:{relay_port}"))]),
+                ("saga-worker", vec![("METRICS_ADDR", format!("127.0.0.1:{worker_port}"))]),
+                ("customer-simulator", vec![]),
+            ],
+            &common,
+        );
         System {
             _processes: processes,
             vhost,
@@ -139,6 +136,25 @@ impl System {
             worker_port,
         }
     }
+}
+
+/// Starts each program of `bin` (a directory of binaries) with `common` and its own
+/// variables; stopped (SIGTERM) when the result is dropped.
+pub fn spawn_programs(
+    bin: &std::path::Path,
+    programs: &[(&str, Vec<(&str, String)>)],
+    common: &[(&str, String)],
+) -> Processes {
+    let mut processes = Processes(Vec::new());
+    for (name, own) in programs {
+        let child = Command::new(bin.join(name))
+            .envs(common.iter().chain(own).map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name} does not start from {}: {e}", bin.display()));
+        processes.0.push(((*name).to_owned(), child));
+    }
+    processes
 }
 
 /// A request to a live process: its status and its body as JSON (`Null` when there is
