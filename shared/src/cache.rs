@@ -409,7 +409,9 @@ impl OrderCache {
     }
 
     /// Retries what this process owes until nothing is left; one task at a time. A scan
-    /// of every user interrupted by an error resumes where it stopped.
+    /// of every user interrupted by an error starts over (keeping what it settles): its
+    /// cursor means nothing to the server a failover leads to, and a resumed scan could
+    /// skip users for good.
     async fn settle(self) {
         let mut backoff = Policy::INVALIDATE.backoff();
         let mut scan = None;
@@ -417,6 +419,9 @@ impl OrderCache {
             let done = match self.settle_once(&mut scan).await {
                 Ok(done) => done,
                 Err(e) => {
+                    if let Some(scan) = scan.as_mut() {
+                        scan.cursor = 0;
+                    }
                     let delay = backoff.next_delay();
                     tracing::debug!(error.cause = %e, retry_in_ms = delay.as_millis() as u64, "cache still unreachable");
                     tokio::time::sleep(delay).await;

@@ -38,10 +38,18 @@ pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 /// database of real size it was cancelled and the Job failed all its retries. Its new
 /// text does the same work set-based; a database that already ran the old text has the
 /// same schema and data, so only its recorded checksum changes.
-const SUPERSEDED: &[(i64, &str)] = &[(
-    20261130000003,
-    "1801be88d9886e3753ccf82435a0f0abc79d583b7187c438d9e3bb11047bb09ad5d24a69849ee4d564f6e7839dfe4332",
-)];
+///
+/// 20261203000001 gained its `lock_timeout` between two commits of main before 0.1.0.
+const SUPERSEDED: &[(i64, &str)] = &[
+    (
+        20261130000003,
+        "1801be88d9886e3753ccf82435a0f0abc79d583b7187c438d9e3bb11047bb09ad5d24a69849ee4d564f6e7839dfe4332",
+    ),
+    (
+        20261203000001,
+        "195ab75296f2a679cdc29ba7409a18a449705815312a55fec8ef7b9900796c264ece10102973dab210baca8ed209d1f9",
+    ),
+];
 
 /// A migration as the database records it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -47,14 +47,16 @@ impl Probe {
     }
 
     /// Raises the barrier to this probe's time (never lowers it: probes of several
-    /// sweeps overtake nothing, but a redelivered one arrives late).
+    /// sweeps overtake nothing, but a redelivered one arrives late), unless a reply went
+    /// back to the queue since the probe was sent ([`reset`]).
     pub async fn record(&self, db: &Db) -> Result<(), sqlx::Error> {
         let sent_at = self.sent_at;
         db.run(|connection| {
             Box::pin(async move {
                 sqlx::query!(
                     "INSERT INTO saga_reply_barrier (passed_at) VALUES ($1)
-                     ON CONFLICT (id) DO UPDATE SET passed_at = greatest(saga_reply_barrier.passed_at, excluded.passed_at)",
+                     ON CONFLICT (id) DO UPDATE SET passed_at = greatest(saga_reply_barrier.passed_at, excluded.passed_at)
+                      WHERE saga_reply_barrier.reset_at < excluded.passed_at",
                     sent_at
                 )
                 .execute(connection)
@@ -64,6 +66,27 @@ impl Probe {
         })
         .await
     }
+}
+
+/// Withdraws the barrier before a worker hands a reply back to the queue: delivered
+/// before, perhaps before the last probe, it would sit in the queue behind a barrier that
+/// says it was delivered, and its order could be canceled
+/// (`a_reply_handed_back_after_a_probe_passed_keeps_its_order_from_the_timeout`). Probes
+/// sent before this are not recorded. Best effort: a worker that cannot reach PostgreSQL
+/// (or crashes) returns its replies without it, the window docs/architecture.md names.
+pub async fn reset(db: &Db) -> Result<(), sqlx::Error> {
+    db.run(|connection| {
+        Box::pin(async move {
+            sqlx::query!(
+                "INSERT INTO saga_reply_barrier (passed_at, reset_at) VALUES ('-infinity', now())
+                 ON CONFLICT (id) DO UPDATE SET passed_at = '-infinity', reset_at = now()"
+            )
+            .execute(connection)
+            .await?;
+            Ok(())
+        })
+    })
+    .await
 }
 
 #[cfg(test)]

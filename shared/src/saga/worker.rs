@@ -231,8 +231,19 @@ impl SagaWorker {
         deliveries: &[&Delivery],
     ) -> Result<(), amqprs::error::Error> {
         let queue = &self.topology.customer_saga_queue;
+        self.withdraw_barrier().await;
         let copies: Vec<Outgoing> = deliveries.iter().map(|delivery| delivery.copy_for(queue)).collect();
-        let published = dead_letters.lock().await.publish_all(&copies, crate::amqp::CONFIRM_DEADLINE).await;
+        let mut publisher = dead_letters.lock().await;
+        if !publisher.is_usable() {
+            // Abandoned by a dead-letter publish that shutdown interrupted, say: a fresh one,
+            // or every copy would fail at once and its original spend a delivery.
+            match Publisher::connect(&self.dead_letter_amqp, &self.topology).await {
+                Ok(fresh) => std::mem::replace(&mut *publisher, fresh).close().await,
+                Err(e) => tracing::warn!(error.cause = %e, "cannot connect to hand replies back"),
+            }
+        }
+        let published = publisher.publish_all(&copies, crate::amqp::CONFIRM_DEADLINE).await;
+        drop(publisher);
         let mut handed_back = 0;
         for (delivery, published) in deliveries.iter().zip(published) {
             if published.is_ok() {
@@ -369,8 +380,17 @@ impl SagaWorker {
         // dead-letters the reply past its delivery limit, so a reply that never gets
         // through is kept, not lost, nor retried forever.
         metrics::counter!(names::SAGA_REPLIES, "outcome" => "retried").increment(1);
+        self.withdraw_barrier().await;
         settler.reject_for_retry(delivery.tag).await?;
         Ok(Settled::Yes)
+    }
+
+    /// [`probe::reset`] before a reply goes back to the queue; a failure is logged (the
+    /// reply goes back all the same).
+    async fn withdraw_barrier(&self) {
+        if let Err(e) = probe::reset(&self.db).await {
+            tracing::warn!(error.cause = %chain(&e), "cannot withdraw the saga reply barrier before handing a reply back");
+        }
     }
 
     /// Records the barrier a probe of the saga timeout carries, then acks it. A probe

@@ -388,6 +388,50 @@ async fn an_unanswered_order_is_canceled_under_a_backlog_that_never_empties(db: 
 }
 
 #[sqlx::test(migrations = "../migrations")]
+async fn a_reply_handed_back_after_a_probe_passed_keeps_its_order_from_the_timeout(db: PgPool) {
+    // A probe passed while a worker held the order's approval, so the barrier said the
+    // approval had been delivered; the worker then handed it back to the queue, where
+    // nothing guarded it, and the sweep canceled the order.
+    let app = TestApp::new(db);
+    let broker = TestBroker::new().await;
+    let phone = app.create_product("Phone", 1.0, 0).await;
+    let Placed { order, .. } = app.place_order(&[phone]).await;
+    age_requests(&app, &[order], 3, "1 hour").await;
+    let mut holder = app.db.begin().await.unwrap();
+    sqlx::query("SELECT id FROM orders WHERE id = $1 FOR UPDATE").bind(order).execute(&mut *holder).await.unwrap();
+    let worker = RunningWorker::start(&app, &broker);
+    send_reply(&broker, &reply(order, "Approved"), "held-then-handed-back").await;
+    let queue = broker.topology.customer_saga_queue.clone();
+    assert!(eventually(Duration::from_secs(10), || async { broker.queue_depth(&queue).await == 0 }).await);
+    // A probe of the sweep's, behind the approval, goes through while the approval is held.
+    let sent_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&app.db).await.unwrap();
+    let mut publisher = broker.publisher().await;
+    let probe = order_service::saga::probe::Probe { sent_at }.message(&queue);
+    assert_eq!(publisher.publish_all(&[probe], Duration::from_secs(5)).await, [Ok(())]);
+    publisher.close().await;
+    let passed = eventually(Duration::from_secs(10), || async {
+        sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM saga_reply_barrier WHERE passed_at >= $1)")
+            .bind(sent_at)
+            .fetch_one(&app.db)
+            .await
+            .unwrap()
+    })
+    .await;
+    assert!(passed, "the probe was not recorded");
+    // The worker stops with the approval in hand: it goes back to the queue.
+    worker.stop().await;
+    holder.rollback().await.unwrap();
+    assert_eq!(broker.queue_depth(&queue).await, 1);
+
+    let swept = sweep(&app, &broker).await;
+    assert!(swept.canceled.is_empty(), "canceled while its approval waited in the queue: {swept:?}");
+    let worker = RunningWorker::start(&app, &broker);
+    assert!(settled(&app, order, "Approved").await);
+    worker.stop().await;
+    broker.cleanup().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
 async fn an_approval_a_worker_holds_unacked_keeps_its_order_from_the_timeout(db: PgPool) {
     // The broker's count of waiting replies leaves out those delivered and not yet acked:
     // here the approval sits in a worker's prefetch buffer behind replies whose orders

@@ -727,3 +727,66 @@ async fn successors_of_backed_off_heads_do_not_hide_the_heads_behind_them(db: Pg
     publisher.close().await;
     broker.cleanup().await;
 }
+
+/// Migrations up to `last` applied, as a database of an earlier main was.
+async fn migrate_up_to(db: &PgPool, last: i64) {
+    let mut before = sqlx::migrate!("../migrations");
+    before.migrations = before.migrations.iter().filter(|m| m.version <= last).cloned().collect::<Vec<_>>().into();
+    before.run(db).await.unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn upgrading_a_database_of_real_size_finishes(db: PgPool) {
+    // 20261130000003 backfilled one order at a time with no index to serve the lookup, in
+    // the pool's session (statement_timeout 30 s): on a database like this one it was
+    // cancelled (57014) and the migrate Job failed all its retries.
+    const ORDERS: i64 = 100_000;
+    migrate_up_to(&db, 20261130000002).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO addresses (id, building_number, street_name, city, country)
+              VALUES ('00000000-0000-4000-8000-000000000001', 1, 'Street', 'City', 'Country');
+         INSERT INTO users (id, username, address_id)
+              VALUES ('00000000-0000-4000-8000-000000000002', 'many', '00000000-0000-4000-8000-000000000001');
+         INSERT INTO orders (id, user_id, delivery_address_id, payment_method, total_price, created_at)
+              SELECT md5('order' || n)::uuid, '00000000-0000-4000-8000-000000000002',
+                     '00000000-0000-4000-8000-000000000001', 'Card', 10, now() - interval '8 days'
+                FROM generate_series(1, {ORDERS}) AS n;
+         -- A week of events: each order's request and its answer, published; the last
+         -- thousand orders' answers not yet.
+         INSERT INTO outbox (event_id, aggregate_id, exchange, routing_key, event_type, payload, published_at, attempts)
+              SELECT md5('event' || n || kind)::uuid, md5('order' || n)::uuid, 'Orders', kind, kind, '{{}}',
+                     CASE WHEN kind = 'OrderCreated' AND n > {ORDERS} - 1000 THEN NULL
+                          ELSE now() - interval '7 days' + n * interval '1 second' END,
+                     1
+                FROM generate_series(1, {ORDERS}) AS n, unnest(ARRAY['OrderCreateSaga', 'OrderCreated']) AS kind
+               ORDER BY n, kind DESC;
+         ANALYZE;"
+    )))
+    .execute(&db)
+    .await
+    .unwrap();
+
+    let started = std::time::Instant::now();
+    order_service::db::migrate(&crate::helpers::processes::database_url(&db)).await.unwrap();
+    println!("{ORDERS} orders, {} events migrated in {:?}", ORDERS * 2, started.elapsed());
+
+    let (published, waiting, without_first): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM outbox_published), (SELECT count(*) FROM outbox),
+                (SELECT count(*) FROM orders WHERE saga_event_id IS NULL)",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!((published, waiting, without_first), (ORDERS * 2 - 1000, 1000, 0));
+    // Each order keeps its first request's id.
+    let wrong: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orders
+           JOIN outbox_published AS p ON p.aggregate_id = orders.id AND p.event_type = 'OrderCreateSaga'
+          WHERE p.event_id <> orders.saga_event_id",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(wrong, 0);
+    order_service::db::require(&db).await.unwrap();
+}
