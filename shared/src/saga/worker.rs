@@ -234,15 +234,26 @@ impl SagaWorker {
         self.withdraw_barrier().await;
         let copies: Vec<Outgoing> = deliveries.iter().map(|delivery| delivery.copy_for(queue)).collect();
         let mut publisher = dead_letters.lock().await;
-        if !publisher.is_usable() {
-            // Abandoned by a dead-letter publish that shutdown interrupted, say: a fresh one,
-            // or every copy would fail at once and its original spend a delivery.
-            match Publisher::connect(&self.dead_letter_amqp, &self.topology).await {
-                Ok(fresh) => std::mem::replace(&mut *publisher, fresh).close().await,
-                Err(e) => tracing::warn!(error.cause = %e, "cannot connect to hand replies back"),
+        // Within a bound: a broker that blocks publishers (a resource alarm) confirms
+        // nothing, and the stop must not wait for it (the originals then go back with the
+        // channel's close).
+        let handed = tokio::time::timeout(HAND_BACK_WITHIN, async {
+            if !publisher.is_usable() {
+                // Abandoned by a dead-letter publish that shutdown interrupted, say: a fresh
+                // one, or every copy would fail at once.
+                match Publisher::connect(&self.dead_letter_amqp, &self.topology).await {
+                    Ok(fresh) => std::mem::replace(&mut *publisher, fresh).close().await,
+                    Err(e) => tracing::warn!(error.cause = %e, "cannot connect to hand replies back"),
+                }
             }
-        }
-        let published = publisher.publish_all(&copies, crate::amqp::CONFIRM_DEADLINE).await;
+            publisher.publish_all(&copies, crate::amqp::CONFIRM_DEADLINE).await
+        })
+        .await;
+        let published = handed.unwrap_or_else(|_| {
+            // Confirms may still come: this publisher cannot be trusted with another batch.
+            publisher.abandon();
+            Vec::new()
+        });
         drop(publisher);
         let mut handed_back = 0;
         for (delivery, published) in deliveries.iter().zip(published) {
@@ -466,6 +477,10 @@ impl SagaWorker {
         }
     }
 }
+
+/// How long a stopping worker tries to hand its unapplied replies back as copies (ms
+/// when the broker takes publishes; the 5 s stop bound is the test's).
+const HAND_BACK_WITHIN: Duration = Duration::from_secs(1);
 
 /// Sleeps `delay`, unless shutdown comes first: then true.
 async fn stopped_first(delay: Duration, shutdown: &watch::Receiver<bool>) -> bool {
