@@ -40,31 +40,29 @@ impl Delivery {
 
     /// A header as text (strings as they are, numbers written out), e.g. `traceparent`.
     pub fn header(&self, name: &str) -> Option<String> {
-        let headers: &HashMap<amqprs::FieldName, FieldValue> = self.properties.headers()?.as_ref();
-        headers.iter().find(|(key, _)| key.to_string() == name).and_then(|(_, value)| match value {
-            FieldValue::S(text) => Some(text.to_string()),
-            FieldValue::l(n) => Some(n.to_string()),
-            FieldValue::I(n) => Some(n.to_string()),
-            FieldValue::i(n) => Some(n.to_string()),
-            _ => None,
+        self.headers().find(|(key, _)| key == name).map(|(_, value)| value)
+    }
+
+    /// Every header that reads as text, by name.
+    fn headers(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        let headers: Option<&HashMap<amqprs::FieldName, FieldValue>> = self.properties.headers().map(AsRef::as_ref);
+        headers.into_iter().flatten().filter_map(|(key, value)| {
+            let value = match value {
+                FieldValue::S(text) => text.to_string(),
+                FieldValue::l(n) => n.to_string(),
+                FieldValue::I(n) => n.to_string(),
+                FieldValue::i(n) => n.to_string(),
+                _ => return None,
+            };
+            Some((key.to_string(), value))
         })
     }
-}
 
-impl Delivery {
     /// A copy of this message for `queue` (through the default exchange): the same id,
     /// type, timestamp, body and headers, less the broker's own (`x-…`, such as the
     /// delivery count).
     pub fn copy_for(&self, queue: &str) -> Outgoing {
-        let headers = self.properties.headers().map_or_else(Vec::new, |headers| {
-            let headers: &HashMap<amqprs::FieldName, FieldValue> = headers.as_ref();
-            headers
-                .keys()
-                .map(ToString::to_string)
-                .filter(|name| !name.starts_with("x-"))
-                .filter_map(|name| self.header(&name).map(|value| (name, value)))
-                .collect()
-        });
+        let headers = self.headers().filter(|(name, _)| !name.starts_with("x-")).collect();
         Outgoing {
             exchange: String::new(),
             routing_key: queue.to_owned(),

@@ -301,6 +301,14 @@ async fn no_order_is_canceled_while_its_answer_waits_in_customer_saga(db: PgPool
     broker.cleanup().await;
 }
 
+/// Waits until `CustomerSaga` has handed every reply out (none ready), and a moment more
+/// for the worker to record them as held.
+async fn in_the_workers_hands(broker: &TestBroker) {
+    let queue = &broker.topology.customer_saga_queue;
+    assert!(eventually(Duration::from_secs(10), || async { broker.queue_depth(queue).await == 0 }).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
 fn long_timeout() -> TimeoutSettings {
     TimeoutSettings { after: Duration::from_secs(600), max_retries: 3, schedule: "0 0 0 1 1 * 2099".parse().unwrap() }
 }
@@ -401,8 +409,8 @@ async fn a_reply_handed_back_after_a_probe_passed_keeps_its_order_from_the_timeo
     sqlx::query("SELECT id FROM orders WHERE id = $1 FOR UPDATE").bind(order).execute(&mut *holder).await.unwrap();
     let worker = RunningWorker::start(&app, &broker);
     send_reply(&broker, &reply(order, "Approved"), "held-then-handed-back").await;
+    in_the_workers_hands(&broker).await;
     let queue = broker.topology.customer_saga_queue.clone();
-    assert!(eventually(Duration::from_secs(10), || async { broker.queue_depth(&queue).await == 0 }).await);
     // A probe of the sweep's, behind the approval, goes through while the approval is held.
     let sent_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&app.db).await.unwrap();
     let mut publisher = broker.publisher().await;
@@ -457,10 +465,8 @@ async fn an_approval_a_worker_holds_unacked_keeps_its_order_from_the_timeout(db:
         send_reply(&broker, &reply(*blocked, "Approved"), &format!("blocked-{n}")).await;
     }
     send_reply(&broker, &reply(order, "Approved"), "held-approval").await;
-    let queue = broker.topology.customer_saga_queue.clone();
-    assert!(eventually(Duration::from_secs(10), || async { broker.queue_depth(&queue).await == 0 }).await);
     // Every reply is in the worker's hands now, none applied.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    in_the_workers_hands(&broker).await;
 
     let swept = sweep(&app, &broker).await;
     assert!(swept.canceled.is_empty(), "canceled while a worker held its approval: {swept:?}");
