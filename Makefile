@@ -7,7 +7,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 
 export DATABASE_URL
 
-.PHONY: bench chaos run run-demo up demo down clean logs ps test services migrate fmt lint sqlx-prepare sqlx-check
+.PHONY: bench chaos check help run run-demo up demo down clean logs ps test services migrate fmt lint sqlx-prepare sqlx-check
 
 ## Start the whole system (api, outbox-relay, saga-worker) against the local services.
 run: services migrate
@@ -25,6 +25,7 @@ up:
 demo:
 	docker compose --profile demo up -d --build
 
+## With Docker: stop everything.
 down:
 	docker compose --profile demo down
 
@@ -33,9 +34,11 @@ down:
 clean:
 	docker compose --profile demo down -v
 
+## With Docker: follow the logs.
 logs:
 	docker compose logs -f --tail=100
 
+## With Docker: the containers and their health.
 ps:
 	docker compose ps
 
@@ -62,6 +65,7 @@ test: services
 	# The broker tests and the short chaos run again, on RabbitMQ 4 (scripts/rabbitmq4.sh).
 	TEST_DATABASE_URL=$(TEST_DATABASE_URL) scripts/test-rabbitmq4.sh
 
+## Start PostgreSQL, Redis and RabbitMQ on this machine if they are not up.
 services:
 	@scripts/services.sh
 
@@ -81,12 +85,31 @@ chaos: services
 bench: services
 	python3 scripts/bench.py
 
+## Print the targets and what each does.
+help:
+	@awk '/^## /{doc = doc substr($$0, 4) " "; next} /^[a-z][a-z-]*:/{split($$1, t, ":"); if (doc) printf "  %-13s %s\n", t[1], doc; doc = ""; next} {doc = ""}' $(MAKEFILE_LIST)
+
+## The inner loop: formatting, clippy, and the tests that need only the three services
+## (a plain `cargo test`; `make test` runs the rest).
+check: services
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	DATABASE_URL=$(TEST_DATABASE_URL) cargo test --workspace --all-targets
+
+## Format the Rust code.
 fmt:
 	cargo fmt --all
 
+## What CI checks besides the tests: formatting, clippy, the docs' links (private items
+## included: the docs are for the people working here), unused dependencies, and the
+## Python and shell scripts (ruff, shellcheck).
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings -A rustdoc::private_intra_doc_links" cargo doc --no-deps --workspace --document-private-items
+	scripts/tools.sh
+	cargo machete
+	scripts/lint.sh
 
 ## Regenerate .sqlx/ (the offline query data) after a query or a migration changed.
 sqlx-prepare: services

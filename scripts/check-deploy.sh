@@ -22,11 +22,13 @@ promtool test rules prometheus/alerts_test.yml
 # in checkov.io/skip annotations).
 built=target/kubernetes
 rm -rf "$built" && mkdir -p "$built"
+overlays=0
 for overlay in deploy/kubernetes/overlays/*/; do
     name=$(basename "$overlay")
     "$venv/bin/kubectl" kustomize "$overlay" > "$built/$name.yaml"
     "$venv/bin/kubernetes-validate" --strict --quiet --no-warn -k 1.32.0 "$built/$name.yaml"
+    overlays=$((overlays + 1))
 done
 "$venv/bin/python" scripts/check_keda.py "$built"/*.yaml
 target/tools/checkov/bin/checkov --skip-download --framework kubernetes -d "$built" --compact --quiet
-echo "check-deploy: $(ls "$built" | wc -l) overlays built ($("$venv/bin/kubectl" version --client | head -1)), validated and clean"
+echo "check-deploy: $overlays overlays built ($("$venv/bin/kubectl" version --client | head -1)), validated and clean"

@@ -38,7 +38,7 @@ for path in (ROOT / "grafana/provisioning/dashboards").glob("*.yaml"):
 for path in (ROOT / "grafana/dashboards").glob("*.json"):
     dashboard = json.loads(path.read_text())
     for panel in dashboard["panels"]:
-        for holder in [panel] + panel.get("targets", []):
+        for holder in [panel, *panel.get("targets", [])]:
             uid = (holder.get("datasource") or {}).get("uid")
             if uid and uid not in provisioned:
                 fail(f"{path.name}: panel {panel['title']!r} uses datasource {uid!r}, which is not provisioned")
@@ -71,7 +71,9 @@ for name, service in compose["services"].items():
         continue
     environment = service.get("environment") or {}
     endpoint = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(environment.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")))
-    protocol = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(environment.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")))
+    protocol = re.sub(
+        r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(environment.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"))
+    )
     match = re.fullmatch(r"http://tempo:(\d+)", endpoint)
     wanted = receives.get("grpc" if protocol == "grpc" else "http")
     if not match or int(match.group(1)) != wanted:
@@ -81,9 +83,14 @@ for path in (ROOT / "grafana/provisioning/datasources").glob("*.yaml"):
     for source in yaml.load(path.read_text()).get("datasources", []):
         sources[source["uid"]] = source
 linked_logs = ((sources.get("tempo") or {}).get("jsonData") or {}).get("tracesToLogsV2", {}).get("datasourceUid")
-linked_traces = [f.get("datasourceUid") for f in ((sources.get("loki") or {}).get("jsonData") or {}).get("derivedFields", [])]
+linked_traces = [
+    f.get("datasourceUid") for f in ((sources.get("loki") or {}).get("jsonData") or {}).get("derivedFields", [])
+]
 if linked_logs != "loki" or "tempo" not in linked_traces:
-    fail("grafana datasources: traces and logs are not linked both ways (Tempo tracesToLogsV2 → loki, Loki derivedFields → tempo)")
+    fail(
+        "grafana datasources: traces and logs are not linked both ways"
+        " (Tempo tracesToLogsV2 → loki, Loki derivedFields → tempo)"
+    )
 
 # Non-root: the runtime stage (the last FROM) switches to a named, non-root user, and no
 # service built from this image asks for another one.
@@ -93,11 +100,14 @@ users = re.findall(r"^USER\s+(\S+)", runtime, re.M)
 if not users or users[-1] in ("root", "0", "0:0"):
     fail(f"Dockerfile: the runtime stage runs as {users[-1] if users else 'root (no USER)'}")
 for name, service in yaml.load((ROOT / "compose.yaml").read_text())["services"].items():
-    if "build" in service or str(service.get("image", "")).startswith("order-service"):
-        if str(service.get("user", "")).split(":")[0] in ("root", "0"):
-            fail(f"compose.yaml: service {name} runs as root")
+    ours = "build" in service or str(service.get("image", "")).startswith("order-service")
+    if ours and str(service.get("user", "")).split(":")[0] in ("root", "0"):
+        fail(f"compose.yaml: service {name} runs as root")
 
 if failures:
     print("\n".join(f"check_deploy: {f}" for f in failures), file=sys.stderr)
     sys.exit(1)
-print(f"check_deploy: Grafana datasources, the Redis bound, the image user and configs agree ({len(provisioned)} datasources)")
+print(
+    "check_deploy: Grafana datasources, the Redis bound, the image user and configs agree"
+    f" ({len(provisioned)} datasources)"
+)

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ROOT / "deploy/kubernetes/schemas/keda-v2.20.2"
 yaml = YAML(typ="safe")
 
+
 def strict(schema):
     """The schema with `additionalProperties: false` on every object that lists its
     properties and does not preserve unknown fields."""
@@ -26,8 +27,11 @@ def strict(schema):
     if not isinstance(schema, dict):
         return schema
     schema = {key: strict(value) for key, value in schema.items()}
-    if ("properties" in schema and "additionalProperties" not in schema
-            and not schema.get("x-kubernetes-preserve-unknown-fields")):
+    if (
+        "properties" in schema
+        and "additionalProperties" not in schema
+        and not schema.get("x-kubernetes-preserve-unknown-fields")
+    ):
         schema["additionalProperties"] = False
     return schema
 
@@ -36,8 +40,8 @@ schemas = {}
 for crd_file in SCHEMAS.glob("*.yaml"):
     crd = yaml.load(crd_file.read_text())
     for version in crd["spec"]["versions"]:
-        schemas[(f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])] = \
-            version["schema"]["openAPIV3Schema"]
+        kind = (f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])
+        schemas[kind] = version["schema"]["openAPIV3Schema"]
 
 failures, checked = [], 0
 for path in sys.argv[1:]:

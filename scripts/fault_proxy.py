@@ -37,6 +37,7 @@ checks every mode against a local Redis (redis-cli on port 6379, or --redis-port
 """
 
 import argparse
+import contextlib
 import errno
 import re
 import selectors
@@ -57,8 +58,18 @@ _LISTENER, _WAKE = object(), object()
 class _Pipe:
     """One proxied connection: the accepted client socket and its upstream socket."""
 
-    __slots__ = ("client", "upstream", "state", "lost", "to_upstream", "to_client", "client_eof", "upstream_eof",
-                 "client_mask", "upstream_mask")
+    __slots__ = (
+        "client",
+        "client_eof",
+        "client_mask",
+        "lost",
+        "state",
+        "to_client",
+        "to_upstream",
+        "upstream",
+        "upstream_eof",
+        "upstream_mask",
+    )
 
     def __init__(self, client):
         self.client, self.upstream = client, None
@@ -168,10 +179,8 @@ class FaultProxy:
         done, result = threading.Event(), []
         with self._lock:
             self._commands.append((function, done, result))
-        try:
+        with contextlib.suppress(BlockingIOError):  # the loop has wake-ups pending already
             self._wake_w.send(b"x")
-        except BlockingIOError:
-            pass  # the loop has wake-ups pending already
         done.wait()
         if isinstance(result[0], BaseException):
             raise result[0]
@@ -253,8 +262,14 @@ class FaultProxy:
         states = {"open": 0, "connecting": 0, "held": 0, "frozen_for_good": 0}
         for pipe in self._pipes:
             states["frozen_for_good" if pipe.lost else pipe.state] += 1
-        return dict(states, partitioned=self._partitioned, accepted=self.accepted, refused=self.refused,
-                    bytes_up=self.bytes_up, bytes_down=self.bytes_down)
+        return dict(
+            states,
+            partitioned=self._partitioned,
+            accepted=self.accepted,
+            refused=self.refused,
+            bytes_up=self.bytes_up,
+            bytes_down=self.bytes_down,
+        )
 
     def _accept(self):
         while True:
@@ -409,10 +424,8 @@ class FaultProxy:
 
     @staticmethod
     def _shutdown(sock):
-        try:
+        with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
 
     def _finish_if_done(self, pipe):
         if pipe.client_eof and pipe.upstream_eof and not pipe.to_client and not pipe.to_upstream:
@@ -426,10 +439,8 @@ class FaultProxy:
                 continue
             self._want(pipe, sock, from_client, 0)
             if reset:
-                try:
+                with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                except OSError:
-                    pass
             sock.close()
         pipe.state = CLOSED
         self._pipes.discard(pipe)
@@ -456,7 +467,7 @@ class _RedisConnection:
                 if not chunk:
                     return b""
                 data += chunk
-        except socket.timeout:
+        except TimeoutError:
             return None
         except ConnectionResetError:
             return b""
@@ -500,8 +511,11 @@ def self_test(redis_port=6379):
         proxy.partition()
         started = time.monotonic()
         answer = _cli_ping(port, timeout=1.0)
-        check("partition: redis-cli PING with a 1 s timeout fails", answer is None,
-              f"{answer!r} after {time.monotonic() - started:.1f} s")
+        check(
+            "partition: redis-cli PING with a 1 s timeout fails",
+            answer is None,
+            f"{answer!r} after {time.monotonic() - started:.1f} s",
+        )
         check("partition: the open connection's PING hangs, unclosed", old.command("PING") is None)
         victim = _RedisConnection(port)  # accepted during the partition, not forwarded
         victim.send("PING")
@@ -519,8 +533,9 @@ def self_test(redis_port=6379):
         killed = _RedisConnection(port)
         client_id = killed.command("CLIENT ID").lstrip(b":").decode()
         proxy.partition()
-        subprocess.run(["redis-cli", "-p", str(redis_port), "CLIENT", "KILL", "ID", client_id], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["redis-cli", "-p", str(redis_port), "CLIENT", "KILL", "ID", client_id], check=True, capture_output=True
+        )
         check("partition: the server's close is not seen", killed.reply() is None)
         proxy.heal()
         check("heal: the server's close arrives", killed.reply() == b"")
@@ -548,10 +563,14 @@ def self_test(redis_port=6379):
         elapsed = time.monotonic() - started
         check("round trips in sequence", True, f"{rounds / elapsed:.0f}/s, {elapsed / rounds * 1e6:.0f} µs each")
         for name, target in (("direct", redis_port), ("through the proxy", port)):
-            bench = subprocess.run(["redis-benchmark", "-p", str(target), "-c", "50", "-n", "20000", "-t", "set,get",
-                                    "-q"], capture_output=True, text=True)
-            rates = "; ".join(part.strip() for part in re.split(r"[\r\n]", bench.stdout)
-                              if "requests per second" in part)
+            bench = subprocess.run(
+                ["redis-benchmark", "-p", str(target), "-c", "50", "-n", "20000", "-t", "set,get", "-q"],
+                capture_output=True,
+                text=True,
+            )
+            rates = "; ".join(
+                part.strip() for part in re.split(r"[\r\n]", bench.stdout) if "requests per second" in part
+            )
             check(f"redis-benchmark {name}", bench.returncode == 0, rates)
 
         proxy.redirect("127.0.0.1", 1)  # nothing listens on port 1

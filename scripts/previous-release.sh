@@ -5,7 +5,7 @@
 # rolling-update test starts those binaries beside the current ones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=previous-release
+# shellcheck source=previous-release source-path=SCRIPTDIR
 . scripts/previous-release
 root=target/previous-release
 dir=$root/$commit

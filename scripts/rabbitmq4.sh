@@ -264,6 +264,7 @@ build_root() {
     fi
     in_root apt-get clean >>"$BUILD_LOG" 2>&1 || true
     write_config
+    # shellcheck disable=SC2016 # ${Version} is dpkg-query's field, not the shell's
     in_root dpkg-query -W -f '${Version}\n' rabbitmq-server >"$MARKER"
     log "installed rabbitmq-server $(cat "$MARKER") in $ROOT"
 }
@@ -358,23 +359,23 @@ cmd_stop() {
     mkdir -p "$STATE"
     exec 9>"$LOCK"
     flock 9
-    local pids
-    pids=$(node_pids)
-    if [ -n "$pids" ]; then
+    local pids=()
+    mapfile -t pids < <(node_pids)
+    if [ ${#pids[@]} -gt 0 ]; then
         ensure_mounts
         log "stopping node $NODE"
         ctl -q stop >&2 || true
         for _ in $(seq 30); do
-            pids=$(node_pids)
-            [ -z "$pids" ] && break
+            mapfile -t pids < <(node_pids)
+            [ ${#pids[@]} -eq 0 ] && break
             sleep 1
         done
-        if [ -n "$pids" ]; then
-            log "node $NODE did not stop; killing pid(s) $pids"
-            kill $pids 2>/dev/null || true
+        if [ ${#pids[@]} -gt 0 ]; then
+            log "node $NODE did not stop; killing pid(s) ${pids[*]}"
+            kill "${pids[@]}" 2>/dev/null || true
             sleep 3
-            pids=$(node_pids)
-            [ -z "$pids" ] || kill -9 $pids 2>/dev/null || true
+            mapfile -t pids < <(node_pids)
+            [ ${#pids[@]} -eq 0 ] || kill -9 "${pids[@]}" 2>/dev/null || true
         fi
     else
         log "node $NODE is not running"

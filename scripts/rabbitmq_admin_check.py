@@ -11,8 +11,9 @@ import os
 import sys
 import urllib.parse
 
-from browser import launch as browser_of
 from playwright.sync_api import sync_playwright
+
+from browser import launch as browser_of
 
 url, exchange, routing_key, payload, screenshot = sys.argv[1:6]
 user = os.environ.get("RABBITMQ_USER", "guest")
@@ -41,7 +42,9 @@ with sync_playwright() as p:
         page.wait_for_selector("text=Message published", timeout=15000)
     except Exception:
         page.screenshot(path=screenshot, full_page=True)
-        sys.exit(f"rabbitmq_admin_check: no 'Message published' after publishing to {exchange} (screenshot {screenshot})")
+        sys.exit(
+            f"rabbitmq_admin_check: no 'Message published' after publishing to {exchange} (screenshot {screenshot})"
+        )
     page.screenshot(path=screenshot, full_page=True)
     if page.locator("text=not routed").count():
         sys.exit(f"rabbitmq_admin_check: the panel published to {exchange}, but {routing_key!r} routed nowhere")

@@ -27,10 +27,13 @@ wait_for() { # name check seconds
     return 1
 }
 
+# The newest PostgreSQL cluster version installed (/etc/postgresql/<version>/main).
+cluster_version() { find /etc/postgresql -mindepth 1 -maxdepth 1 -type d -printf '%f\n' | sort -V | tail -1; }
+
 start_installed() {
     if ! postgres_up && command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
         echo "services.sh: starting PostgreSQL"
-        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main start || true
+        pg_ctlcluster --skip-systemctl-redirect "$(cluster_version)" main start || true
     fi
     if ! redis_up && command -v redis-server >/dev/null; then
         echo "services.sh: starting Redis"
@@ -83,7 +86,7 @@ elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     done
     start_installed
     # The package may have started the cluster before pg_hba.conf changed.
-    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main reload || true
+    pg_ctlcluster --skip-systemctl-redirect "$(cluster_version)" main reload || true
 else
     echo "services.sh: PostgreSQL, Redis or RabbitMQ is down, and there is no way here to start them." >&2
     echo "Start them yourself (see README.md), or install Docker." >&2

@@ -9,8 +9,9 @@ import json
 import sys
 import uuid
 
-from browser import launch as browser_of
 from playwright.sync_api import sync_playwright
+
+from browser import launch as browser_of
 
 ROUTES = [
     ("GET", "/healthcheck"),
@@ -47,8 +48,13 @@ with sync_playwright() as p:
     block = page.locator(".opblock-post", has=page.locator(".opblock-summary-path", has_text="/api/v1/products")).first
     block.locator(".opblock-summary").click()
     block.locator("button.try-out__btn").click()
-    body = {"productID": str(uuid.uuid4()), "price": 100, "discount": 10,
-            "description": "tried from Swagger UI", "name": f"Swagger {uuid.uuid4().hex[:8]}"}
+    body = {
+        "productID": str(uuid.uuid4()),
+        "price": 100,
+        "discount": 10,
+        "description": "tried from Swagger UI",
+        "name": f"Swagger {uuid.uuid4().hex[:8]}",
+    }
     block.locator("textarea.body-param__text").fill(json.dumps(body, indent=2))
     block.locator("button.execute").click()
     status = block.locator(".live-responses-table tr.response .response-col_status").first

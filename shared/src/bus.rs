@@ -5,11 +5,11 @@
 //! "go to definition" on `execute` lands on the handler. Queries are plain structs
 //! with a `fetch` method and need no bus: they change nothing.
 
-use crate::telemetry::names;
 use std::future::Future;
 
 use tracing::Instrument;
 
+use crate::telemetry::names;
 use crate::{
     db::{Db, Tx},
     error::AppError,

@@ -19,7 +19,6 @@
 //! the process that committed dies during the outage does such a page live on, until its
 //! TTL.
 
-use crate::telemetry::names;
 use std::{
     collections::HashMap,
     sync::{
@@ -32,6 +31,7 @@ use std::{
 use redis::{AsyncCommands, Client, Script, aio::ConnectionManager, aio::ConnectionManagerConfig};
 use uuid::Uuid;
 
+use crate::telemetry::names;
 use crate::{
     pagination::{Page, SortOrder},
     retry::Policy,

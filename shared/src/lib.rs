@@ -1,11 +1,13 @@
 //! order-service: orders with a transactional outbox and a choreography saga.
 //!
-//! Three binaries run this library (`bins/`): `api` serves [`http`]; `outbox-relay` runs
+//! Four binaries run this library (`bins/`): `api` serves [`server`]; `outbox-relay` runs
 //! [`outbox::relay`]; `saga-worker` runs [`saga::worker`] (and the operator's tools,
 //! [`saga::dlq`] and [`saga::pending_sagas`]); `customer-simulator`, the demo's stand-in
 //! customer service, answers sagas over [`amqp`]. Read top-down:
-//! - [`http`]: the REST API (poem-openapi) of the `api` process; [`pagination`]: the
-//!   `limit`/`offset`/`order` of its lists.
+//! - [`server`]: the `api` process: the features' operations assembled into one OpenAPI
+//!   service (poem-openapi), with its health API; [`http`]: what the features' operations
+//!   share at the edge (tags, response shapes, errors as responses, request bodies,
+//!   middleware); [`pagination`]: the `limit`/`offset`/`order` of its lists.
 //! - Features, each with its domain rules, its commands and queries (SQL inline), and
 //!   its HTTP operations in `api.rs`: [`products`], [`addresses`], [`users`], [`orders`];
 //!   [`validate`]: the text and id rules they share.
@@ -22,9 +24,10 @@
 //! - [`retry`]: the one backoff policy (with jitter) of every retry and reconnect loop.
 //! - [`error`]: the error every command and query ends in; `http::errors` maps it.
 //! - Start-up and running plumbing shared by the binaries: [`config`] (each binary's
-//!   settings, composed of parts it shares with the others: database, AMQP, cache, logs), [`db`],
+//!   settings, one part per file, each part building what it configures), [`db`],
 //!   [`telemetry`] (logs, metrics and their names), [`probes`] (the relay's and worker's
-//!   `/healthcheck/`, `/readyz`, `/metrics`), [`shutdown`], [`schedule`].
+//!   `/healthcheck/`, `/readyz`, `/metrics`, and the readiness rule of every process),
+//!   [`shutdown`], [`schedule`], [`release`] (the name, version and commit).
 
 pub(crate) mod addresses;
 pub mod amqp;
@@ -44,6 +47,7 @@ pub mod release;
 pub mod retry;
 pub mod saga;
 pub(crate) mod schedule;
+pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trace_context;

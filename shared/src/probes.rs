@@ -37,15 +37,48 @@ fn healthcheck() -> Json<serde_json::Value> {
 #[handler]
 async fn readyz(probe: Data<&Probe>) -> impl IntoResponse {
     let postgres = probe.db.readiness().await;
-    let status = match (postgres, probe.broker_up.load(Ordering::Relaxed)) {
-        (Readiness::Ready, true) => return Json(json!({"status": "OK"})).with_status(StatusCode::OK),
-        (Readiness::Ready, false) => "rabbitmq unavailable",
-        (Readiness::ReadOnly, true) => "postgres read-only",
-        (Readiness::ReadOnly, false) => "postgres read-only and rabbitmq unavailable",
-        (Readiness::Unavailable, true) => "postgres unavailable",
-        (Readiness::Unavailable, false) => "postgres and rabbitmq unavailable",
+    match not_ready(postgres, "rabbitmq", probe.broker_up.load(Ordering::Relaxed)) {
+        None => Json(json!({"status": "OK"})).with_status(StatusCode::OK),
+        Some(status) => Json(json!({ "status": status })).with_status(StatusCode::SERVICE_UNAVAILABLE),
+    }
+}
+
+/// The one readiness rule of every process: PostgreSQL answers and takes writes, and the
+/// other server it needs (`other`: the api's Redis, the relay's and the worker's
+/// RabbitMQ) is up. `None` when ready; else the status naming what is not.
+pub(crate) fn not_ready(postgres: Readiness, other: &str, other_up: bool) -> Option<String> {
+    let postgres = match postgres {
+        Readiness::Ready => None,
+        Readiness::ReadOnly => Some("postgres read-only"),
+        Readiness::Unavailable => Some("postgres"),
     };
-    Json(json!({ "status": status })).with_status(StatusCode::SERVICE_UNAVAILABLE)
+    match (postgres, other_up) {
+        (None, true) => None,
+        (None, false) => Some(format!("{other} unavailable")),
+        (Some("postgres"), true) => Some("postgres unavailable".into()),
+        (Some(postgres), true) => Some(postgres.into()),
+        (Some(postgres), false) => Some(format!("{postgres} and {other} unavailable")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_names_what_is_not_ready() {
+        let cases = [
+            (Readiness::Ready, true, None),
+            (Readiness::Ready, false, Some("redis unavailable")),
+            (Readiness::ReadOnly, true, Some("postgres read-only")),
+            (Readiness::ReadOnly, false, Some("postgres read-only and redis unavailable")),
+            (Readiness::Unavailable, true, Some("postgres unavailable")),
+            (Readiness::Unavailable, false, Some("postgres and redis unavailable")),
+        ];
+        for (postgres, redis, expected) in cases {
+            assert_eq!(not_ready(postgres, "redis", redis).as_deref(), expected, "{postgres:?}, {redis}");
+        }
+    }
 }
 
 #[handler]

@@ -1,6 +1,10 @@
 //! Which release a binary is: `--version`, the `build_info` metric, the image tag
 //! (CHANGELOG.md lists the releases; README "Upgrading" says how to move between them).
 
+/// The system's name: the OpenAPI title, the PostgreSQL `application_name`, the
+/// instrumentation scope of its spans and the prefix of its Redis keys.
+pub const NAME: &str = "order-service";
+
 /// The release, from the workspace's version (one for every binary).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 

@@ -4,12 +4,9 @@
 //! (`make migrate`, the Kubernetes Job, Compose's `migrate` service); `api` waits for the
 //! migrations it needs, then serves (db/schema.rs).
 
-use std::time::Duration;
-
 use order_service::{
-    cache,
-    config::{ApiConfig, Settings},
-    db, http, outbox, telemetry,
+    config::{ApiConfig, FromEnv},
+    outbox, server, telemetry,
 };
 
 #[tokio::main]
@@ -20,33 +17,21 @@ async fn main() -> anyhow::Result<()> {
     let config = ApiConfig::from_env()?;
     let sinks = telemetry::init_tracing(&config.log, &config.traces, "api")?;
     if std::env::args().nth(1).as_deref() == Some("migrate") {
-        db::create_database_if_missing(&config.database.url).await?;
-        db::migrate(&config.database.url).await?;
+        config.database.migrate().await?;
         sinks.flush().await;
         return Ok(());
     }
-    let db = db::connect(
-        &config.database.url,
-        config.database.max_connections,
-        http::SESSION_SETTINGS,
-        config.database.limits,
-    )?;
-    db::require(&db).await?;
+    let db = config.database.prepare(server::SESSION_SETTINGS).await?;
     telemetry::register_metrics(telemetry::Process::Api);
-    let cache = cache::OrderCache::with_limits(
-        &config.cache.url,
-        "order-service",
-        config.cache.ttl,
-        cache::Limits { timeout: config.cache.timeout, ..cache::Limits::default() },
-    )?;
-    let state = http::AppState {
+    let cache = config.cache.order_cache()?;
+    let state = server::AppState {
         db: db.clone(),
         cache,
         relays: outbox::RelayWaker::start(db.clone()),
         metrics: telemetry::metrics(),
         max_body_bytes: config.http.max_body_bytes,
     };
-    http::serve(config.http.api_addr, state, Duration::from_secs(config.http.shutdown_grace_secs)).await?;
+    server::serve(config.http.addr, state, config.http.shutdown_grace()).await?;
     db.close().await;
     tracing::info!("api stopped");
     sinks.flush().await;

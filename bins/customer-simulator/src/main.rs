@@ -14,8 +14,8 @@
 use std::str::FromStr;
 
 use order_service::{
-    amqp::{Consumer, Outgoing, Publisher, Topology},
-    config::{Settings, SimulatorConfig},
+    amqp::{Consumer, Publisher, REPLY_ROUTING_KEY},
+    config::{FromEnv, SimulatorConfig},
     retry::Policy,
     telemetry,
     trace_context::TraceContext,
@@ -34,8 +34,8 @@ async fn main() -> anyhow::Result<()> {
     // SIGTERM (docker stop) as well as Ctrl-C.
     let stop = order_service::shutdown::signal();
     tokio::pin!(stop);
-    let limit = config.credit.credit_limit;
-    let topology = Topology::contract(config.amqp.queue_type);
+    let limit = config.credit.limit;
+    let topology = config.amqp.topology();
     let name = format!("customer-simulator@{}", std::process::id());
     let consume = config.amqp.connection_args(&name)?;
     let publish = config.amqp.connection_args(&format!("{name}-replies"))?;
@@ -106,21 +106,14 @@ async fn main() -> anyhow::Result<()> {
                 messaging.system = "rabbitmq",
                 messaging.operation.type = "send",
                 messaging.destination.name = %topology.exchange,
-                messaging.rabbitmq.destination.routing_key = "Customer.Saga.Reply",
+                messaging.rabbitmq.destination.routing_key = REPLY_ROUTING_KEY,
                 messaging.message.id = %message_id,
             );
             let reply_trace = TraceContext::of(&published).unwrap_or(request_trace);
-            let reply = Outgoing {
-                exchange: topology.exchange.clone(),
-                routing_key: "Customer.Saga.Reply".into(),
-                message_id,
-                message_type: "CustomerSagaReply".into(),
-                timestamp: chrono::Utc::now().timestamp().max(0) as u64,
-                headers: vec![("traceparent".to_owned(), reply_trace.to_string())],
-                body: json!({"orderID": order_id, "orderType": answer}).to_string().into_bytes(),
-            };
-            let confirmed = publisher.publish_all(std::slice::from_ref(&reply), order_service::amqp::CONFIRM_DEADLINE);
-            match confirmed.instrument(published).await.remove(0) {
+            let mut reply =
+                topology.customer_reply(message_id, json!({"orderID": order_id, "orderType": answer}).to_string());
+            reply.headers.push(("traceparent".to_owned(), reply_trace.to_string()));
+            match publisher.publish_one(&reply).instrument(published).await {
                 // A lost ack means a redelivery, answered again with the same reply id.
                 Ok(()) if consumer.ack(delivery.tag).await.is_err() => break,
                 Ok(()) => tracing::info!(order.id = order_id, %total, answer, "answered"),

@@ -7,14 +7,9 @@ use std::{
 };
 
 use order_service::{
-    amqp::Topology,
-    cache::{self, OrderCache},
-    config::{Settings, WorkerConfig},
-    db, outbox, probes,
-    saga::{
-        self, dlq,
-        worker::{APPLY_ATTEMPTS, SagaWorker, TimeoutSettings},
-    },
+    config::{DatabaseConfig, FromEnv, WorkerConfig},
+    outbox, probes,
+    saga::{self, dlq, worker::SagaWorker},
     telemetry,
 };
 
@@ -38,44 +33,31 @@ async fn main() -> anyhow::Result<()> {
     let sinks = telemetry::init_tracing(&config.log, &config.traces, "saga-worker")?;
     let metrics = telemetry::metrics();
     telemetry::register_metrics(telemetry::Process::SagaWorker);
-    let db = db::connect(&config.database.url, config.database.max_connections, &[], config.database.limits)?;
-    // Only `api migrate` (the Job) migrates; this waits for the migrations this release
-    // needs, tolerating later ones (db/schema.rs).
-    db::require(&db).await?;
+    let db = config.database.prepare(&[]).await?;
     let name = format!("saga-worker@{}", std::process::id());
     let amqp = config.amqp.connection_args(&name)?;
     let dead_letter_amqp = config.amqp.connection_args(&format!("{name}-dead-letters"))?;
-    let cache = OrderCache::with_limits(
-        &config.cache.url,
-        "order-service",
-        config.cache.ttl,
-        cache::Limits { timeout: config.cache.timeout, ..cache::Limits::default() },
-    )?;
+    let cache = config.cache.order_cache()?;
 
     let stopped = order_service::shutdown::flag();
     let broker_up = Arc::new(AtomicBool::new(false));
-    let ops = probes::spawn(config.saga.metrics_addr, db.clone(), broker_up.clone(), metrics, stopped.clone()).await?;
+    let probes =
+        probes::spawn(config.saga.metrics_addr, db.clone(), broker_up.clone(), metrics, stopped.clone()).await?;
 
     let worker = SagaWorker {
         db: db.clone(),
         amqp,
         dead_letter_amqp,
-        topology: Topology::contract(config.amqp.queue_type),
+        topology: config.amqp.topology(),
         cache,
         relays: outbox::RelayWaker::start(db.clone()),
-        prefetch: config.saga.saga_prefetch,
-        concurrency: config.saga.saga_concurrency.into(),
-        timeouts: TimeoutSettings {
-            after: config.saga.saga_timeout,
-            max_retries: config.saga.saga_max_retries.into(),
-            schedule: config.saga.saga_timeout_schedule,
-        },
+        prefetch: config.saga.prefetch,
+        concurrency: config.saga.concurrency.into(),
+        timeouts: config.saga.timeout_settings(),
         broker_up,
-        apply_attempts: APPLY_ATTEMPTS,
-        halt_after_ack: None,
     };
     worker.run(stopped).await;
-    ops.await??;
+    probes.await??;
     db.close().await;
     sinks.flush().await;
     Ok(())
@@ -83,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// `sagas pending`: one JSON line per order waiting on the customer service, oldest first.
 async fn pending_sagas(config: &WorkerConfig, older_than: std::time::Duration, limit: i64) -> anyhow::Result<()> {
-    let db = db::connect(&config.database.url, 1, &[], config.database.limits)?;
+    let db = DatabaseConfig { max_connections: 1, ..config.database.clone() }.pool(&[])?;
     let pending = saga::pending_sagas(&db, older_than, limit).await?;
     // Not println!: a closed pipe (`| head`) is an error to return, not a panic.
     let mut out = std::io::stdout().lock();
@@ -97,7 +79,7 @@ async fn pending_sagas(config: &WorkerConfig, older_than: std::time::Duration, l
 /// all left in the queue. `dlq replay`: moves them back to `CustomerSaga`, one log line
 /// each. `dlq replay|discard --id`: one message, and a JSON line saying what was done.
 async fn dead_letters(config: &WorkerConfig, operator: Invocation) -> anyhow::Result<()> {
-    let topology = Topology::contract(config.amqp.queue_type);
+    let topology = config.amqp.topology();
     let name = format!("saga-worker-dlq@{}", std::process::id());
     let consume = config.amqp.connection_args(&name)?;
     let publish = || config.amqp.connection_args(&format!("{name}-replay"));

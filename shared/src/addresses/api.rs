@@ -8,7 +8,7 @@ use super::{CreateAddress, PART_MAX};
 use crate::{
     bus,
     error::AppError,
-    http::{ApiTags, NoContent, errors::CommandError, json::CaseInsensitive},
+    http::{ApiTags, case_insensitive::CaseInsensitive, errors::CommandError, responses::NoContent},
     validate,
 };
 

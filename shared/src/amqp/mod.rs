@@ -18,7 +18,7 @@ use std::time::Duration;
 pub use connection::{connect, queue_depth, queue_depths};
 pub use consumer::{Consumer, Delivery, Settler, Stopped};
 pub use publisher::{Outgoing, PublishError, Publisher};
-pub use topology::{BrokerVersion, QueueType, Topology};
+pub use topology::{BrokerVersion, QueueType, REPLY_ROUTING_KEY, REPLY_TYPE, Topology};
 pub use url::connection_args;
 
 /// How long a publisher waits for the broker's confirm of a message (the relay's default

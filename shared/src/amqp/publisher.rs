@@ -219,6 +219,13 @@ impl Publisher {
         self.broken.get_or_insert(PublishError::Send("a batch was abandoned before its confirms".into()));
     }
 
+    /// Publishes one message as [`Self::publish_all`] does, within the broker's
+    /// [`CONFIRM_DEADLINE`](super::CONFIRM_DEADLINE).
+    pub async fn publish_one(&mut self, message: &Outgoing) -> Result<(), PublishError> {
+        let mut results = self.publish_all(std::slice::from_ref(message), super::CONFIRM_DEADLINE).await;
+        results.pop().expect("one result per message")
+    }
+
     /// Publishes every message (persistent, `mandatory`), without waiting between them,
     /// and waits for the broker's confirms; sending and confirming together take at most
     /// `deadline`. Each result says whether that message is safe: acked and not returned.

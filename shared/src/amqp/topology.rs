@@ -24,6 +24,8 @@ use amqprs::{
     channel::{Channel, ExchangeDeclareArguments, ExchangeType, QueueBindArguments, QueueDeclareArguments},
 };
 
+use super::Outgoing;
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum QueueType {
     /// Replicated, with a delivery count that survives consumer crashes.
@@ -76,6 +78,11 @@ impl BrokerVersion {
     }
 }
 
+/// The customer service's reply (SPEC "Messaging"): its routing key on the exchange,
+/// which `Customer.Saga.*` binds to `CustomerSaga`, and its message type.
+pub const REPLY_ROUTING_KEY: &str = "Customer.Saga.Reply";
+pub const REPLY_TYPE: &str = "CustomerSagaReply";
+
 /// Exchange, queues and bindings of the wire contract (SPEC "Messaging"). The names are
 /// fields so that tests can give each run its own.
 #[derive(Debug, Clone)]
@@ -111,6 +118,20 @@ impl Topology {
             dead_letter_queue: format!("{prefix}CustomerSaga.dlq"),
             queue_type,
             orders_max_length: ORDERS_MAX_LENGTH,
+        }
+    }
+
+    /// A reply of the customer service, as it publishes one: `body` is the contract's
+    /// `{"orderID": …, "orderType": "Approved"|"Rejected"}` (or, in tests, anything).
+    pub fn customer_reply(&self, message_id: impl Into<String>, body: impl Into<Vec<u8>>) -> Outgoing {
+        Outgoing {
+            exchange: self.exchange.clone(),
+            routing_key: REPLY_ROUTING_KEY.into(),
+            message_id: message_id.into(),
+            message_type: REPLY_TYPE.into(),
+            timestamp: chrono::Utc::now().timestamp().max(0) as u64,
+            headers: vec![],
+            body: body.into(),
         }
     }
 

@@ -1,12 +1,12 @@
 //! The PostgreSQL pool and the migrations.
 
-use crate::telemetry::names;
 use std::time::Duration;
 use tracing::Instrument;
 
 use backon::Retryable;
 
 use crate::retry::Policy;
+use crate::telemetry::names;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
@@ -43,7 +43,7 @@ pub fn connect(
 ) -> Result<Db, sqlx::Error> {
     let options: PgConnectOptions = database_url.parse()?;
     let options = options
-        .application_name("order-service")
+        .application_name(crate::release::NAME)
         .options([("idle_in_transaction_session_timeout", "10s"), ("statement_timeout", "30s")])
         .options(settings.iter().copied());
     let ping = limits.ping;

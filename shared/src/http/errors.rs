@@ -79,55 +79,66 @@ pub(crate) enum QueryError {
 /// a restart) take seconds, and the api's own bounds (`db::Limits`) are seconds too.
 const RETRY_AFTER_SECONDS: u32 = 2;
 
-/// Status and body of an error, logging it once: a server fault with its whole cause
-/// chain, a client mistake briefly.
-fn respond(error: AppError) -> (StatusCode, Json<ErrorBody>) {
+/// What an error answers. Chosen once for each variant of [`AppError`], with no
+/// wildcard: a new variant must choose its answer (and the spec's) here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    BadRequest,
+    NotFound,
+    Conflict,
+    Unavailable,
+    Internal,
+}
+
+/// The answer and body of an error, logging it once: a server fault with its whole
+/// cause chain, a client mistake briefly.
+fn respond(error: AppError) -> (Answer, Json<ErrorBody>) {
     match error {
         AppError::Invalid { field, rule } => {
             tracing::info!(error.field = field, "rejected: {rule}");
-            (StatusCode::BAD_REQUEST, ErrorBody::new(format!("{field}: {rule}"), field))
+            (Answer::BadRequest, ErrorBody::new(format!("{field}: {rule}"), field))
         }
         AppError::NotFound { message, subject } => {
             tracing::info!(error.subject = %subject, "not found: {message}");
-            (StatusCode::NOT_FOUND, ErrorBody::new(message, subject))
+            (Answer::NotFound, ErrorBody::new(message, subject))
         }
         AppError::Conflict { message, subject } => {
             tracing::info!(error.subject = %subject, "conflict: {message}");
-            (StatusCode::CONFLICT, ErrorBody::new(message, subject))
+            (Answer::Conflict, ErrorBody::new(message, subject))
         }
         AppError::Unavailable(ref cause) => {
             tracing::error!(error.cause = %chain(cause), "database unavailable");
-            (StatusCode::SERVICE_UNAVAILABLE, ErrorBody::new("Service temporarily unavailable", ""))
+            (Answer::Unavailable, ErrorBody::new("Service temporarily unavailable", ""))
         }
         AppError::Internal(ref cause) => {
             tracing::error!(error.cause = %chain(cause.as_ref()), "internal error");
-            (StatusCode::INTERNAL_SERVER_ERROR, ErrorBody::new("Internal server error", ""))
+            (Answer::Internal, ErrorBody::new("Internal server error", ""))
         }
     }
 }
 
 impl From<AppError> for CommandError {
     fn from(error: AppError) -> Self {
-        let (status, body) = respond(error);
-        match status {
-            StatusCode::BAD_REQUEST => CommandError::BadRequest(body),
-            StatusCode::NOT_FOUND => CommandError::NotFound(body),
-            StatusCode::CONFLICT => CommandError::Conflict(body),
-            StatusCode::SERVICE_UNAVAILABLE => CommandError::Unavailable(body, RETRY_AFTER_SECONDS),
-            _ => CommandError::Internal(body),
+        let (answer, body) = respond(error);
+        match answer {
+            Answer::BadRequest => CommandError::BadRequest(body),
+            Answer::NotFound => CommandError::NotFound(body),
+            Answer::Conflict => CommandError::Conflict(body),
+            Answer::Unavailable => CommandError::Unavailable(body, RETRY_AFTER_SECONDS),
+            Answer::Internal => CommandError::Internal(body),
         }
     }
 }
 
 impl From<AppError> for QueryError {
     fn from(error: AppError) -> Self {
-        let (status, body) = respond(error);
-        match status {
-            StatusCode::BAD_REQUEST => QueryError::BadRequest(body),
-            StatusCode::NOT_FOUND => QueryError::NotFound(body),
-            StatusCode::SERVICE_UNAVAILABLE => QueryError::Unavailable(body, RETRY_AFTER_SECONDS),
-            // A query cannot conflict; anything else is a fault.
-            _ => QueryError::Internal(body),
+        let (answer, body) = respond(error);
+        match answer {
+            Answer::BadRequest => QueryError::BadRequest(body),
+            Answer::NotFound => QueryError::NotFound(body),
+            Answer::Unavailable => QueryError::Unavailable(body, RETRY_AFTER_SECONDS),
+            // A query writes nothing, so it cannot conflict: one that says so is a fault.
+            Answer::Conflict | Answer::Internal => QueryError::Internal(body),
         }
     }
 }
@@ -173,6 +184,41 @@ fn clean_parse_message(reason: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_error_answers_its_status() {
+        let errors = || {
+            [
+                AppError::invalid("name", "must not be empty"),
+                AppError::not_found("Product not found", "x"),
+                AppError::conflict("Product already exists", "x"),
+                AppError::Unavailable(sqlx::Error::PoolTimedOut),
+                AppError::Internal(anyhow::anyhow!("boom")),
+            ]
+        };
+        let commands: Vec<_> = errors().into_iter().map(CommandError::from).collect();
+        assert!(matches!(
+            commands.as_slice(),
+            [
+                CommandError::BadRequest(_),
+                CommandError::NotFound(_),
+                CommandError::Conflict(_),
+                CommandError::Unavailable(_, RETRY_AFTER_SECONDS),
+                CommandError::Internal(_),
+            ]
+        ));
+        let queries: Vec<_> = errors().into_iter().map(QueryError::from).collect();
+        assert!(matches!(
+            queries.as_slice(),
+            [
+                QueryError::BadRequest(_),
+                QueryError::NotFound(_),
+                QueryError::Internal(_),
+                QueryError::Unavailable(_, RETRY_AFTER_SECONDS),
+                QueryError::Internal(_),
+            ]
+        ));
+    }
 
     #[test]
     fn parse_messages_lose_internal_type_names() {

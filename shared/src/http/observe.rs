@@ -1,11 +1,11 @@
 //! Observing each request: its trace context, one log line, Prometheus metrics.
 
-use crate::telemetry::names;
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use poem::{Endpoint, IntoResponse, PathPattern, Request, Response, Result, http::StatusCode};
 use tracing::Instrument;
 
+use crate::telemetry::names;
 use crate::trace_context::TraceContext;
 
 /// poem-openapi routes `/products/{productName}` as `/products/:param0`; metrics and

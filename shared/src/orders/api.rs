@@ -22,9 +22,11 @@ use crate::{
     cache::{Filled, Lookup, OrderCache},
     error::AppError,
     http::{
-        ApiTags, NoContent,
+        ApiTags,
+        case_insensitive::CaseInsensitive,
         errors::{CommandError, QueryError},
-        json::{CaseInsensitive, JsonDecimal, RawJson, rfc3339},
+        formats::{JsonDecimal, rfc3339},
+        responses::{NoContent, RawJson},
     },
     outbox::RelayWaker,
     pagination::{Page, PageInfo, SortOrder},

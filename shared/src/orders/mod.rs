@@ -263,7 +263,7 @@ impl ListOrders {
         // page's ids first, from the index alone, then the view for those rows only: the
         // view's columns (the joins, the product lines) for every row an OFFSET skipped
         // made a page at offset 9,980 take 435 ms (4.2 ms this way, 100,000 orders).
-        // The ids as an array: the api plans each statement once (`http::SESSION_SETTINGS`),
+        // The ids as an array: the api plans each statement once (`server::SESSION_SETTINGS`),
         // and a generic plan guesses a tenth of the orders for a LIMIT parameter; an
         // array parameter it guesses at ten elements, so the view's joins go by key,
         // where `id IN (subquery)` got hash joins over every order (seen in that test).

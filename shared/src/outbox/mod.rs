@@ -17,6 +17,10 @@ use tracing::Instrument;
 
 use crate::{db::Tx, trace_context::TraceContext};
 
+/// How long published rows, and the inbox's record of applied replies, are kept by
+/// default (`OUTBOX_RETENTION`): a week, far past any redelivery of either.
+pub const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 86400);
+
 /// The topic exchange every event goes to.
 pub(crate) const EXCHANGE: &str = "Orders";
 

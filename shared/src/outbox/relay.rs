@@ -13,7 +13,6 @@
 //! before its commit publishes the row again, and the consumers deduplicate by
 //! `message_id`.
 
-use crate::telemetry::names;
 use std::{
     sync::{
         Arc,
@@ -27,6 +26,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, postgres::PgListener};
 
 use crate::db::Db;
+use crate::telemetry::names;
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
@@ -67,6 +67,7 @@ pub const SESSION_SETTINGS: &[(&str, &str)] = &[
 /// The channel `NOTIFY`-ed after every commit that wrote the outbox (`outbox/wake.rs`).
 pub(crate) const CHANNEL: &str = "outbox";
 
+/// What the relay's steps run with: `OutboxConfig::relay_settings()`.
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
     /// Rows claimed per step.
@@ -78,17 +79,6 @@ pub struct RelaySettings {
     pub retention: Duration,
     /// Relays run side by side in this process (`RELAY_LANES`).
     pub lanes: usize,
-}
-
-impl Default for RelaySettings {
-    fn default() -> Self {
-        RelaySettings {
-            batch_size: 500,
-            confirm_timeout: crate::amqp::CONFIRM_DEADLINE,
-            retention: Duration::from_secs(7 * 86400),
-            lanes: 2,
-        }
-    }
 }
 
 /// What one step did.

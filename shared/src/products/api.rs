@@ -15,9 +15,11 @@ use crate::{
     bus,
     error::AppError,
     http::{
-        ApiTags, NoContent,
+        ApiTags,
+        case_insensitive::CaseInsensitive,
         errors::{CommandError, QueryError},
-        json::{CaseInsensitive, JsonDecimal},
+        formats::JsonDecimal,
+        responses::NoContent,
     },
     pagination::{Page, PageInfo, SortOrder},
     pricing::{Discount, Money},

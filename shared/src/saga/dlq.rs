@@ -110,8 +110,7 @@ pub async fn replay_one(
     let outcome = async {
         let mut publisher = Publisher::connect(publish, topology).await?;
         let copy = back_to_queue(&delivery, topology);
-        let published =
-            publisher.publish_all(std::slice::from_ref(&copy), crate::amqp::CONFIRM_DEADLINE).await.remove(0);
+        let published = publisher.publish_one(&copy).await;
         publisher.close().await;
         match published {
             Ok(()) => {
@@ -211,7 +210,7 @@ pub async fn replay(
             };
             let letter = DeadLetter::of(&delivery);
             let copy = back_to_queue(&delivery, topology);
-            match publisher.publish_all(std::slice::from_ref(&copy), crate::amqp::CONFIRM_DEADLINE).await.remove(0) {
+            match publisher.publish_one(&copy).await {
                 Ok(()) => {
                     consumer.ack(delivery.tag).await?;
                     tracing::info!(message.id = ?letter.message_id, kind = %letter.kind, reason = %letter.reason,
@@ -245,7 +244,7 @@ fn back_to_queue(delivery: &Delivery, topology: &Topology) -> Outgoing {
         exchange: String::new(),
         routing_key: topology.customer_saga_queue.clone(),
         message_id: delivery.message_id().map_or_else(|| format!("replayed-{}", uuid::Uuid::new_v4()), str::to_owned),
-        message_type: delivery.properties.message_type().cloned().unwrap_or_else(|| "CustomerSagaReply".into()),
+        message_type: delivery.properties.message_type().cloned().unwrap_or_else(|| crate::amqp::REPLY_TYPE.into()),
         timestamp: delivery.properties.timestamp().unwrap_or_default(),
         headers,
         body: delivery.body.clone(),

@@ -11,7 +11,6 @@
 //! database outage is retried in place a few times, then handed back to the broker,
 //! whose delivery count (quorum queues) dead-letters a reply that never gets through.
 
-use crate::telemetry::names;
 use std::{
     sync::{
         Arc,
@@ -21,6 +20,7 @@ use std::{
 };
 
 use crate::db::Db;
+use crate::telemetry::names;
 use amqprs::connection::OpenConnectionArguments;
 use chrono::Utc;
 use tokio::sync::watch;
@@ -68,21 +68,59 @@ pub struct SagaWorker {
     pub timeouts: TimeoutSettings,
     /// Set while the worker consumes `CustomerSaga`: the readiness probe reads it.
     pub broker_up: Arc<AtomicBool>,
-    /// In-place attempts of a reply that fails for another reason than an outage, before
-    /// it goes back to the queue as a failed delivery ([`APPLY_ATTEMPTS`]).
+}
+
+/// In-place attempts of a reply that fails for another reason than an outage, before it
+/// goes back to the queue as a failed delivery.
+pub const APPLY_ATTEMPTS: u32 = 5;
+
+/// What a test changes in a worker, and a deployment never sets
+/// ([`SagaWorker::run_with`]).
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct Hooks {
+    /// [`APPLY_ATTEMPTS`], fewer to reach a dead letter sooner.
     pub apply_attempts: u32,
-    /// A test hook: notified right after the first ack, then the worker does nothing
-    /// more, as if its process died there.
-    #[doc(hidden)]
+    /// Notified right after the first ack; then the worker does nothing more, as if its
+    /// process died there.
     pub halt_after_ack: Option<Arc<tokio::sync::Notify>>,
 }
 
-/// The default of [`SagaWorker::apply_attempts`].
-pub const APPLY_ATTEMPTS: u32 = 5;
+impl Default for Hooks {
+    fn default() -> Self {
+        Hooks { apply_attempts: APPLY_ATTEMPTS, halt_after_ack: None }
+    }
+}
+
+/// A worker at work: its settings and the hooks it runs with.
+struct Running {
+    worker: SagaWorker,
+    hooks: Hooks,
+}
+
+impl std::ops::Deref for Running {
+    type Target = SagaWorker;
+
+    fn deref(&self) -> &SagaWorker {
+        &self.worker
+    }
+}
 
 impl SagaWorker {
     /// Runs until `shutdown` turns true; the replies in hand are finished first.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        self.run_with(Hooks::default(), shutdown).await;
+    }
+
+    /// [`Self::run`], with a test's hooks.
+    #[doc(hidden)]
+    pub async fn run_with(self, hooks: Hooks, shutdown: watch::Receiver<bool>) {
+        Running { worker: self, hooks }.run(shutdown).await;
+    }
+}
+
+impl Running {
+    async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let worker = Arc::new(self);
         let sweeper = tokio::spawn(sweep_loop(
             worker.db.clone(),
@@ -345,7 +383,7 @@ impl SagaWorker {
                     // duplicate invalidates again (every outcome does: it is safe to repeat).
                     self.cache.invalidate_after_commit(applied.user_id()).await;
                     settler.ack(delivery.tag).await?;
-                    if let Some(halt) = &self.halt_after_ack {
+                    if let Some(halt) = &self.hooks.halt_after_ack {
                         halt.notify_one();
                         std::future::pending::<()>().await;
                     }
@@ -378,7 +416,7 @@ impl SagaWorker {
                         retry_in_ms = delay.as_millis() as u64,
                         "cannot apply saga reply"
                     );
-                    if !outage && failures >= self.apply_attempts {
+                    if !outage && failures >= self.hooks.apply_attempts {
                         break;
                     }
                     if stopped_first(delay, shutdown).await {
@@ -432,7 +470,7 @@ impl SagaWorker {
             exchange: self.topology.dead_letter_exchange.clone(),
             routing_key: self.topology.customer_saga_queue.clone(),
             message_id: delivery.message_id().map_or_else(|| format!("poison-{}", Uuid::new_v4()), str::to_owned),
-            message_type: delivery.properties.message_type().cloned().unwrap_or_else(|| "CustomerSagaReply".into()),
+            message_type: delivery.properties.message_type().cloned().unwrap_or_else(|| crate::amqp::REPLY_TYPE.into()),
             timestamp: Utc::now().timestamp().max(0) as u64,
             headers: vec![
                 ("x-poison-reason".into(), poison.to_string()),
@@ -443,22 +481,22 @@ impl SagaWorker {
         };
         let mut stop = shutdown.clone();
         let published = tokio::select! {
-            published = dead_letters.publish_all(std::slice::from_ref(&message), crate::amqp::CONFIRM_DEADLINE) => published,
+            published = dead_letters.publish_one(&message) => published,
             _ = stop.wait_for(|stop| *stop) => {
                 dead_letters.abandon();
                 return Ok(Settled::NotBeforeShutdown);
             }
         };
-        match published.into_iter().next() {
-            Some(Ok(())) => {
+        match published {
+            Ok(()) => {
                 settler.ack(delivery.tag).await?;
                 metrics::counter!(names::SAGA_REPLIES, "outcome" => "dead_lettered").increment(1);
                 metrics::counter!(names::SAGA_DEAD_LETTERED, "reason" => poison.kind()).increment(1);
                 tracing::warn!(reason = %poison, "saga reply dead-lettered");
                 Ok(Settled::Yes)
             }
-            failure => {
-                tracing::warn!(reason = %poison, error = ?failure, "could not dead-letter a poison reply; it goes back to the queue");
+            Err(failure) => {
+                tracing::warn!(reason = %poison, error = %failure, "could not dead-letter a poison reply; it goes back to the queue");
                 if dead_letters.is_blocked() {
                     // A resource alarm: every try would fail the same way and count a
                     // delivery. Hold the reply until the broker lifts it, without the
@@ -558,7 +596,7 @@ async fn sweep_loop(
         }
         if last_prune.elapsed() > Duration::from_secs(3600) {
             last_prune = Instant::now();
-            if let Err(e) = prune_inbox(&db, Duration::from_secs(7 * 86400)).await {
+            if let Err(e) = prune_inbox(&db, crate::outbox::DEFAULT_RETENTION).await {
                 tracing::warn!(error.cause = %chain(&e), "saga inbox pruning failed");
             }
         }
@@ -623,12 +661,9 @@ async fn send_probe(db: &Db, amqp: &OpenConnectionArguments, topology: &Topology
         .map_err(|e| chain(&e).to_string())?;
     let message = Probe { sent_at }.message(&topology.customer_saga_queue);
     let mut publisher = Publisher::connect(amqp, topology).await.map_err(|e| e.to_string())?;
-    let published = publisher.publish_all(std::slice::from_ref(&message), crate::amqp::CONFIRM_DEADLINE).await;
+    let published = publisher.publish_one(&message).await;
     publisher.close().await;
-    match published.into_iter().next() {
-        Some(Ok(())) => Ok(()),
-        other => Err(format!("{other:?}")),
-    }
+    published.map_err(|e| e.to_string())
 }
 
 /// How often the worker reads its queues' depths.

@@ -14,7 +14,6 @@
 //! and the next push decides. Every line that does not reach Loki is counted in
 //! `loki_dropped_lines_total`.
 
-use crate::telemetry::names;
 use std::{
     collections::VecDeque,
     io,
@@ -31,6 +30,7 @@ use tracing::{Level, Metadata};
 use tracing_subscriber::fmt::MakeWriter;
 
 use crate::retry::Policy;
+use crate::telemetry::names;
 
 /// Lines waiting for a push, at most.
 pub(crate) const QUEUE_LINES: usize = 10_000;

@@ -62,9 +62,11 @@ pub fn init_tracing(log: &LogConfig, spans: &TracesConfig, service: &'static str
             // trace every export), and no events: the lines are in Loki, linked by
             // trace_id. The inner spans (transaction, outbox append, publish, cache) are
             // at debug: without an exporter no layer wants them and they cost nothing.
+            // The binary's own crate is named for the service (`customer-simulator`'s
+            // spans have the target `customer_simulator`).
             let ours = Targets::new()
                 .with_target("order_service", tracing::Level::DEBUG)
-                .with_target("customer_simulator", tracing::Level::DEBUG);
+                .with_target(service.replace('-', "_"), tracing::Level::DEBUG);
             let layer = tracing_opentelemetry::layer()
                 .with_tracer(tracer)
                 .with_filter(ours.and(filter_fn(|meta| meta.is_span())));
@@ -73,7 +75,7 @@ pub fn init_tracing(log: &LogConfig, spans: &TracesConfig, service: &'static str
         None => (None, None),
     };
     let registry = tracing_subscriber::registry().with(otel).with(loki);
-    match log.log_format {
+    match log.format {
         LogFormat::Json => registry.with(json_lines().with_filter(lines()?)).try_init()?,
         LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer().with_filter(lines()?)).try_init()?,
     }

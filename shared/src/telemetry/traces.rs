@@ -90,7 +90,7 @@ pub(crate) fn start(
         .with_sampler(sampler(config))
         .with_resource(resource)
         .build();
-    let tracer = provider.tracer("order-service");
+    let tracer = provider.tracer(crate::release::NAME);
     Ok(Some((Exporting { provider, flush }, tracer)))
 }
 

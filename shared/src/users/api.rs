@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::{CreateUser, USERNAME_MAX};
 use crate::{
     bus,
-    http::{ApiTags, NoContent, errors::CommandError, json::CaseInsensitive},
+    http::{ApiTags, case_insensitive::CaseInsensitive, errors::CommandError, responses::NoContent},
     validate,
 };
 

@@ -4,7 +4,7 @@
 //! against a backlog of replies. `make test` runs them against RabbitMQ 3.10 and 4.0.
 
 use std::{
-    sync::{Arc, atomic::AtomicBool, atomic::Ordering},
+    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
@@ -14,7 +14,7 @@ use amqprs::{
 };
 use order_service::{
     amqp::{Consumer, Outgoing, Stopped},
-    outbox::relay::{Relay, RelaySettings},
+    outbox::relay::Relay,
     saga::{dlq, worker::TimeoutSettings},
 };
 use serde_json::json;
@@ -22,10 +22,14 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::{
-    helpers::broker::{TestBroker, eventually, rabbitmqctl},
-    helpers::{Placed, TestApp, publish_rows},
-    saga::{RunningWorker, reply, saga_status, send_reply, settled},
+use crate::helpers::{
+    Placed, TestApp,
+    broker::{TestBroker, rabbitmqctl},
+    eventually,
+    outbox::{self, Row},
+    publish_rows,
+    relay::TestRelay,
+    saga::{RunningWorker, TestWorker, reply, saga_status, send_reply, settled},
 };
 
 /// Deletes `queue` from the broker's side: its consumers get `basic.cancel`.
@@ -91,31 +95,15 @@ async fn the_worker_consumes_again_after_its_queue_is_deleted_and_is_not_ready_m
 }
 
 fn relay(db: &PgPool, broker: &TestBroker, confirm_timeout: Duration) -> Relay {
-    Relay {
-        db: db.clone().into(),
-        amqp: broker.args("relay"),
-        topology: broker.topology.clone(),
-        settings: RelaySettings { batch_size: 100, confirm_timeout, ..RelaySettings::default() },
-        schedule: "*/1 * * * * *".parse().unwrap(),
-        broker_up: Arc::new(AtomicBool::new(false)),
-    }
+    TestRelay::new(db, broker).batch_size(100).confirm_timeout(confirm_timeout).build()
 }
 
 pub(crate) async fn insert_events(db: &PgPool, orders: usize, per_order: usize) {
     for seq in 0..per_order {
         for n in 0..orders {
-            let aggregate = Uuid::from_u128(n as u128 + 1);
-            let event = Uuid::now_v7();
-            sqlx::query(
-                "INSERT INTO outbox (event_id, aggregate_id, exchange, routing_key, event_type, payload)
-                 VALUES ($1, $2, 'Orders', 'Order.Saga.Ping', 'OrderPinged', $3)",
-            )
-            .bind(event)
-            .bind(aggregate)
-            .bind(json!({"eventID": event, "orderID": aggregate, "seq": seq}))
-            .execute(db)
-            .await
-            .unwrap();
+            let row = Row::ping(Uuid::from_u128(n as u128 + 1));
+            let payload = json!({"eventID": row.event_id, "orderID": row.aggregate_id, "seq": seq});
+            outbox::seed(db, &[Row { payload, ..row }]).await;
         }
     }
 }
@@ -135,7 +123,7 @@ async fn outbox_state(db: &PgPool) -> (i64, i64) {
 async fn a_channel_the_broker_closes_costs_the_rows_no_attempt(db: PgPool) {
     let broker = TestBroker::new().await;
     let (stop, stopped) = watch::channel(false);
-    let running = tokio::spawn(relay(&db, &broker, Duration::from_secs(5)).run(stopped));
+    let running = tokio::spawn(relay(&db, &broker, order_service::amqp::CONFIRM_DEADLINE).run(stopped));
     insert_events(&db, 1, 1).await;
     assert!(eventually(Duration::from_secs(10), || async { outbox_state(&db).await.0 == 0 }).await);
 
@@ -193,7 +181,7 @@ async fn a_reply_that_keeps_failing_is_dead_lettered_not_retried_forever(db: PgP
     .execute(&app.db)
     .await
     .unwrap();
-    let worker = RunningWorker::start_with(&app, &broker, 1);
+    let worker = TestWorker::new(&app, &broker).apply_attempts(1).start();
     send_reply(&broker, &reply(order, "Approved"), "keeps-failing").await;
     let dlq = &broker.topology.dead_letter_queue;
     assert!(
@@ -226,7 +214,7 @@ async fn orders_keeps_its_newest_events_and_order_saga_keeps_everything() {
     };
     let messages: Vec<Outgoing> =
         (0..8).map(|n| event("Order.Created", n)).chain((0..8).map(|n| event("Order.Saga.Create", n))).collect();
-    let results = publisher.publish_all(&messages, Duration::from_secs(5)).await;
+    let results = publisher.publish_all(&messages, order_service::amqp::CONFIRM_DEADLINE).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     publisher.close().await;
     let kept: Vec<String> = broker.drain(&broker.topology.orders_queue).await.iter().map(|m| m.message_id()).collect();
@@ -415,7 +403,7 @@ async fn a_reply_handed_back_after_a_probe_passed_keeps_its_order_from_the_timeo
     let sent_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&app.db).await.unwrap();
     let mut publisher = broker.publisher().await;
     let probe = order_service::saga::probe::Probe { sent_at }.message(&queue);
-    assert_eq!(publisher.publish_all(&[probe], Duration::from_secs(5)).await, [Ok(())]);
+    assert_eq!(publisher.publish_all(&[probe], order_service::amqp::CONFIRM_DEADLINE).await, [Ok(())]);
     publisher.close().await;
     let passed = eventually(Duration::from_secs(10), || async {
         sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM saga_reply_barrier WHERE passed_at >= $1)")
@@ -448,7 +436,7 @@ async fn an_approval_a_worker_holds_unacked_keeps_its_order_from_the_timeout(db:
     let broker = TestBroker::new().await;
     let phone = app.create_product("Phone", 1.0, 0).await;
     let mut blocked = Vec::new();
-    for _ in 0..RunningWorker::CONCURRENCY {
+    for _ in 0..TestWorker::CONCURRENCY {
         blocked.push(app.place_order(&[phone]).await.order);
     }
     let Placed { order, .. } = app.place_order(&[phone]).await;

@@ -29,7 +29,7 @@ fn page() -> Page {
 #[sqlx::test(migrations = "../migrations")]
 async fn a_page_is_served_from_the_cache_until_the_user_is_invalidated(db: PgPool) {
     let cache = test_cache();
-    let app = TestApp::with_cache(db, cache.clone());
+    let app = TestApp::builder(db).cache(cache.clone()).build();
     let phone = app.create_product("Phone", 10.0, 0).await;
     let Placed { user, address, order: first } = app.place_order(&[phone]).await;
     app.approve(first).await;
@@ -51,7 +51,7 @@ async fn a_page_is_served_from_the_cache_until_the_user_is_invalidated(db: PgPoo
 #[sqlx::test(migrations = "../migrations")]
 async fn a_refill_that_raced_an_invalidation_stores_nothing(db: PgPool) {
     let cache = test_cache();
-    let app = TestApp::with_cache(db.clone(), cache.clone());
+    let app = TestApp::builder(db.clone()).cache(cache.clone()).build();
     let phone = app.create_product("Phone", 10.0, 0).await;
     let Placed { user, order, .. } = app.place_order(&[phone]).await;
 
@@ -82,12 +82,13 @@ async fn the_read_path_fences_its_own_refill(db: PgPool) {
     // unfenced fill stored a correct page.)
     let proxy = FaultProxy::start("127.0.0.1:5432").await;
     let cache = test_cache();
-    let app = TestApp::with_cache(db.clone(), cache.clone());
+    let app = TestApp::builder(db.clone()).cache(cache.clone()).build();
     let phone = app.create_product("Phone", 10.0, 0).await;
     let Placed { user, order, .. } = app.place_order(&[phone]).await;
     let url = proxy.url(&database_url(&db));
     let url = format!("{url}{}sslmode=disable", if url.contains('?') { '&' } else { '?' });
-    let late = order_service::db::connect(&url, 2, order_service::http::SESSION_SETTINGS, Default::default()).unwrap();
+    let late =
+        order_service::db::connect(&url, 2, order_service::server::SESSION_SETTINGS, Default::default()).unwrap();
     // The user's id, as the query's parameter (binary): the answer to the execution itself,
     // not to the statement's preparation, is held.
     proxy.freeze_after(user.as_bytes(), Trigger::DelayAnswer);
@@ -95,7 +96,7 @@ async fn the_read_path_fences_its_own_refill(db: PgPool) {
         let cache = cache.clone();
         tokio::spawn(async move { user_orders(&late, &cache, user, page()).await.map(|b| b.bytes().to_vec()) })
     };
-    assert!(crate::helpers::broker::eventually(Duration::from_secs(10), || async { proxy.fired() }).await);
+    assert!(crate::helpers::eventually(Duration::from_secs(10), || async { proxy.fired() }).await);
     // The server has answered the reader (the order still pending); the answer waits.
     tokio::time::sleep(Duration::from_millis(200)).await;
     app.approve(order).await;
@@ -125,7 +126,7 @@ async fn deleting_an_order_invalidates_its_users_pages(db: PgPool) {
 async fn with_redis_down_the_list_is_served_from_postgres(db: PgPool) {
     // Nothing listens there: every cache call fails at once.
     let down = OrderCache::new("redis://127.0.0.1:1", "down", Duration::from_secs(60)).unwrap();
-    let app = TestApp::with_cache(db, down);
+    let app = TestApp::builder(db).cache(down).build();
     let phone = app.create_product("Phone", 10.0, 0).await;
     let Placed { user, order, .. } = app.place_order(&[phone]).await;
     app.approve(order).await;
@@ -145,8 +146,8 @@ async fn the_api_carries_on_through_a_redis_restart(db: PgPool) {
     let mut redis = OwnRedis::start(port);
     let url = format!("redis://127.0.0.1:{}", redis.port);
     let cache = OrderCache::new(&url, "restart", Duration::from_secs(60)).unwrap();
-    assert!(crate::helpers::broker::eventually(Duration::from_secs(10), || async { cache.ping().await.is_ok() }).await);
-    let app = TestApp::with_cache(db, cache.clone());
+    assert!(crate::helpers::eventually(Duration::from_secs(10), || async { cache.ping().await.is_ok() }).await);
+    let app = TestApp::builder(db).cache(cache.clone()).build();
     let phone = app.create_product("Phone", 10.0, 0).await;
     let Placed { user, order, .. } = app.place_order(&[phone]).await;
     app.approve(order).await;
@@ -160,7 +161,7 @@ async fn the_api_carries_on_through_a_redis_restart(db: PgPool) {
     let _redis = OwnRedis::start(port);
     // Back by itself: the next reads fill and then hit the cache again.
     assert!(
-        crate::helpers::broker::eventually(Duration::from_secs(10), || async {
+        crate::helpers::eventually(Duration::from_secs(10), || async {
             let _ = app.get(&path).await;
             matches!(cache.read(user, &page()).await, Ok(Lookup::Hit(_)))
         })
@@ -198,7 +199,7 @@ async fn keys_under(prefix: &str) -> Vec<String> {
 async fn one_client_walking_offsets_leaves_a_bounded_number_of_keys(db: PgPool) {
     let prefix = format!("walk-{}", Uuid::new_v4().simple());
     let cache = OrderCache::new(crate::helpers::REDIS_URL, &prefix, Duration::from_secs(300)).unwrap();
-    let app = TestApp::with_cache(db, cache.clone());
+    let app = TestApp::builder(db).cache(cache.clone()).build();
     let phone = app.create_product("Phone", 10.0, 0).await;
     let Placed { user, order, .. } = app.place_order(&[phone]).await;
     app.approve(order).await;
@@ -261,7 +262,7 @@ async fn a_delete_whose_client_disconnects_still_invalidates_the_users_pages(db:
     sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE").bind(order).execute(&mut *lock).await.unwrap();
     let request = app.client.delete("/api/v1/orders/").body_json(&json!({"orderID": order})).send();
     let waiting = async {
-        crate::helpers::broker::eventually(Duration::from_secs(10), || async {
+        crate::helpers::eventually(Duration::from_secs(10), || async {
             sqlx::query_scalar::<_, bool>(
                 "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
                                  WHERE datname = current_database() AND wait_event_type = 'Lock')",
@@ -279,7 +280,7 @@ async fn a_delete_whose_client_disconnects_still_invalidates_the_users_pages(db:
     // …and the client went away: poem dropped the handler's future (the `select!` did
     // here), as it does when a connection closes or a shutdown outlasts its grace.
     lock.commit().await.unwrap();
-    let deleted = crate::helpers::broker::eventually(Duration::from_secs(10), || async {
+    let deleted = crate::helpers::eventually(Duration::from_secs(10), || async {
         sqlx::query_scalar::<_, bool>("SELECT deleted FROM orders WHERE id = $1")
             .bind(order)
             .fetch_one(&db)
@@ -289,10 +290,9 @@ async fn a_delete_whose_client_disconnects_still_invalidates_the_users_pages(db:
     .await;
     assert!(deleted, "the DELETE was committed whatever the client did");
     // The task that committed invalidated the page.
-    let fresh = crate::helpers::broker::eventually(Duration::from_secs(3), || async {
-        ids(&app.get(&path).await.body).is_empty()
-    })
-    .await;
+    let fresh =
+        crate::helpers::eventually(Duration::from_secs(3), || async { ids(&app.get(&path).await.body).is_empty() })
+            .await;
     assert!(fresh, "the deleted order is still served from the cache");
 }
 
@@ -306,9 +306,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    assert!(
-        crate::helpers::broker::eventually(Duration::from_secs(10), || async { reader.ping().await.is_ok() }).await
-    );
+    assert!(crate::helpers::eventually(Duration::from_secs(10), || async { reader.ping().await.is_ok() }).await);
     tokio::time::sleep(STALENESS_BOUND).await;
     for _ in 0..20 {
         if !fresh().await {
@@ -338,7 +336,7 @@ async fn a_redis_outage_longer_than_the_retry_window_leaves_no_stale_page(db: Pg
     let cache = process();
     // Another api process, on the same Redis.
     let other = process();
-    let app = TestApp::with_cache(db, cache.clone());
+    let app = TestApp::builder(db).cache(cache.clone()).build();
     let phone = app.create_product("Phone", 10.0, 0).await;
     let Placed { user, order, .. } = app.place_order(&[phone]).await;
     app.approve(order).await;
@@ -366,12 +364,12 @@ async fn a_redis_outage_longer_than_the_retry_window_leaves_no_stale_page(db: Pg
 #[sqlx::test(migrations = "../migrations")]
 #[ignore = "needs redis-server, to stop and start a Redis of its own"]
 async fn a_saga_reply_applied_during_a_redis_outage_leaves_no_stale_page(db: PgPool) {
-    use crate::saga::{RunningWorker, reply, send_reply, settled};
+    use crate::helpers::saga::{RunningWorker, reply, send_reply, settled};
     let (mut redis, process) = outage_redis().await;
     let cache = process();
-    let app = TestApp::with_cache(db.clone(), cache.clone());
+    let app = TestApp::builder(db.clone()).cache(cache.clone()).build();
     // The worker is another process: a cache of its own on the same Redis.
-    let worker_side = TestApp::with_cache(db, process());
+    let worker_side = TestApp::builder(db).cache(process()).build();
     let broker = crate::helpers::broker::TestBroker::new().await;
     let phone = app.create_product("Phone", 10.0, 0).await;
     let Placed { user, order, .. } = app.place_order(&[phone]).await;
@@ -403,7 +401,7 @@ async fn more_failed_invalidations_than_remembered_invalidate_every_user(db: PgP
     let limits = Limits { unsettled_users: 1, ..Limits::default() };
     let cache = OrderCache::with_limits(&redis.url(), &prefix, Duration::from_secs(300), limits).unwrap();
     let other = OrderCache::new(&redis.url(), &prefix, Duration::from_secs(300)).unwrap();
-    let app = TestApp::with_cache(db, cache.clone());
+    let app = TestApp::builder(db).cache(cache.clone()).build();
     let phone = app.create_product("Phone", 10.0, 0).await;
     let mut users = Vec::new();
     for _ in 0..3 {
@@ -495,12 +493,12 @@ async fn fifty_thousand_owed_invalidations_land_within_the_stated_bound() {
     assert!(redis.answers().await);
     let answered = std::time::Instant::now();
     let bound = order_service::cache::staleness_bound(USERS);
-    let settled = crate::helpers::broker::eventually(bound * 3, || async { cache.owed() == (0, false) }).await;
+    let settled = crate::helpers::eventually(bound * 3, || async { cache.owed() == (0, false) }).await;
     let took = answered.elapsed();
     println!("{USERS} owed invalidations landed {took:?} after Redis answered (bound {bound:?})");
     assert!(settled, "still owed: {:?}", cache.owed());
     // Every page from before is gone for the other process.
-    assert!(crate::helpers::broker::eventually(Duration::from_secs(10), || async { other.ping().await.is_ok() }).await);
+    assert!(crate::helpers::eventually(Duration::from_secs(10), || async { other.ping().await.is_ok() }).await);
     let stale = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (reader, counted) = (other.clone(), stale.clone());
     for_each_user(&users, 64, move |user| {

@@ -12,13 +12,18 @@ use std::{collections::HashMap, process::Command, sync::Arc, time::Duration};
 
 use order_service::{
     amqp::{QueueType, Topology},
-    config::{ApiConfig, ConfigError, RelayConfig, Settings, SimulatorConfig, WorkerConfig},
+    config::{ApiConfig, ConfigError, FromEnv, RelayConfig, SimulatorConfig, WorkerConfig},
     telemetry,
 };
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::{helpers::TestApp, helpers::processes::free_port, helpers::publish_rows};
+use crate::helpers::{
+    TestApp,
+    outbox::{self, Row},
+    processes::free_port,
+    publish_rows,
+};
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
@@ -109,7 +114,7 @@ struct Program {
 }
 
 fn program(binary: &str) -> Option<Program> {
-    fn parses<T: Settings>(vars: HashMap<String, String>) -> Result<(), ConfigError> {
+    fn parses<T: FromEnv>(vars: HashMap<String, String>) -> Result<(), ConfigError> {
         T::from_vars(vars).map(drop)
     }
     Some(match binary {
@@ -228,8 +233,8 @@ async fn probes_hit_routes_that_answer_on_the_port_the_process_listens_on(db: Pg
             let vars = environment(&docs, container);
             // The port the process listens on, from its own settings.
             let listens: u16 = match name {
-                "api" => ApiConfig::from_vars(vars.clone()).unwrap().http.api_addr.port(),
-                "outbox-relay" => RelayConfig::from_vars(vars.clone()).unwrap().outbox.metrics_addr.port(),
+                "api" => ApiConfig::from_vars(vars.clone()).unwrap().http.addr.port(),
+                "outbox-relay" => RelayConfig::from_vars(vars.clone()).unwrap().relay.metrics_addr.port(),
                 _ => WorkerConfig::from_vars(vars.clone()).unwrap().saga.metrics_addr.port(),
             };
             for probe in ["livenessProbe", "readinessProbe"] {
@@ -272,14 +277,10 @@ async fn probes_hit_routes_that_answer_on_the_port_the_process_listens_on(db: Pg
 #[ignore = "needs scripts/tools.sh"]
 async fn scaled_objects_watch_the_real_queue_and_the_real_backlog(db: PgPool) {
     // Three rows waiting, two published.
-    sqlx::query(
-        "INSERT INTO outbox (event_id, aggregate_id, exchange, routing_key, event_type, payload)
-         SELECT gen_random_uuid(), gen_random_uuid(), 'Orders', 'Order.Test', 'Test', '{}'::json
-           FROM generate_series(1, 5)",
-    )
-    .execute(&db)
-    .await
-    .unwrap();
+    let rows: Vec<Row> = (0..5)
+        .map(|_| Row { routing_key: "Order.Test".into(), event_type: "Test".into(), ..Row::ping(uuid::Uuid::new_v4()) })
+        .collect();
+    outbox::seed(&db, &rows).await;
     publish_rows(&db, "id <= 2", "now()").await;
     let contract = Topology::contract(QueueType::Quorum);
     for overlay in overlays() {
@@ -313,4 +314,31 @@ async fn scaled_objects_watch_the_real_queue_and_the_real_backlog(db: PgPool) {
             }
         }
     }
+}
+
+/// `.env.example` says it holds every variable order-service reads: each variable of the
+/// four binaries is there (set to its default, or commented out where it has none to
+/// show), and every other one it names is Compose's own (`${VAR…}` in compose.yaml).
+#[test]
+fn the_env_example_names_every_variable_the_binaries_read() {
+    let text = std::fs::read_to_string(format!("{ROOT}/.env.example")).unwrap();
+    let named: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter_map(|line| line.trim_start_matches('#').trim_start().split_once('='))
+        .map(|(name, _)| name)
+        .filter(|name| {
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        })
+        .map(str::to_owned)
+        .collect();
+    let read: std::collections::BTreeSet<String> =
+        [ApiConfig::variables(), RelayConfig::variables(), WorkerConfig::variables(), SimulatorConfig::variables()]
+            .concat()
+            .into_iter()
+            .collect();
+    let missing: Vec<_> = read.difference(&named).collect();
+    assert!(missing.is_empty(), ".env.example lacks {missing:?}");
+    let compose = std::fs::read_to_string(format!("{ROOT}/compose.yaml")).unwrap();
+    let unknown: Vec<_> = named.difference(&read).filter(|var| !compose.contains(&format!("${{{var}"))).collect();
+    assert!(unknown.is_empty(), ".env.example names {unknown:?}, which no binary and no Compose service reads");
 }

@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::helpers::{
-    broker::eventually,
+    eventually,
     processes::{Processes, System, call, free_port},
 };
 

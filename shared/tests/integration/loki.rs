@@ -14,9 +14,9 @@ use std::{
 use poem::{EndpointExt, Route, Server, get, handler, listener::TcpListener, post, web::Data};
 use sqlx::PgPool;
 
-use crate::{
-    helpers::broker::eventually,
-    helpers::processes::{Processes, database_url, free_port, target_dir},
+use crate::helpers::{
+    eventually,
+    processes::{Processes, database_url, free_port, peak_rss_kib, target_dir},
 };
 
 #[derive(Clone, Default)]
@@ -165,16 +165,6 @@ async fn logs_reach_loki_labelled_and_a_hanging_loki_costs_nothing_but_lines(db:
         "lines kept out of the hung pipeline are counted"
     );
     assert!(after < before + 32 * 1024, "memory grew from {before} KiB to {after} KiB");
-}
-
-/// The api's peak resident memory so far, in KiB.
-pub fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The api's memory target (docs/performance.md: peak RSS under load ≤ 64 MB).

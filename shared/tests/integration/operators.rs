@@ -1,24 +1,21 @@
 //! An operator's tools, run as the real `saga-worker` binary: stuck sagas, and dead
 //! letters listed by reason, replayed or discarded one by one.
 
-use std::{process::Command, sync::Arc, time::Duration};
+use std::{process::Command, time::Duration};
 
-use order_service::{
-    amqp::{Outgoing, Publisher, QueueType, Topology},
-    saga::worker::{APPLY_ATTEMPTS, SagaWorker, TimeoutSettings},
-};
+use order_service::amqp::{Outgoing, Publisher, QueueType, Topology};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::{
+    helpers::saga::{TestWorker, saga_status, settled},
     helpers::{
         Placed, TestApp,
-        broker::{OwnVhost, eventually},
+        broker::OwnVhost,
+        eventually,
         processes::{database_url, target_dir},
     },
-    saga::{saga_status, settled},
 };
 
 /// Runs `saga-worker ARGS`; returns (success, stdout lines parsed as JSON, stderr).
@@ -103,40 +100,11 @@ async fn dead_letters_are_listed_by_reason_then_replayed_or_discarded_one_by_one
         ("garbage-1", "{not json".to_owned()),
         ("garbage-2", "[1, 2".to_owned()),
     ];
-    let messages: Vec<Outgoing> = replies
-        .iter()
-        .map(|(id, body)| Outgoing {
-            exchange: topology.exchange.clone(),
-            routing_key: "Customer.Saga.Reply".into(),
-            message_id: (*id).into(),
-            message_type: "CustomerSagaReply".into(),
-            timestamp: 0,
-            headers: vec![],
-            body: body.as_bytes().to_vec(),
-        })
-        .collect();
-    assert!(publisher.publish_all(&messages, Duration::from_secs(5)).await.iter().all(Result::is_ok));
+    let messages: Vec<Outgoing> =
+        replies.iter().map(|(id, body)| topology.customer_reply(*id, body.as_str())).collect();
+    assert!(publisher.publish_all(&messages, order_service::amqp::CONFIRM_DEADLINE).await.iter().all(Result::is_ok));
     publisher.close().await;
-    let (stop, stopped) = watch::channel(false);
-    let worker = SagaWorker {
-        db: db.clone().into(),
-        amqp: vhost.args("worker"),
-        dead_letter_amqp: vhost.args("worker-dlq"),
-        topology: topology.clone(),
-        cache: app.cache.clone(),
-        relays: order_service::outbox::RelayWaker::start(db.clone().into()),
-        prefetch: 8,
-        concurrency: 4,
-        timeouts: TimeoutSettings {
-            after: Duration::from_secs(3600),
-            max_retries: 3,
-            schedule: "0 0 0 1 1 * 2099".parse().unwrap(),
-        },
-        broker_up: Arc::default(),
-        apply_attempts: APPLY_ATTEMPTS,
-        halt_after_ack: None,
-    };
-    let worker = tokio::spawn(worker.run(stopped));
+    let worker = TestWorker::on(&app, vhost.args("worker"), vhost.args("worker-dlq"), topology.clone()).start();
     let dlq = topology.dead_letter_queue.clone();
     assert!(eventually(Duration::from_secs(15), || async { vhost.depth(&dlq).await == 3 }).await);
 
@@ -182,6 +150,5 @@ async fn dead_letters_are_listed_by_reason_then_replayed_or_discarded_one_by_one
     assert!(!ok && stderr.contains("no dead letter has the message id"), "{stderr}");
     assert!(eventually(Duration::from_secs(5), || async { vhost.depth(&dlq).await == 1 }).await);
 
-    stop.send(true).unwrap();
-    worker.await.unwrap();
+    worker.stop().await;
 }

@@ -434,7 +434,7 @@ async fn every_page_is_its_slice_of_the_visible_orders(db: PgPool) {
 /// per request; and a generic plan of the previous statement joined every order.
 #[sqlx::test(migrations = "../migrations")]
 async fn the_lists_are_planned_once_per_session_by_the_indexes(db: PgPool) {
-    let app = TestApp::on_pool(crate::helpers::api_pool(&db, 1), crate::helpers::test_cache());
+    let app = TestApp::builder(db.clone()).pool(crate::helpers::api_pool(&db, 1)).build();
     let phone = app.create_product("Phone", 10.0, 0).await;
     let Placed { user, order, .. } = app.place_order(&[phone]).await;
     app.approve(order).await;

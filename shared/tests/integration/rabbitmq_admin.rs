@@ -12,8 +12,8 @@ use sqlx::PgPool;
 use crate::{
     helpers::broker::TestBroker,
     helpers::processes::run_to_success,
+    helpers::saga::{RunningWorker, saga_status, settled},
     helpers::{Placed, TestApp},
-    saga::{RunningWorker, saga_status, settled},
 };
 
 #[sqlx::test(migrations = "../migrations")]
@@ -40,7 +40,7 @@ async fn a_saga_answered_from_the_rabbitmq_admin_panel_approves_the_order(db: Pg
         .arg(format!("{root}/scripts/rabbitmq_admin_check.py"))
         .arg(&management)
         .arg(&broker.topology.exchange)
-        .arg("Customer.Saga.Reply")
+        .arg(order_service::amqp::REPLY_ROUTING_KEY)
         .arg(&payload)
         .arg(&screenshot);
     run_to_success(check).await;

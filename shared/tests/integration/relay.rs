@@ -6,43 +6,22 @@ use std::{
     time::Duration,
 };
 
-use order_service::outbox::relay::{self, Relay, RelaySettings, relay_batch};
+use order_service::outbox::relay::{self, RelaySettings, relay_batch};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::{
-    helpers::broker::{TestBroker, eventually},
-    helpers::{Placed, TestApp, processes::database_url, publish_rows},
+use crate::helpers::{
+    Placed, TestApp,
+    broker::TestBroker,
+    eventually,
+    outbox::{self, Row},
+    processes::database_url,
+    publish_rows,
+    relay::{TestRelay, settings, unpublished},
     saga::{RunningWorker, reply, send_reply, settled},
 };
-
-fn settings() -> RelaySettings {
-    RelaySettings { batch_size: 500, confirm_timeout: Duration::from_secs(5), ..RelaySettings::default() }
-}
-
-/// A relay on the test's database and topology, with its own connection name.
-pub(crate) fn test_relay(
-    db: &PgPool,
-    broker: &TestBroker,
-    batch_size: i64,
-    schedule: &str,
-    broker_up: Arc<AtomicBool>,
-) -> Relay {
-    Relay {
-        db: db.clone().into(),
-        amqp: broker.args("relay"),
-        topology: broker.topology.clone(),
-        settings: RelaySettings { batch_size, ..settings() },
-        schedule: schedule.parse().unwrap(),
-        broker_up,
-    }
-}
-
-pub(crate) async fn unpublished(db: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(db).await.unwrap()
-}
 
 /// Writes `per_aggregate` events for each of `aggregates` orders, interleaved as
 /// concurrent orders would write them; returns the event ids of each aggregate in order.
@@ -55,22 +34,16 @@ async fn seed_events(db: &PgPool, aggregates: usize, per_aggregate: usize) -> Ha
             let event_id = Uuid::now_v7();
             event_ids.push(event_id);
             aggregate_ids.push(*aggregate);
-            payloads.push(
-                json!({"eventID": event_id, "eventType": "OrderPinged", "orderID": aggregate, "seq": seq}).to_string(),
-            );
+            payloads.push(json!({"eventID": event_id, "eventType": "OrderPinged", "orderID": aggregate, "seq": seq}));
             written.entry(*aggregate).or_default().push(event_id);
         }
-        sqlx::query(
-            "INSERT INTO outbox (event_id, aggregate_id, exchange, routing_key, event_type, payload)
-             SELECT e, a, 'Orders', 'Order.Saga.Ping', 'OrderPinged', p::json
-               FROM UNNEST($1::uuid[], $2::uuid[], $3::text[]) AS t(e, a, p)",
-        )
-        .bind(&event_ids)
-        .bind(&aggregate_ids)
-        .bind(&payloads)
-        .execute(db)
-        .await
-        .unwrap();
+        let rows: Vec<Row> = event_ids
+            .into_iter()
+            .zip(aggregate_ids)
+            .zip(payloads)
+            .map(|((event_id, aggregate), payload)| Row { event_id, payload, ..Row::ping(aggregate) })
+            .collect();
+        outbox::seed(db, &rows).await;
     }
     written
 }
@@ -171,15 +144,8 @@ async fn three_relays_publish_every_event_once_and_in_order(db: PgPool) {
 async fn an_unroutable_event_stays_in_the_outbox(db: PgPool) {
     let broker = TestBroker::new().await;
     // No queue is bound to this key on the test's exchange.
-    sqlx::query(
-        "INSERT INTO outbox (event_id, aggregate_id, exchange, routing_key, event_type, payload)
-         VALUES ($1, $2, 'Orders', 'Nowhere.Event', 'Lost', '{}')",
-    )
-    .bind(Uuid::new_v4())
-    .bind(Uuid::new_v4())
-    .execute(&db)
-    .await
-    .unwrap();
+    let lost = Row { routing_key: "Nowhere.Event".into(), event_type: "Lost".into(), ..Row::ping(Uuid::new_v4()) };
+    outbox::seed(&db, &[lost]).await;
     let mut publisher = broker.publisher().await;
     let outcome = relay_batch(&db.clone().into(), &mut publisher, &broker.topology, &settings()).await.unwrap();
     assert_eq!((outcome.claimed, outcome.published, outcome.failed, outcome.reconnect), (1, 0, 1, false));
@@ -205,13 +171,11 @@ async fn an_unroutable_event_stays_in_the_outbox(db: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn a_row_committed_late_is_still_published(db: PgPool) {
     let broker = TestBroker::new().await;
-    let insert = "INSERT INTO outbox (event_id, aggregate_id, exchange, routing_key, event_type, payload)
-                  VALUES ($1, $2, 'Orders', 'Order.Saga.Ping', 'OrderPinged', '{}')";
     let (early, late) = (Uuid::new_v4(), Uuid::new_v4());
     // `early` gets the lower id but commits after `late` was published.
     let mut slow = db.begin().await.unwrap();
-    sqlx::query(insert).bind(early).bind(Uuid::new_v4()).execute(&mut *slow).await.unwrap();
-    sqlx::query(insert).bind(late).bind(Uuid::new_v4()).execute(&db).await.unwrap();
+    outbox::seed(&mut *slow, &[Row { event_id: early, ..Row::ping(Uuid::new_v4()) }]).await;
+    outbox::seed(&db, &[Row { event_id: late, ..Row::ping(Uuid::new_v4()) }]).await;
 
     let mut publisher = broker.publisher().await;
     assert_eq!(
@@ -235,7 +199,7 @@ async fn a_row_committed_late_is_still_published(db: PgPool) {
 async fn the_relay_resumes_by_itself_when_the_broker_drops_its_connection(db: PgPool) {
     let broker = TestBroker::new().await;
     let (stop, stopped) = watch::channel(false);
-    let running = tokio::spawn(test_relay(&db, &broker, 50, "*/1 * * * * *", Arc::default()).run(stopped));
+    let running = tokio::spawn(TestRelay::new(&db, &broker).batch_size(50).build().run(stopped));
 
     let mut written = HashSet::new();
     for round in 0..6 {
@@ -275,10 +239,12 @@ async fn retention_deletes_old_published_rows_only(db: PgPool) {
     let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM outbox ORDER BY id").fetch_all(&db).await.unwrap();
     publish_rows(&db, &format!("id = {}", ids[0]), "now() - interval '8 days'").await;
     publish_rows(&db, &format!("id = {}", ids[2]), "now() - interval '1 day'").await;
-    let deleted =
-        order_service::outbox::housekeeping::delete_published(&db.clone().into(), Duration::from_secs(7 * 86400))
-            .await
-            .unwrap();
+    let deleted = order_service::outbox::housekeeping::delete_published(
+        &db.clone().into(),
+        order_service::outbox::DEFAULT_RETENTION,
+    )
+    .await
+    .unwrap();
     assert_eq!(deleted, 1);
     let published: Vec<i64> =
         sqlx::query_scalar("SELECT id FROM outbox_published ORDER BY id").fetch_all(&db).await.unwrap();
@@ -321,7 +287,7 @@ async fn the_relay_vacuums_the_outbox_once_published_rows_pile_up(db: PgPool) {
 async fn the_relay_carries_on_when_its_database_connections_are_killed(db: PgPool) {
     let broker = TestBroker::new().await;
     let (stop, stopped) = watch::channel(false);
-    let running = tokio::spawn(test_relay(&db, &broker, 50, "*/1 * * * * *", Arc::default()).run(stopped));
+    let running = tokio::spawn(TestRelay::new(&db, &broker).batch_size(50).build().run(stopped));
     let mut written = HashSet::new();
     for _ in 0..4 {
         for ids in seed_events(&db, 100, 1).await.into_values() {
@@ -386,18 +352,9 @@ async fn the_relay_reports_health_and_metrics(db: PgPool) {
 }
 
 async fn insert_event(db: &PgPool, aggregate: Uuid, routing_key: &str) -> Uuid {
-    let event = Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO outbox (event_id, aggregate_id, exchange, routing_key, event_type, payload)
-         VALUES ($1, $2, 'Orders', $3, 'OrderPinged', '{}')",
-    )
-    .bind(event)
-    .bind(aggregate)
-    .bind(routing_key)
-    .execute(db)
-    .await
-    .unwrap();
-    event
+    let row = Row { routing_key: routing_key.into(), ..Row::ping(aggregate) };
+    outbox::seed(db, std::slice::from_ref(&row)).await;
+    row.event_id
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -493,7 +450,7 @@ async fn commits_of_the_api_and_the_worker_wake_the_relay_before_its_schedule(db
     let (stop, stopped) = watch::channel(false);
     let broker_up = Arc::new(AtomicBool::new(false));
     // Hourly: only a wake-up can explain a quick publish.
-    let relay = test_relay(&db, &broker, settings().batch_size, "0 0 * * * *", broker_up.clone());
+    let relay = TestRelay::new(&db, &broker).schedule("0 0 * * * *").broker_up(broker_up.clone()).build();
     let running = tokio::spawn(relay.run(stopped));
     assert!(
         eventually(Duration::from_secs(10), || async { broker_up.load(std::sync::atomic::Ordering::Relaxed) }).await
@@ -544,7 +501,7 @@ async fn the_listener_holds_no_connection_of_the_relays_pool(db: PgPool) {
     // The relay's own pool, at the smallest size its configuration allows for two lanes.
     let pool = order_service::db::connect(&database_url(&db), 4, &[], Default::default()).unwrap();
     let (stop, stopped) = watch::channel(false);
-    let relay = Relay { db: pool.clone(), ..test_relay(&db, &broker, 500, "*/1 * * * * *", Arc::default()) };
+    let relay = TestRelay::new(&db, &broker).db(pool.clone()).build();
     let task = tokio::spawn(relay.run(stopped));
     assert!(listening(&db).await, "the relay never listened");
     // Idle lanes hold nothing: all four of the pool's connections can be had (a
@@ -591,10 +548,12 @@ async fn one_retention_pass_deletes_everything_past_the_retention(db: PgPool) {
     seed_events(&db, 30_000, 1).await;
     publish_rows(&db, "true", "now() - interval '8 days'").await;
     seed_events(&db, 10, 1).await;
-    let deleted =
-        order_service::outbox::housekeeping::delete_published(&db.clone().into(), Duration::from_secs(7 * 86400))
-            .await
-            .unwrap();
+    let deleted = order_service::outbox::housekeeping::delete_published(
+        &db.clone().into(),
+        order_service::outbox::DEFAULT_RETENTION,
+    )
+    .await
+    .unwrap();
     // Every 30 s, 10,000 at most was 333 rows/s: less than a busy relay publishes.
     assert_eq!(deleted, 30_000);
     assert_eq!(unpublished(&db).await, 10);
@@ -706,17 +665,13 @@ async fn a_backlog_after_an_empty_outbox_is_not_read_whole_at_each_claim(db: PgP
 #[sqlx::test(migrations = "../migrations")]
 async fn successors_of_backed_off_heads_do_not_hide_the_heads_behind_them(db: PgPool) {
     let broker = TestBroker::new().await;
-    let insert =
-        "INSERT INTO outbox (event_id, aggregate_id, exchange, routing_key, event_type, payload, next_attempt_at)
-                  VALUES ($1, $2, 'Orders', 'Order.Saga.Ping', 'OrderPinged', '{}', $3)";
     for _ in 0..4 {
         let order = Uuid::new_v4();
-        let (backed_off, due) = (chrono::Utc::now() + chrono::Duration::hours(1), chrono::Utc::now());
-        sqlx::query(insert).bind(Uuid::new_v4()).bind(order).bind(backed_off).execute(&db).await.unwrap();
-        sqlx::query(insert).bind(Uuid::new_v4()).bind(order).bind(due).execute(&db).await.unwrap();
+        let backed_off = Row { due_at: Some(chrono::Utc::now() + chrono::Duration::hours(1)), ..Row::ping(order) };
+        outbox::seed(&db, &[backed_off, Row::ping(order)]).await;
     }
     let claimable = Uuid::new_v4();
-    sqlx::query(insert).bind(claimable).bind(Uuid::new_v4()).bind(chrono::Utc::now()).execute(&db).await.unwrap();
+    outbox::seed(&db, &[Row { event_id: claimable, ..Row::ping(Uuid::new_v4()) }]).await;
 
     let mut publisher = broker.publisher().await;
     let one_at_a_time = RelaySettings { batch_size: 1, ..settings() };

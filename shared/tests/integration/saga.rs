@@ -1,137 +1,22 @@
 //! The saga worker against the real PostgreSQL, RabbitMQ and Redis.
 
-use std::{
-    sync::{Arc, atomic::AtomicBool},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use amqprs::connection::OpenConnectionArguments;
 use order_service::{
-    amqp::{Consumer, Outgoing},
-    saga::{
-        self, SagaReply, dlq,
-        worker::{SagaWorker, TimeoutSettings},
-    },
+    amqp::Consumer,
+    saga::{self, SagaReply, dlq},
     trace_context::TraceContext,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::PgPool;
-use tokio::{sync::watch, task::JoinHandle};
 use uuid::Uuid;
 
-use crate::{
-    helpers::broker::{TestBroker, eventually},
-    helpers::{Placed, TestApp, publish_rows},
+use crate::helpers::{
+    Placed, TestApp,
+    broker::TestBroker,
+    eventually, publish_rows,
+    saga::{RunningWorker, TestWorker, events, reply, saga_status, send_reply, settled},
 };
-
-pub(crate) struct RunningWorker {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-    /// The readiness the worker reports (true while it consumes).
-    pub ready: Arc<AtomicBool>,
-}
-
-impl RunningWorker {
-    /// Replies a test worker applies at once.
-    pub(crate) const CONCURRENCY: usize = 4;
-
-    pub(crate) fn start(app: &TestApp, broker: &TestBroker) -> Self {
-        Self::start_with(app, broker, saga::worker::APPLY_ATTEMPTS)
-    }
-
-    pub(crate) fn start_with(app: &TestApp, broker: &TestBroker, apply_attempts: u32) -> Self {
-        Self::launch(app, broker, broker.args("worker"), apply_attempts, None)
-    }
-
-    /// A worker reaching the broker with `amqp` (through a proxy, say).
-    pub(crate) fn start_through(app: &TestApp, broker: &TestBroker, amqp: OpenConnectionArguments) -> Self {
-        Self::launch(app, broker, amqp, saga::worker::APPLY_ATTEMPTS, None)
-    }
-
-    /// A worker that dies (stops doing anything) right after it acks its first reply.
-    pub(crate) fn start_dying_after_ack(app: &TestApp, broker: &TestBroker, died: Arc<tokio::sync::Notify>) -> Self {
-        Self::launch(app, broker, broker.args("worker"), saga::worker::APPLY_ATTEMPTS, Some(died))
-    }
-
-    fn launch(
-        app: &TestApp,
-        broker: &TestBroker,
-        amqp: OpenConnectionArguments,
-        apply_attempts: u32,
-        halt_after_ack: Option<Arc<tokio::sync::Notify>>,
-    ) -> Self {
-        let (stop, stopped) = watch::channel(false);
-        let ready = Arc::new(AtomicBool::new(false));
-        let worker = SagaWorker {
-            db: app.db.clone().into(),
-            amqp,
-            dead_letter_amqp: broker.args("worker-dlq"),
-            topology: broker.topology.clone(),
-            cache: app.cache.clone(),
-            relays: order_service::outbox::RelayWaker::start(app.db.clone().into()),
-            prefetch: 8,
-            concurrency: Self::CONCURRENCY,
-            timeouts: TimeoutSettings {
-                after: Duration::from_secs(3600),
-                max_retries: 3,
-                schedule: "0 0 0 1 1 * 2099".parse().unwrap(),
-            },
-            broker_up: ready.clone(),
-            apply_attempts,
-            halt_after_ack,
-        };
-        RunningWorker { stop, task: tokio::spawn(worker.run(stopped)), ready }
-    }
-
-    pub(crate) async fn stop(self) {
-        self.stop.send(true).unwrap();
-        self.task.await.unwrap();
-    }
-}
-
-pub(crate) async fn send_reply(broker: &TestBroker, body: &str, message_id: &str) {
-    let mut publisher = broker.publisher().await;
-    let message = Outgoing {
-        exchange: broker.topology.exchange.clone(),
-        routing_key: "Customer.Saga.Reply".into(),
-        message_id: message_id.into(),
-        message_type: "CustomerSagaReply".into(),
-        timestamp: 0,
-        headers: vec![],
-        body: body.as_bytes().to_vec(),
-    };
-    assert_eq!(publisher.publish_all(&[message], Duration::from_secs(5)).await, [Ok(())]);
-    publisher.close().await;
-}
-
-pub(crate) fn reply(order: Uuid, answer: &str) -> String {
-    json!({"orderID": order, "orderType": answer}).to_string()
-}
-
-pub(crate) async fn saga_status(app: &TestApp, order: Uuid) -> (String, String) {
-    sqlx::query_as("SELECT saga_status, order_status FROM orders WHERE id = $1")
-        .bind(order)
-        .fetch_one(&app.db)
-        .await
-        .unwrap()
-}
-
-pub(crate) async fn events(app: &TestApp, event_type: &str) -> Vec<Value> {
-    sqlx::query_scalar(
-        "SELECT payload::jsonb FROM (SELECT id, event_type, payload FROM outbox
-                                     UNION ALL
-                                     SELECT id, event_type, payload FROM outbox_published) AS e
-          WHERE event_type = $1 ORDER BY id",
-    )
-    .bind(event_type)
-    .fetch_all(&app.db)
-    .await
-    .unwrap()
-}
-
-pub(crate) async fn settled(app: &TestApp, order: Uuid, saga: &str) -> bool {
-    eventually(Duration::from_secs(10), || async { saga_status(app, order).await.0 == saga }).await
-}
 
 #[sqlx::test(migrations = "../migrations")]
 async fn an_approval_approves_emits_order_created_and_shows_in_every_list(db: PgPool) {
@@ -268,10 +153,10 @@ async fn a_worker_that_dies_right_after_its_ack_has_already_invalidated(db: PgPo
     let user_list = format!("/api/v1/orders/user/{user}");
     assert_eq!(app.get(&user_list).await.body["orders"], json!([]), "a cached page");
     let died = Arc::new(tokio::sync::Notify::new());
-    let worker = RunningWorker::start_dying_after_ack(&app, &broker, died.clone());
+    let worker = TestWorker::new(&app, &broker).halt_after_first_ack(died.clone()).start();
     send_reply(&broker, &reply(order, "Approved"), "reply-1").await;
     tokio::time::timeout(Duration::from_secs(10), died.notified()).await.expect("the worker took the reply");
-    worker.task.abort();
+    worker.abort();
     // Acked: the broker will not redeliver it, so nothing else would ever invalidate.
     assert_eq!(broker.queue_depth(&broker.topology.customer_saga_queue).await, 0);
     assert_eq!(saga_status(&app, order).await.0, "Approved");

@@ -22,14 +22,14 @@ use crate::{
     broker_faults::insert_events,
     helpers::{
         REDIS_URL, TestApp, api_pool,
-        broker::{TestBroker, eventually},
+        broker::TestBroker,
+        eventually,
         processes::database_url,
         proxy::{FaultProxy, Trigger},
-        test_cache,
+        relay::{TestRelay, settings, unpublished},
+        saga::{RunningWorker, TestWorker, reply, saga_status, send_reply},
     },
     pool::kill_api_connections,
-    relay::{test_relay, unpublished},
-    saga::{RunningWorker, reply, saga_status, send_reply},
 };
 
 /// A request's status, `Retry-After`, body, and how long it took.
@@ -62,11 +62,11 @@ async fn send(app: &TestApp, method: &str, path: &str, body: Option<Value>) -> A
 fn app_through(proxy: &FaultProxy, db: &PgPool) -> TestApp {
     let url = proxy.url(&database_url(db));
     let url = format!("{url}{}sslmode=disable", if url.contains('?') { '&' } else { '?' });
-    let pool = order_service::db::connect(&url, 10, order_service::http::SESSION_SETTINGS, Default::default())
+    let pool = order_service::db::connect(&url, 10, order_service::server::SESSION_SETTINGS, Default::default())
         .unwrap()
         .pool()
         .clone();
-    TestApp::on_pool(pool, test_cache())
+    TestApp::builder(db.clone()).pool(pool).build()
 }
 
 fn order_body(order: Uuid, user: Uuid, address: Uuid, product: Uuid) -> Value {
@@ -238,7 +238,7 @@ fn relay_through(proxy: &FaultProxy, db: &PgPool, broker: &TestBroker) -> Relay 
         Default::default(),
     )
     .unwrap();
-    Relay { db: proxied, ..test_relay(db, broker, 100, "*/1 * * * * *", Arc::default()) }
+    TestRelay::new(db, broker).batch_size(100).db(proxied).build()
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -348,7 +348,7 @@ async fn a_read_only_server_behind_the_address_answers_503_and_readyz_says_so(db
 #[sqlx::test(migrations = "../migrations")]
 async fn pooled_connections_that_refuse_writes_are_dropped_at_once(db: PgPool) {
     let pool = api_pool(&db, 4);
-    let app = TestApp::on_pool(pool.clone(), test_cache());
+    let app = TestApp::builder(db.clone()).pool(pool.clone()).build();
     let (user, address, product) = seed(&app).await;
     // Every pooled connection becomes read-only, as on a demoted server.
     let mut held = Vec::new();
@@ -395,7 +395,7 @@ async fn a_full_disk_answers_503_and_the_worker_holds_its_reply(db: PgPool) {
     // The worker holds the reply (one in-place attempt only, so a reply it counted as
     // failed would go back to the broker at once): not rejected, not dead-lettered.
     let broker = TestBroker::new().await;
-    let worker = RunningWorker::start_with(&app, &broker, 1);
+    let worker = TestWorker::new(&app, &broker).apply_attempts(1).start();
     send_reply(&broker, &reply(order, "Approved"), "while-the-disk-is-full").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let dead = broker.queue_depth(&broker.topology.dead_letter_queue).await;
@@ -433,9 +433,9 @@ async fn rabbitmq_frozen_for_good_costs_nothing(db: PgPool) {
     let phone = app.create_product("Phone", 10.0, 0).await;
     let order = app.place_order(&[phone]).await.order;
     let (stop, stopped) = watch::channel(false);
-    let relay = Relay { amqp: through("relay"), ..test_relay(&db, &broker, 100, "*/1 * * * * *", Arc::default()) };
+    let relay = TestRelay::new(&db, &broker).batch_size(100).through(through("relay")).build();
     let relay = tokio::spawn(relay.run(stopped));
-    let worker = RunningWorker::start_through(&app, &broker, through("worker"));
+    let worker = TestWorker::new(&app, &broker).through(through("worker")).start();
     assert!(eventually(Duration::from_secs(10), || async { unpublished(&db).await == 0 }).await);
     assert!(
         eventually(Duration::from_secs(10), || async { worker.ready.load(std::sync::atomic::Ordering::Relaxed) }).await
@@ -464,7 +464,7 @@ async fn redis_frozen_for_good_falls_back_to_postgres_at_once(db: PgPool) {
     let redis = FaultProxy::start("127.0.0.1:6379").await;
     let prefix = format!("test-{}", Uuid::new_v4().simple());
     let cache = OrderCache::new(&redis.url(REDIS_URL), &prefix, Duration::from_secs(300)).unwrap();
-    let app = TestApp::on_pool(api_pool(&db, 4), cache);
+    let app = TestApp::builder(db.clone()).pool(api_pool(&db, 4)).cache(cache).build();
     let phone = app.create_product("Phone", 10.0, 0).await;
     let placed = app.place_order(&[phone]).await;
     app.approve(placed.order).await;
@@ -489,7 +489,7 @@ async fn the_cache_reconnects_after_redis_froze_for_good(db: PgPool) {
     let redis = FaultProxy::start("127.0.0.1:6379").await;
     let prefix = format!("test-{}", Uuid::new_v4().simple());
     let cache = OrderCache::new(&redis.url(REDIS_URL), &prefix, Duration::from_secs(300)).unwrap();
-    let app = TestApp::on_pool(api_pool(&db, 4), cache.clone());
+    let app = TestApp::builder(db.clone()).pool(api_pool(&db, 4)).cache(cache.clone()).build();
     let phone = app.create_product("Phone", 10.0, 0).await;
     let placed = app.place_order(&[phone]).await;
     app.approve(placed.order).await;
@@ -525,7 +525,7 @@ async fn the_relay_charges_no_attempt_while_postgres_refuses_writes(db: PgPool) 
     insert_events(&db, 3, 1).await;
     let relay_db: order_service::db::Db = db.clone().into();
     let mut publisher = broker.publisher().await;
-    let settings = RelaySettings { batch_size: 100, ..RelaySettings::default() };
+    let settings = RelaySettings { batch_size: 100, ..settings() };
     for code in ["25006", "53100", "57P03"] {
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "CREATE OR REPLACE FUNCTION not_now() RETURNS trigger LANGUAGE plpgsql AS $$

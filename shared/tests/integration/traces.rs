@@ -9,12 +9,13 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
+    helpers::processes::peak_rss_kib,
     helpers::{
-        broker::eventually,
+        eventually,
         otlp::{OtlpReceiver, Protocol, ReceivedSpan},
         processes::{System, call, spawn_api},
     },
-    loki::{API_RSS_TARGET_KIB, peak_rss_kib},
+    loki::API_RSS_TARGET_KIB,
 };
 
 const PRODUCER: i32 = 4;

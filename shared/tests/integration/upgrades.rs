@@ -104,7 +104,8 @@ fn previous_release() -> std::path::PathBuf {
 #[ignore = "needs the binaries and the previous release's (make test builds both)"]
 async fn a_rolling_update_then_a_rollback_completes_every_order(db: PgPool) {
     use crate::helpers::{
-        broker::{OwnVhost, eventually},
+        broker::OwnVhost,
+        eventually,
         processes::{call, free_port, spawn_programs},
     };
     use reqwest::Method;

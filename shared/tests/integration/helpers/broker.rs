@@ -5,7 +5,7 @@
 //! against RabbitMQ 4 (scripts/rabbitmq4.sh), chosen by `TEST_AMQP_URL` and
 //! `TEST_RABBITMQCTL` (the command that manages that node).
 
-use std::{collections::HashMap, process::Command, sync::LazyLock, time::Duration};
+use std::{collections::HashMap, process::Command, sync::LazyLock};
 
 use amqprs::{
     BasicProperties, FieldValue,
@@ -154,22 +154,6 @@ impl TestBroker {
         let _ = self.channel.close().await;
         let _ = self.connection.close().await;
     }
-}
-
-/// Polls `check` until it holds, for at most `limit`.
-pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
 }
 
 /// A vhost of the test's own on the broker under test, deleted afterwards even when the

@@ -1,12 +1,19 @@
 //! Every test helper, in one place: `TestApp` (the whole app in-process, with helpers
-//! to seed data through the API), a Redis of a test's own, [`broker`] (the broker under
-//! test, a topology or a vhost of a test's own), [`processes`] (the real binaries, the
-//! checking tools, requests to a live process) and [`otlp`] (a real OTLP receiver).
+//! to seed data through the API), a Redis of a test's own, [`eventually`], and
+//! - [`broker`]: the broker under test, a topology or a vhost of a test's own;
+//! - [`saga`]: a worker of the test's ([`saga::TestWorker`]), replies, saga states;
+//! - [`relay`]: a relay of the test's ([`relay::TestRelay`]);
+//! - [`outbox`]: outbox rows written straight into the table;
+//! - [`processes`]: the real binaries, the checking tools, requests to a live process;
+//! - [`proxy`]: a TCP proxy that injects faults; [`otlp`]: a real OTLP receiver.
 
 pub mod broker;
 pub mod otlp;
+pub mod outbox;
 pub mod processes;
 pub mod proxy;
+pub mod relay;
+pub mod saga;
 
 use poem::{EndpointExt, Response, endpoint::BoxEndpoint, http::StatusCode, test::TestClient};
 use serde_json::{Value, json};
@@ -17,9 +24,9 @@ use std::time::Duration;
 
 use order_service::{
     cache::OrderCache,
-    http::{self, AppState, app},
     outbox::RelayWaker,
-    saga::{self, Applied, SagaReply},
+    saga::{Applied, SagaReply},
+    server::{self, AppState, app},
     telemetry,
     trace_context::TraceContext,
 };
@@ -28,6 +35,58 @@ pub struct TestApp {
     pub client: TestClient<BoxEndpoint<'static, Response>>,
     pub db: PgPool,
     pub cache: OrderCache,
+}
+
+/// How a [`TestApp`] is set up: a cache and a pool of the test's, or its own.
+pub struct TestAppBuilder {
+    db: PgPool,
+    cache: Option<OrderCache>,
+    pool: Option<PgPool>,
+}
+
+impl TestAppBuilder {
+    /// The cache the app reads and invalidates (default: [`test_cache`]).
+    pub fn cache(mut self, cache: OrderCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The pool the app runs on, as is (default: [`api_pool`] of 10 on the test's
+    /// database).
+    pub fn pool(mut self, pool: PgPool) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    pub fn build(self) -> TestApp {
+        show_logs_if_asked();
+        let db = self.pool.unwrap_or_else(|| api_pool(&self.db, 10));
+        let cache = self.cache.unwrap_or_else(test_cache);
+        let state = AppState {
+            db: db.clone().into(),
+            cache: cache.clone(),
+            relays: RelayWaker::start(db.clone().into()),
+            metrics: telemetry::metrics(),
+            max_body_bytes: 64 * 1024,
+        };
+        TestApp { client: TestClient::new(app(state).map_to_response().boxed()), db, cache }
+    }
+}
+
+/// Polls `check` until it holds, for at most `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }
 
 /// What [`TestApp::place_order`] created.
@@ -72,7 +131,7 @@ pub fn test_cache() -> OrderCache {
 
 /// A pool of at most `connections` sessions set up as the api's, on the test's database.
 pub fn api_pool(db: &PgPool, connections: u32) -> PgPool {
-    order_service::db::connect(&processes::database_url(db), connections, http::SESSION_SETTINGS, Default::default())
+    order_service::db::connect(&processes::database_url(db), connections, server::SESSION_SETTINGS, Default::default())
         .unwrap()
         .pool()
         .clone()
@@ -81,28 +140,14 @@ pub fn api_pool(db: &PgPool, connections: u32) -> PgPool {
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 impl TestApp {
+    /// The app on a pool of the api's own sessions (its settings, [`server::SESSION_SETTINGS`])
+    /// on the test's database, with a cache of its own.
     pub fn new(db: PgPool) -> Self {
-        Self::with_cache(db, test_cache())
+        Self::builder(db).build()
     }
 
-    /// The app on a pool of the api's own sessions (its settings, [`http::SESSION_SETTINGS`])
-    /// on the test's database.
-    pub fn with_cache(db: PgPool, cache: OrderCache) -> Self {
-        let db = api_pool(&db, 10);
-        Self::on_pool(db, cache)
-    }
-
-    /// The app on the given pool, as is.
-    pub fn on_pool(db: PgPool, cache: OrderCache) -> Self {
-        show_logs_if_asked();
-        let state = AppState {
-            db: db.clone().into(),
-            cache: cache.clone(),
-            relays: RelayWaker::start(db.clone().into()),
-            metrics: telemetry::metrics(),
-            max_body_bytes: 64 * 1024,
-        };
-        TestApp { client: TestClient::new(app(state).map_to_response().boxed()), db, cache }
+    pub fn builder(db: PgPool) -> TestAppBuilder {
+        TestAppBuilder { db, cache: None, pool: None }
     }
 
     async fn reply(response: poem::test::TestResponse) -> Reply {
@@ -212,9 +257,13 @@ impl TestApp {
     /// the worker does (without the worker's cache invalidation, which tests check).
     pub async fn approve(&self, order: Uuid) {
         let reply = SagaReply::Approved { order_id: order };
-        let applied =
-            saga::apply(&self.db.clone().into(), &format!("test-approve-{order}"), reply, TraceContext::new_root())
-                .await;
+        let applied = order_service::saga::apply(
+            &self.db.clone().into(),
+            &format!("test-approve-{order}"),
+            reply,
+            TraceContext::new_root(),
+        )
+        .await;
         assert!(matches!(applied, Ok(Applied::Approved { .. })), "{applied:?}");
     }
 
@@ -304,7 +353,7 @@ impl OwnRedis {
 
     pub async fn answers(&self) -> bool {
         let url = self.url();
-        broker::eventually(Duration::from_secs(10), || async {
+        eventually(Duration::from_secs(10), || async {
             match redis::Client::open(url.as_str()) {
                 Ok(client) => match client.get_multiplexed_async_connection().await {
                     Ok(mut c) => redis::cmd("PING").query_async::<String>(&mut c).await.is_ok(),

@@ -79,7 +79,7 @@ pub async fn spawn_api(db: &sqlx::PgPool, env: &[(&str, &str)]) -> (Processes, S
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     assert!(
-        super::broker::eventually(std::time::Duration::from_secs(30), || async {
+        super::eventually(std::time::Duration::from_secs(30), || async {
             client.get(format!("{base}/healthcheck/")).send().await.is_ok()
         })
         .await,
@@ -172,4 +172,14 @@ pub async fn call(client: &reqwest::Client, method: reqwest::Method, url: &str, 
         }
         Err(_) => (0, Value::Null),
     }
+}
+
+/// A process's peak resident memory so far, in KiB (0 once it is gone).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }

@@ -1,15 +1,15 @@
-//! Liveness, readiness and metrics.
+//! The api's liveness, readiness and metrics, in its spec.
 
 use std::time::Duration;
 
-use crate::db::{Db, Readiness};
+use crate::db::Db;
 use metrics_exporter_prometheus::PrometheusHandle;
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
     payload::{Json, PlainText},
 };
 
-use super::ApiTags;
+use crate::http::ApiTags;
 
 pub struct HealthApi {
     pub db: Db,
@@ -18,7 +18,7 @@ pub struct HealthApi {
 }
 
 #[derive(Debug, Object)]
-pub struct Status {
+pub(crate) struct Status {
     /// `OK`, or the failing dependency for `/readyz`.
     pub status: String,
 }
@@ -47,17 +47,11 @@ impl HealthApi {
     async fn readyz(&self) -> ReadyResponse {
         let (postgres, redis) =
             tokio::join!(self.db.readiness(), tokio::time::timeout(Duration::from_secs(2), self.cache.ping()),);
-        let redis = matches!(redis, Ok(Ok(())));
-        let status = match (postgres, redis) {
-            (Readiness::Ready, true) => return ReadyResponse::Ready(Json(Status { status: "OK".into() })),
-            (Readiness::Ready, false) => "redis unavailable",
-            (Readiness::ReadOnly, true) => "postgres read-only",
-            (Readiness::ReadOnly, false) => "postgres read-only and redis unavailable",
-            (Readiness::Unavailable, true) => "postgres unavailable",
-            (Readiness::Unavailable, false) => "postgres and redis unavailable",
+        let Some(status) = crate::probes::not_ready(postgres, "redis", matches!(redis, Ok(Ok(())))) else {
+            return ReadyResponse::Ready(Json(Status { status: "OK".into() }));
         };
         tracing::warn!(status, "not ready");
-        ReadyResponse::NotReady(Json(Status { status: status.into() }))
+        ReadyResponse::NotReady(Json(Status { status }))
     }
 
     /// Prometheus metrics, in the text exposition format.

@@ -1,4 +1,5 @@
-//! JSON at the edge: request bodies with case-insensitive keys, and exact decimals.
+//! Request bodies whose keys match case-insensitively, as the original service's did,
+//! with errors that name the field.
 
 use std::{
     borrow::Cow,
@@ -7,11 +8,9 @@ use std::{
 };
 
 use poem_openapi::{
-    payload::Payload,
     registry::{MetaSchema, MetaSchemaRef, Registry},
-    types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type},
+    types::{ParseError, ParseFromJSON, ParseResult, Type},
 };
-use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 
 use crate::pricing;
@@ -181,126 +180,14 @@ fn check_type(field: &str, value: &Value, schema: &MetaSchemaRef, registry: &Reg
     }
 }
 
-/// A JSON body that is already serialized (e.g. a page read from the cache), documented
-/// in the spec as `T`. Serving the stored bytes as they are is what makes a cache hit
-/// cheap.
-pub struct RawJson<T> {
-    body: bytes::Bytes,
-    _schema: std::marker::PhantomData<fn() -> T>,
-}
-
-impl<T: serde::Serialize> RawJson<T> {
-    pub fn from_bytes(body: impl Into<bytes::Bytes>) -> Self {
-        RawJson { body: body.into(), _schema: std::marker::PhantomData }
-    }
-
-    /// Serializes `value` once, with `serde`; the bytes can then be both sent and cached.
-    /// poem-openapi's `Json` builds a `serde_json::Value` of the whole body first: for a
-    /// page of 20 orders that (its maps, then their serialization) was a fifth of the
-    /// api's CPU (perf, `GET /api/v1/orders/?limit=20`).
-    pub fn encode(value: &T) -> Self {
-        let body = serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec());
-        Self::from_bytes(body)
-    }
-
-    pub fn bytes(&self) -> &[u8] {
-        &self.body
-    }
-}
-
-impl<T: Type> Payload for RawJson<T> {
-    const CONTENT_TYPE: &'static str = "application/json; charset=utf-8";
-
-    fn check_content_type(content_type: &str) -> bool {
-        content_type.starts_with("application/json")
-    }
-
-    fn schema_ref() -> MetaSchemaRef {
-        T::schema_ref()
-    }
-
-    fn register(registry: &mut Registry) {
-        T::register(registry);
-    }
-}
-
-impl<T: Type> poem::IntoResponse for RawJson<T> {
-    fn into_response(self) -> poem::Response {
-        poem::Response::builder().content_type(Self::CONTENT_TYPE).body(self.body)
-    }
-}
-
-/// An exact decimal on the wire as a JSON number (`90`, `90.5`), for prices. poem-openapi's
-/// own `Decimal` is a string.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct JsonDecimal(pub Decimal);
-
-impl Type for JsonDecimal {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = Self;
-    type RawElementValueType = Self;
-
-    fn name() -> Cow<'static, str> {
-        "number_decimal".into()
-    }
-
-    fn schema_ref() -> MetaSchemaRef {
-        MetaSchemaRef::Inline(Box::new(MetaSchema::new_with_format("number", "decimal")))
-    }
-
-    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-        Some(self)
-    }
-
-    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-        Box::new(self.as_raw_value().into_iter())
-    }
-}
-
-impl ParseFromJSON for JsonDecimal {
-    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
-        match value {
-            Some(Value::Number(number)) => pricing::decimal_from_json(&number)
-                .map(JsonDecimal)
-                .ok_or_else(|| ParseError::custom(format!("{number} is out of range"))),
-            Some(other) => Err(ParseError::expected_type(other)),
-            None => Err(ParseError::expected_input()),
-        }
-    }
-}
-
-impl ToJSON for JsonDecimal {
-    fn to_json(&self) -> Option<Value> {
-        Some(Value::Number(pricing::json_number(self.0)))
-    }
-}
-
-impl serde::Serialize for JsonDecimal {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        pricing::json_number(self.0).serialize(serializer)
-    }
-}
-
-/// A time as poem-openapi writes it (`2026-11-30T23:00:00.123456+00:00`), for `serde`.
-pub(crate) fn rfc3339<S: serde::Serializer>(
-    time: &chrono::DateTime<chrono::Utc>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&time.to_rfc3339())
-}
-
-impl From<pricing::Money> for JsonDecimal {
-    fn from(money: pricing::Money) -> Self {
-        JsonDecimal(money.amount())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use poem_openapi::Object;
     use serde_json::json;
 
     use super::*;
+    use crate::http::formats::JsonDecimal;
+    use rust_decimal::Decimal;
 
     #[derive(Debug, Object)]
     struct Sample {
@@ -351,11 +238,5 @@ mod tests {
         assert!(with("productsIds", json!(["nope"])).contains("field `productsIds[0]` must be a UUID"));
         assert!(with("discount", json!(100)).contains("field `discount` verification failed"));
         assert!(parse(json!([1])).unwrap_err().contains("must be a JSON object"));
-    }
-
-    #[test]
-    fn decimals_render_as_numbers() {
-        assert_eq!(JsonDecimal(Decimal::new(9000, 2)).to_json(), Some(json!(90)));
-        assert_eq!(JsonDecimal(Decimal::new(905, 1)).to_json(), Some(json!(90.5)));
     }
 }

@@ -1,0 +1,82 @@
+//! The outbox relay in a test: [`TestRelay`] builds one on the test's database and
+//! topology; [`settings`] are what its steps run with.
+
+use std::sync::{Arc, atomic::AtomicBool};
+
+use amqprs::connection::OpenConnectionArguments;
+use order_service::{
+    config::OutboxConfig,
+    db::Db,
+    outbox::relay::{Relay, RelaySettings},
+};
+use sqlx::PgPool;
+
+use super::broker::TestBroker;
+
+/// The deployment's defaults ([`OutboxConfig`]).
+pub fn settings() -> RelaySettings {
+    OutboxConfig::default().relay_settings()
+}
+
+/// A relay on the test's database and topology, under its own connection name, looking
+/// every second.
+pub struct TestRelay {
+    relay: Relay,
+}
+
+impl TestRelay {
+    pub fn new(db: &PgPool, broker: &TestBroker) -> Self {
+        TestRelay {
+            relay: Relay {
+                db: db.clone().into(),
+                amqp: broker.args("relay"),
+                topology: broker.topology.clone(),
+                settings: settings(),
+                schedule: "*/1 * * * * *".parse().unwrap(),
+                broker_up: Arc::new(AtomicBool::new(false)),
+            },
+        }
+    }
+
+    pub fn batch_size(mut self, rows: i64) -> Self {
+        self.relay.settings.batch_size = rows;
+        self
+    }
+
+    pub fn confirm_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.relay.settings.confirm_timeout = timeout;
+        self
+    }
+
+    pub fn schedule(mut self, cron: &str) -> Self {
+        self.relay.schedule = cron.parse().unwrap();
+        self
+    }
+
+    /// The flag the relay's readiness is read from.
+    pub fn broker_up(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.relay.broker_up = flag;
+        self
+    }
+
+    /// Reaches PostgreSQL through `db` (a proxy, a pool set up otherwise).
+    pub fn db(mut self, db: Db) -> Self {
+        self.relay.db = db;
+        self
+    }
+
+    /// Reaches the broker through `amqp` (a proxy, say).
+    pub fn through(mut self, amqp: OpenConnectionArguments) -> Self {
+        self.relay.amqp = amqp;
+        self
+    }
+
+    pub fn build(self) -> Relay {
+        self.relay
+    }
+}
+
+/// Rows waiting in the outbox.
+pub async fn unpublished(db: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(db).await.unwrap()
+}
