@@ -54,9 +54,12 @@ test: services
 	scripts/previous-release.sh
 	# Every test, those needing more than the three services (the binaries, rabbitmqctl,
 	# redis-server, the tools of scripts/tools.sh) included: a plain `cargo test` skips them.
-	DATABASE_URL=$(TEST_DATABASE_URL) cargo test --workspace --all-targets -- --include-ignored --skip broker_wide
+	DATABASE_URL=$(TEST_DATABASE_URL) cargo test --workspace --all-targets -- --include-ignored --skip broker_wide --skip cluster_
 	# Tests that raise an alarm on the whole broker, alone.
 	DATABASE_URL=$(TEST_DATABASE_URL) cargo test --workspace --test integration -- broker_wide --ignored --test-threads=1
+	# Nodes killed under load, one test at a time: a three-node RabbitMQ 4 cluster and
+	# PostgreSQL primaries with two standbys, on this machine (scripts/cluster.sh).
+	DATABASE_URL=$(TEST_DATABASE_URL) cargo test --workspace --test integration -- cluster_ --ignored --test-threads=1 --nocapture
 	# The bench harness in a few seconds per scenario, on the debug build, asserting no
 	# figure: a scenario that no longer runs breaks CI, not the next `make bench`.
 	BENCH_SMOKE=1 python3 scripts/bench.py

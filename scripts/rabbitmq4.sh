@@ -281,7 +281,10 @@ node_pids() {
     for d in /proc/[0-9]*; do
         [ "$(cat "$d/comm" 2>/dev/null)" = beam.smp ] || continue
         [ "$(readlink "$d/root" 2>/dev/null)" = "$ROOT" ] || continue
-        tr '\0' ' ' <"$d/cmdline" 2>/dev/null | grep -q 'rabbit boot' && echo "${d#/proc/}"
+        tr '\0' ' ' <"$d/cmdline" 2>/dev/null | grep -q 'rabbit boot' || continue
+        # Not one of scripts/cluster.sh's nodes in the same root, which are named in their
+        # environment (this one's name is in its rabbitmq-env.conf).
+        tr '\0' '\n' <"$d/environ" 2>/dev/null | grep -q '^RABBITMQ_NODENAME=rabbitc' || echo "${d#/proc/}"
     done
     return 0
 }

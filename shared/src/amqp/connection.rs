@@ -8,12 +8,12 @@
 use amqprs::{
     callbacks::ConnectionCallback,
     channel::{Channel, QueueDeclareArguments},
-    connection::{Connection, OpenConnectionArguments},
+    connection::Connection,
 };
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use super::{BrokerVersion, CLOSE_WITHIN, CONNECT_TIMEOUT};
+use super::{BrokerVersion, CLOSE_WITHIN, CONNECT_TIMEOUT, Nodes};
 
 /// A connection with its news: `lost` turns true once it failed, `blocked` holds the
 /// broker's reason while a resource alarm (memory, disk) blocks its publishes.
@@ -25,9 +25,10 @@ pub(crate) struct Watched {
 }
 
 impl Watched {
-    /// Opens a connection and starts listening to what the broker says about it.
-    pub(super) async fn open(args: &OpenConnectionArguments) -> Result<Self, amqprs::error::Error> {
-        let connection = Connection::open(args).await?;
+    /// Opens a connection to one of the nodes and starts listening to what the broker
+    /// says about it.
+    pub(super) async fn open(nodes: &Nodes) -> Result<Self, amqprs::error::Error> {
+        let connection = nodes.open().await?;
         let (lost_sender, lost) = watch::channel(false);
         let (blocked_sender, blocked) = watch::channel(None);
         connection.register_callback(ConnectionNews { lost: lost_sender.clone(), blocked: blocked_sender }).await?;
@@ -101,22 +102,22 @@ impl ConnectionCallback for ConnectionNews {
 }
 
 /// Opens a plain connection that logs what the broker says about it (tests, tools).
-pub async fn connect(args: &OpenConnectionArguments) -> Result<Connection, amqprs::error::Error> {
-    let watched = Watched::open(args).await?;
+pub async fn connect(nodes: &Nodes) -> Result<Connection, amqprs::error::Error> {
+    let watched = Watched::open(nodes).await?;
     Ok(watched.connection.clone())
 }
 
 /// Messages ready on `queue`, asked of the broker on a connection of its own (a passive
 /// declare), before anything consumes them.
-pub async fn queue_depth(args: &OpenConnectionArguments, queue: &str) -> Result<u32, amqprs::error::Error> {
-    Ok(queue_depths(args, &[queue]).await?[0])
+pub async fn queue_depth(nodes: &Nodes, queue: &str) -> Result<u32, amqprs::error::Error> {
+    Ok(queue_depths(nodes, &[queue]).await?[0])
 }
 
 /// [`queue_depth`] of several queues, on one connection; all or an error, within
 /// [`CONNECT_TIMEOUT`] (a broker that does not answer costs the caller no more).
-pub async fn queue_depths(args: &OpenConnectionArguments, queues: &[&str]) -> Result<Vec<u32>, amqprs::error::Error> {
+pub async fn queue_depths(nodes: &Nodes, queues: &[&str]) -> Result<Vec<u32>, amqprs::error::Error> {
     let asked = tokio::time::timeout(CONNECT_TIMEOUT, async {
-        let connection = Connection::open(args).await?;
+        let connection = nodes.open().await?;
         let channel = connection.open_channel(None).await?;
         let mut depths = Vec::with_capacity(queues.len());
         for queue in queues {

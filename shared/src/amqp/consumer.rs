@@ -14,13 +14,12 @@ use amqprs::{
         BasicAckArguments, BasicCancelArguments, BasicConsumeArguments, BasicQosArguments, BasicRejectArguments,
         Channel, ConsumerMessage,
     },
-    connection::OpenConnectionArguments,
 };
 use async_trait::async_trait;
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    CONNECT_TIMEOUT, Outgoing, Topology,
+    CONNECT_TIMEOUT, Nodes, Outgoing, Topology,
     connection::{Watched, timed_out},
 };
 
@@ -156,13 +155,13 @@ pub struct Consumer {
 impl Consumer {
     /// Connects, declares the topology and starts consuming `queue`.
     pub async fn connect(
-        args: &OpenConnectionArguments,
+        nodes: &Nodes,
         topology: &Topology,
         queue: &str,
         prefetch: u16,
     ) -> Result<Self, amqprs::error::Error> {
         let opened = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let connection = Watched::open(args).await?;
+            let connection = Watched::open(nodes).await?;
             let channel = connection.connection.open_channel(None).await?;
             let (stopped_sender, stopped) = watch::channel(None);
             channel.register_callback(ConsumerCallback { stopped: stopped_sender }).await?;

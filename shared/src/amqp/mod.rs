@@ -1,4 +1,5 @@
-//! RabbitMQ plumbing: the URL of the settings ([`url`]), connections and what the broker
+//! RabbitMQ plumbing: the URL of the settings ([`url`]) and the nodes it names
+//! ([`nodes`]: one, or a cluster's), connections and what the broker
 //! says about them ([`connection`]), the contract's topology ([`topology`]), a publisher
 //! that only calls a message sent once the broker confirmed it ([`publisher`]), and a
 //! consumer that notices when the broker stops it ([`consumer`]).
@@ -9,6 +10,7 @@
 
 mod connection;
 mod consumer;
+mod nodes;
 mod publisher;
 mod topology;
 mod url;
@@ -17,6 +19,7 @@ use std::time::Duration;
 
 pub use connection::{connect, queue_depth, queue_depths};
 pub use consumer::{Consumer, Delivery, Settler, Stopped};
+pub use nodes::Nodes;
 pub use publisher::{Outgoing, PublishError, Publisher};
 pub use topology::{BrokerVersion, QueueType, REPLY_ROUTING_KEY, REPLY_TYPE, Topology};
 pub use url::connection_args;

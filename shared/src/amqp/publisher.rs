@@ -10,12 +10,11 @@ use amqprs::{
     Ack, BasicProperties, Cancel, CloseChannel, FieldTable, Nack, Return,
     callbacks::ChannelCallback,
     channel::{BasicPublishArguments, Channel, ConfirmSelectArguments},
-    connection::OpenConnectionArguments,
 };
 use async_trait::async_trait;
 use tokio::sync::{mpsc, watch};
 
-use super::{CONNECT_TIMEOUT, Topology, connection::Watched, connection::timed_out};
+use super::{CONNECT_TIMEOUT, Nodes, Topology, connection::Watched, connection::timed_out};
 
 /// A message to publish: where, what, and its AMQP properties.
 #[derive(Debug, Clone)]
@@ -146,9 +145,9 @@ pub struct Publisher {
 
 impl Publisher {
     /// Connects, declares the topology and switches the channel to confirm mode.
-    pub async fn connect(args: &OpenConnectionArguments, topology: &Topology) -> Result<Self, amqprs::error::Error> {
+    pub async fn connect(nodes: &Nodes, topology: &Topology) -> Result<Self, amqprs::error::Error> {
         let opened = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let connection = Watched::open(args).await?;
+            let connection = Watched::open(nodes).await?;
             let channel = connection.connection.open_channel(None).await?;
             topology.declare(&channel, connection.version()).await?;
             let (sender, confirms) = mpsc::unbounded_channel();

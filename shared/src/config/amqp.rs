@@ -1,6 +1,8 @@
 //! RabbitMQ, read alike by every binary that talks to it:
 //! - `AMQP_URL`: `amqp://user:password@host:port/vhost`, with a heartbeat (a half-open
-//!   connection is noticed only by one);
+//!   connection is noticed only by one); the nodes of a cluster as
+//!   `amqp://user:password@host1:port1,host2:port2,host3:port3/vhost`, each connection
+//!   to one of them at random (`amqp/nodes.rs`);
 //! - `AMQP_QUEUE_TYPE`: `quorum` (the default) or `classic`, for the queues the system
 //!   declares.
 
@@ -43,7 +45,7 @@ impl FromEnv for AmqpConfig {
 impl AmqpConfig {
     /// The broker's address and credentials, under a connection name the management
     /// UI shows (`outbox-relay@<pid>`).
-    pub fn connection_args(&self, name: &str) -> Result<amqprs::connection::OpenConnectionArguments, ConfigError> {
+    pub fn connection_args(&self, name: &str) -> Result<crate::amqp::Nodes, ConfigError> {
         crate::amqp::connection_args(&self.url, name)
             .map_err(|e| ConfigError(format!("AMQP_URL is not a valid amqp:// URL: {e}")))
     }

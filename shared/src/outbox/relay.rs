@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use amqprs::connection::OpenConnectionArguments;
+use crate::amqp::Nodes;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, postgres::PgListener};
 
@@ -329,7 +329,7 @@ fn outgoing(row: &Claimed, topology: &Topology) -> (Outgoing, tracing::Span) {
 /// The relay process: connection supervision, schedule, wake-ups, shutdown.
 pub struct Relay {
     pub db: Db,
-    pub amqp: OpenConnectionArguments,
+    pub amqp: Nodes,
     pub topology: Topology,
     pub settings: RelaySettings,
     pub schedule: cron::Schedule,

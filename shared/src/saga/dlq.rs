@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use amqprs::connection::OpenConnectionArguments;
+use crate::amqp::Nodes;
 use serde::Serialize;
 
 use crate::amqp::{Consumer, Delivery, Outgoing, Publisher, Topology, queue_depth};
@@ -74,11 +74,7 @@ pub fn by_kind(letters: &[DeadLetter]) -> Vec<(String, usize)> {
 
 /// Takes the dead letters waiting, unacked, until the one with `message_id`; the others
 /// go back to the queue, untouched, when the consumer's channel closes.
-async fn find(
-    args: &OpenConnectionArguments,
-    topology: &Topology,
-    message_id: &str,
-) -> Result<(Consumer, Delivery), DlqError> {
+async fn find(args: &Nodes, topology: &Topology, message_id: &str) -> Result<(Consumer, Delivery), DlqError> {
     let waiting = queue_depth(args, &topology.dead_letter_queue).await?;
     if waiting == 0 {
         return Err(DlqError::NotFound(message_id.to_owned()));
@@ -100,8 +96,8 @@ async fn find(
 /// on the DLQ), and leaves the others where they are.
 #[tracing::instrument(name = "dlq.replay_one", skip_all, fields(otel.name = "dlq replay", messaging.message.id = message_id))]
 pub async fn replay_one(
-    consume: &OpenConnectionArguments,
-    publish: &OpenConnectionArguments,
+    consume: &Nodes,
+    publish: &Nodes,
     topology: &Topology,
     message_id: &str,
 ) -> Result<DeadLetter, DlqError> {
@@ -132,11 +128,7 @@ pub async fn replay_one(
 /// Removes the dead letter with `message_id` for good, after logging all of it (headers
 /// and body), and leaves the others where they are.
 #[tracing::instrument(name = "dlq.discard_one", skip_all, fields(otel.name = "dlq discard", messaging.message.id = message_id))]
-pub async fn discard_one(
-    args: &OpenConnectionArguments,
-    topology: &Topology,
-    message_id: &str,
-) -> Result<DeadLetter, DlqError> {
+pub async fn discard_one(args: &Nodes, topology: &Topology, message_id: &str) -> Result<DeadLetter, DlqError> {
     let (consumer, delivery) = find(args, topology, message_id).await?;
     let letter = DeadLetter::of(&delivery);
     tracing::warn!(
@@ -155,11 +147,7 @@ pub async fn discard_one(
 
 /// The first `limit` dead-lettered replies, left in the queue: they are taken unacked
 /// and go back when the channel closes.
-pub async fn list(
-    args: &OpenConnectionArguments,
-    topology: &Topology,
-    limit: u16,
-) -> Result<Vec<DeadLetter>, DlqError> {
+pub async fn list(args: &Nodes, topology: &Topology, limit: u16) -> Result<Vec<DeadLetter>, DlqError> {
     // Counted before consuming: a consumer's prefetched messages are no longer "ready".
     let expected = queue_depth(args, &topology.dead_letter_queue).await?.min(u32::from(limit));
     if expected == 0 {
@@ -194,8 +182,8 @@ pub async fn list(
 /// at once is not replayed in a loop. Returns what it moved.
 #[tracing::instrument(name = "dlq.replay", skip_all, fields(otel.name = "dlq replay", limit))]
 pub async fn replay(
-    consume: &OpenConnectionArguments,
-    publish: &OpenConnectionArguments,
+    consume: &Nodes,
+    publish: &Nodes,
     topology: &Topology,
     limit: u32,
 ) -> Result<Vec<DeadLetter>, DlqError> {

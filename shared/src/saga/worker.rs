@@ -19,9 +19,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::amqp::Nodes;
 use crate::db::Db;
 use crate::telemetry::names;
-use amqprs::connection::OpenConnectionArguments;
 use chrono::Utc;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -55,8 +55,8 @@ pub struct TimeoutSettings {
 pub struct SagaWorker {
     pub db: Db,
     /// Connection arguments; the dead-letter publisher gets its own connection.
-    pub amqp: OpenConnectionArguments,
-    pub dead_letter_amqp: OpenConnectionArguments,
+    pub amqp: Nodes,
+    pub dead_letter_amqp: Nodes,
     pub topology: Topology,
     pub cache: OrderCache,
     /// Woken after each applied reply and each sweep that wrote the outbox.
@@ -564,7 +564,7 @@ async fn sweep_loop(
     cache: OrderCache,
     relays: RelayWaker,
     settings: TimeoutSettings,
-    (amqp, topology): (OpenConnectionArguments, Topology),
+    (amqp, topology): (Nodes, Topology),
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut last_prune = Instant::now();
@@ -610,7 +610,7 @@ pub async fn sweep_once(
     db: &Db,
     cache: &OrderCache,
     settings: &TimeoutSettings,
-    amqp: &OpenConnectionArguments,
+    amqp: &Nodes,
     topology: &Topology,
 ) -> Result<Swept, sqlx::Error> {
     // A trace of its own: no request caused it (each re-request it writes starts the
@@ -623,7 +623,7 @@ async fn sweep_in(
     db: &Db,
     cache: &OrderCache,
     settings: &TimeoutSettings,
-    amqp: &OpenConnectionArguments,
+    amqp: &Nodes,
     topology: &Topology,
 ) -> Result<Swept, sqlx::Error> {
     let replies = match queue_depth(amqp, &topology.customer_saga_queue).await {
@@ -652,7 +652,7 @@ async fn sweep_in(
 }
 
 /// Publishes a [`Probe`] stamped with the database's time into `CustomerSaga`.
-async fn send_probe(db: &Db, amqp: &OpenConnectionArguments, topology: &Topology) -> Result<(), String> {
+async fn send_probe(db: &Db, amqp: &Nodes, topology: &Topology) -> Result<(), String> {
     let sent_at = db
         .run(|connection| {
             Box::pin(async move { sqlx::query_scalar!(r#"SELECT now() AS "now!""#).fetch_one(connection).await })
@@ -678,7 +678,7 @@ const QUEUE_GAUGES_EVERY: Duration = Duration::from_secs(15);
 /// (seen once in a short chaos run, seed 583096772, right after a RabbitMQ restart and a
 /// deleted `CustomerSaga`) held the consume loop, and with it the worker's 32 prefetched
 /// replies, for the rest of the run.
-async fn queue_gauges(amqp: OpenConnectionArguments, topology: Topology, mut shutdown: watch::Receiver<bool>) {
+async fn queue_gauges(amqp: Nodes, topology: Topology, mut shutdown: watch::Receiver<bool>) {
     let mut every = tokio::time::interval(QUEUE_GAUGES_EVERY);
     loop {
         tokio::select! {

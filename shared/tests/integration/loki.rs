@@ -16,7 +16,7 @@ use sqlx::PgPool;
 
 use crate::helpers::{
     eventually,
-    processes::{Processes, database_url, free_port, peak_rss_kib, target_dir},
+    processes::{Processes, database_url, free_port, peak_rss_kib, rss_kib, target_dir},
 };
 
 #[derive(Clone, Default)]
@@ -75,15 +75,6 @@ async fn receive_push(state: Data<&StandIn>, body: Vec<u8>) -> poem::http::Statu
     }
     state.pushes.lock().unwrap().push(body);
     poem::http::StatusCode::NO_CONTENT
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The stand-in, serving on a free port, and the real api pushing its logs there; returns

@@ -9,6 +9,7 @@
 
 mod broker_faults;
 mod cache;
+mod clusters;
 mod deploy;
 mod e2e;
 mod helpers;

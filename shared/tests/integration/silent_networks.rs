@@ -423,11 +423,11 @@ async fn a_full_disk_answers_503_and_the_worker_holds_its_reply(db: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn rabbitmq_frozen_for_good_costs_nothing(db: PgPool) {
     let broker = TestBroker::new().await;
-    let amqp = FaultProxy::start(&format!("127.0.0.1:{}", broker.args("x").get_port())).await;
+    let amqp = FaultProxy::start(&format!("127.0.0.1:{}", broker.args("x").nodes()[0].get_port())).await;
     let through = |component: &str| {
-        let mut args = broker.args(component);
-        args.port(amqp.addr.port());
-        args
+        broker.args(component).map(|args| {
+            args.port(amqp.addr.port());
+        })
     };
     let app = TestApp::new(db.clone());
     let phone = app.create_product("Phone", 10.0, 0).await;

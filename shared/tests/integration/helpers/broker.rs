@@ -10,7 +10,7 @@ use std::{collections::HashMap, process::Command, sync::LazyLock};
 use amqprs::{
     BasicProperties, FieldValue,
     channel::{BasicGetArguments, Channel, ExchangeDeleteArguments, QueueDeleteArguments},
-    connection::{Connection, OpenConnectionArguments},
+    connection::Connection,
 };
 use order_service::amqp::{self, Publisher, QueueType, Topology};
 use serde_json::Value;
@@ -77,12 +77,12 @@ impl TestBroker {
         TestBroker { topology, tag, connection, channel }
     }
 
-    pub fn args_named(name: &str) -> OpenConnectionArguments {
+    pub fn args_named(name: &str) -> amqp::Nodes {
         amqp::connection_args(&AMQP_URL, name).unwrap()
     }
 
     /// Connection arguments for a component under test, named after this test.
-    pub fn args(&self, component: &str) -> OpenConnectionArguments {
+    pub fn args(&self, component: &str) -> amqp::Nodes {
         Self::args_named(&format!("{}-{component}", self.tag))
     }
 
@@ -184,7 +184,7 @@ impl OwnVhost {
         let _ = connection.close().await;
     }
 
-    pub fn args(&self, name: &str) -> OpenConnectionArguments {
+    pub fn args(&self, name: &str) -> amqp::Nodes {
         amqp::connection_args(&self.url, name).unwrap()
     }
 

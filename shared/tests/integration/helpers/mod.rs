@@ -1,6 +1,7 @@
 //! Every test helper, in one place: `TestApp` (the whole app in-process, with helpers
 //! to seed data through the API), a Redis of a test's own, [`eventually`], and
 //! - [`broker`]: the broker under test, a topology or a vhost of a test's own;
+//! - [`cluster`]: the clusters of scripts/cluster.sh (RabbitMQ, PostgreSQL);
 //! - [`saga`]: a worker of the test's ([`saga::TestWorker`]), replies, saga states;
 //! - [`relay`]: a relay of the test's ([`relay::TestRelay`]);
 //! - [`outbox`]: outbox rows written straight into the table;
@@ -8,6 +9,7 @@
 //! - [`proxy`]: a TCP proxy that injects faults; [`otlp`]: a real OTLP receiver.
 
 pub mod broker;
+pub mod cluster;
 pub mod otlp;
 pub mod outbox;
 pub mod processes;

@@ -176,10 +176,20 @@ pub async fn call(client: &reqwest::Client, method: reqwest::Method, url: &str, 
 
 /// A process's peak resident memory so far, in KiB (0 once it is gone).
 pub fn peak_rss_kib(pid: u32) -> u64 {
+    memory_kib(pid, "VmHWM:")
+}
+
+/// A process's resident memory now, in KiB (0 once it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    memory_kib(pid, "VmRSS:")
+}
+
+/// One `/proc/<pid>/status` figure, in KiB.
+fn memory_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, atomic::AtomicBool};
 
-use amqprs::connection::OpenConnectionArguments;
+use order_service::amqp::Nodes;
 use order_service::{
     config::OutboxConfig,
     db::Db,
@@ -26,11 +26,16 @@ pub struct TestRelay {
 
 impl TestRelay {
     pub fn new(db: &PgPool, broker: &TestBroker) -> Self {
+        Self::on(db, broker.args("relay"), broker.topology.clone())
+    }
+
+    /// A relay on broker nodes and a topology of the test's choosing (a cluster, say).
+    pub fn on(db: &PgPool, amqp: Nodes, topology: order_service::amqp::Topology) -> Self {
         TestRelay {
             relay: Relay {
                 db: db.clone().into(),
-                amqp: broker.args("relay"),
-                topology: broker.topology.clone(),
+                amqp,
+                topology,
                 settings: settings(),
                 schedule: "*/1 * * * * *".parse().unwrap(),
                 broker_up: Arc::new(AtomicBool::new(false)),
@@ -66,7 +71,7 @@ impl TestRelay {
     }
 
     /// Reaches the broker through `amqp` (a proxy, say).
-    pub fn through(mut self, amqp: OpenConnectionArguments) -> Self {
+    pub fn through(mut self, amqp: Nodes) -> Self {
         self.relay.amqp = amqp;
         self
     }

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use amqprs::connection::OpenConnectionArguments;
+use order_service::amqp::Nodes;
 use order_service::{
     amqp::Topology,
     saga::worker::{Hooks, SagaWorker, TimeoutSettings},
@@ -22,8 +22,8 @@ use super::{TestApp, broker::TestBroker, eventually};
 /// sweep in the test's lifetime unless [`Self::timeouts`] says otherwise.
 pub struct TestWorker<'a> {
     app: &'a TestApp,
-    amqp: OpenConnectionArguments,
-    dead_letter_amqp: OpenConnectionArguments,
+    amqp: Nodes,
+    dead_letter_amqp: Nodes,
     topology: Topology,
     timeouts: TimeoutSettings,
     hooks: Hooks,
@@ -38,17 +38,12 @@ impl<'a> TestWorker<'a> {
     }
 
     /// A worker on connections of the test's choosing (a vhost of its own, say).
-    pub fn on(
-        app: &'a TestApp,
-        amqp: OpenConnectionArguments,
-        dead_letter_amqp: OpenConnectionArguments,
-        topology: Topology,
-    ) -> Self {
+    pub fn on(app: &'a TestApp, amqp: Nodes, dead_letter_amqp: Nodes, topology: Topology) -> Self {
         TestWorker { app, amqp, dead_letter_amqp, topology, timeouts: no_sweep(), hooks: Hooks::default() }
     }
 
     /// Consumes through `amqp` (a proxy, say).
-    pub fn through(mut self, amqp: OpenConnectionArguments) -> Self {
+    pub fn through(mut self, amqp: Nodes) -> Self {
         self.amqp = amqp;
         self
     }
