@@ -342,3 +342,45 @@ fn the_env_example_names_every_variable_the_binaries_read() {
     let unknown: Vec<_> = named.difference(&read).filter(|var| !compose.contains(&format!("${{{var}"))).collect();
     assert!(unknown.is_empty(), ".env.example names {unknown:?}, which no binary and no Compose service reads");
 }
+
+/// Production's processes reach what its operators run: the CloudNativePG Cluster (three
+/// instances, quorum-based synchronous replication) through the `uri` of its `-app`
+/// Secret, which names the `-rw` Service that follows the primary; the RabbitmqCluster
+/// (three nodes) through its `-default-user` Secret's `connection_string`.
+#[test]
+#[ignore = "needs scripts/tools.sh"]
+fn production_reaches_the_clusters_its_operators_run() {
+    let docs = build("production");
+    let [db] = of_kind(&docs, "Cluster")[..] else { panic!("production declares one CloudNativePG Cluster") };
+    assert_eq!(db["spec"]["instances"], 3);
+    let synchronous = &db["spec"]["postgresql"]["synchronous"];
+    assert_eq!(synchronous["method"], "any", "quorum-based synchronous replication");
+    assert!(synchronous["number"].as_u64() >= Some(1), "{synchronous}");
+    let [rabbit] = of_kind(&docs, "RabbitmqCluster")[..] else { panic!("production declares one RabbitmqCluster") };
+    assert_eq!(rabbit["spec"]["replicas"], 3);
+    let wanted = |var: &str| match var {
+        "DATABASE_URL" => Some((format!("{}-app", db["metadata"]["name"].as_str().unwrap()), "uri")),
+        "AMQP_URL" => {
+            Some((format!("{}-default-user", rabbit["metadata"]["name"].as_str().unwrap()), "connection_string"))
+        }
+        _ => None,
+    };
+    let mut checked = 0;
+    for (workload, pod) in pods(&docs) {
+        for container in pod["containers"].as_array().unwrap() {
+            for var in container["env"].as_array().into_iter().flatten() {
+                let name = var["name"].as_str().unwrap();
+                let Some((secret, key)) = wanted(name) else { continue };
+                let reference = &var["valueFrom"]["secretKeyRef"];
+                assert_eq!(
+                    (reference["name"].as_str(), reference["key"].as_str()),
+                    (Some(secret.as_str()), Some(key)),
+                    "{workload}: {name}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    // api and migrate: DATABASE_URL; relay and worker: both.
+    assert_eq!(checked, 6);
+}

@@ -121,6 +121,18 @@ impl PgCluster {
         script(&["postgres-kill", self.dir.to_str().unwrap(), server]).unwrap();
     }
 
+    /// Stops (SIGSTOP) the primary's WAL senders: it goes on committing, and with
+    /// asynchronous replication acknowledging, what its standbys no longer receive.
+    pub fn pause_wal_senders(&self) {
+        let postmaster = std::fs::read_to_string(self.dir.join("primary/postmaster.pid")).unwrap();
+        let postmaster = postmaster.lines().next().unwrap().trim().to_owned();
+        let senders = Command::new("pgrep").args(["-P", &postmaster, "-f", "walsender"]).output().unwrap();
+        let pids: Vec<String> =
+            String::from_utf8_lossy(&senders.stdout).split_whitespace().map(str::to_owned).collect();
+        assert_eq!(pids.len(), 2, "one WAL sender per standby");
+        assert!(Command::new("kill").arg("-STOP").args(&pids).status().unwrap().success());
+    }
+
     /// Promotes standby `n`, the other following it; the new primary's port.
     pub fn promote(&self, n: u8) -> u16 {
         script(&["postgres-promote", self.dir.to_str().unwrap(), &n.to_string()]).unwrap();
