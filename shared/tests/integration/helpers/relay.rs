@@ -53,6 +53,12 @@ impl TestRelay {
         self
     }
 
+    /// Relays side by side in the process (the deployment's default is 2).
+    pub fn lanes(mut self, lanes: usize) -> Self {
+        self.relay.settings.lanes = lanes;
+        self
+    }
+
     pub fn schedule(mut self, cron: &str) -> Self {
         self.relay.schedule = cron.parse().unwrap();
         self
