@@ -47,17 +47,13 @@ async fn readyz(probe: Data<&Probe>) -> impl IntoResponse {
 /// other server it needs (`other`: the api's Redis, the relay's and the worker's
 /// RabbitMQ) is up. `None` when ready; else the status naming what is not.
 pub(crate) fn not_ready(postgres: Readiness, other: &str, other_up: bool) -> Option<String> {
-    let postgres = match postgres {
-        Readiness::Ready => None,
-        Readiness::ReadOnly => Some("postgres read-only"),
-        Readiness::Unavailable => Some("postgres"),
-    };
     match (postgres, other_up) {
-        (None, true) => None,
-        (None, false) => Some(format!("{other} unavailable")),
-        (Some("postgres"), true) => Some("postgres unavailable".into()),
-        (Some(postgres), true) => Some(postgres.into()),
-        (Some(postgres), false) => Some(format!("{postgres} and {other} unavailable")),
+        (Readiness::Ready, true) => None,
+        (Readiness::Ready, false) => Some(format!("{other} unavailable")),
+        (Readiness::ReadOnly, true) => Some("postgres read-only".into()),
+        (Readiness::ReadOnly, false) => Some(format!("postgres read-only and {other} unavailable")),
+        (Readiness::Unavailable, true) => Some("postgres unavailable".into()),
+        (Readiness::Unavailable, false) => Some(format!("postgres and {other} unavailable")),
     }
 }
 

@@ -21,8 +21,10 @@ use uuid::Uuid;
 
 use crate::helpers::{
     TestApp,
+    broker::TestBroker,
     cluster::{PgCluster, RabbitCluster},
     eventually,
+    proxy::FaultProxy,
     relay::TestRelay,
     saga::{TestWorker, reply, settled},
 };
@@ -272,6 +274,91 @@ async fn cluster_publishing_and_consuming_resume_when_the_majority_returns(db: P
     delete_queues(&watcher, &topology).await;
 }
 
+/// A PostgreSQL cluster of the test's own behind a stable address (a proxy standing in
+/// for CloudNativePG's `-rw` Service), migrated; the api and a relay (to the test's broker)
+/// on that address; a user with an address and a product to order.
+struct Failover {
+    pg: PgCluster,
+    address: FaultProxy,
+    pool: PgPool,
+    broker: TestBroker,
+    relay: Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
+    order: serde_json::Value,
+}
+
+impl Failover {
+    async fn start(sync: bool) -> Option<Self> {
+        let pg = PgCluster::start(sync)?;
+        let primary = pg.url(pg.port, "postgres");
+        order_service::db::migrate(&primary).await.unwrap();
+        let address = FaultProxy::start(&format!("127.0.0.1:{}", pg.port)).await;
+        let url = format!("{}?sslmode=disable", address.url(&primary));
+        let pool = order_service::db::connect(&url, 8, order_service::server::SESSION_SETTINGS, Default::default())
+            .unwrap()
+            .pool()
+            .clone();
+        let app = TestApp::builder(pool.clone()).pool(pool.clone()).build();
+        let broker = TestBroker::new().await;
+        let (stop, stopped) = watch::channel(false);
+        let relay = Some((stop, tokio::spawn(TestRelay::new(&pool, &broker).build().run(stopped))));
+        let phone = app.create_product("Phone", 10.0, 0).await;
+        let address_id = app.create_address().await;
+        let user = app.create_user("failover", address_id).await;
+        let order = serde_json::json!({"paymentMethod": "Online", "productsIds": [phone], "userID": user,
+                                       "deliveryAddress": address_id});
+        Some(Failover { pg, address, pool, broker, relay, order })
+    }
+
+    /// Orders placed one after the other for `seconds`, through whatever happens
+    /// meanwhile: the ids answered 204, with when.
+    fn place_orders_for(&self, seconds: u64) -> tokio::task::JoinHandle<Vec<(Uuid, Instant)>> {
+        let app = TestApp::builder(self.pool.clone()).pool(self.pool.clone()).build();
+        let template = self.order.clone();
+        tokio::spawn(async move {
+            let (deadline, mut answered) = (Instant::now() + Duration::from_secs(seconds), Vec::new());
+            while Instant::now() < deadline {
+                let (order, mut body) = (Uuid::new_v4(), template.clone());
+                body["orderID"] = serde_json::json!(order);
+                if app.post("/api/v1/orders/", &body).await.status.as_u16() == 204 {
+                    answered.push((order, Instant::now()));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            answered
+        })
+    }
+
+    /// Kills every process of the primary, promotes standby1 and moves the address to it:
+    /// when the primary died, and the new primary's port.
+    async fn fail_over(&self) -> (Instant, u16) {
+        self.pg.kill("primary");
+        let killed = Instant::now();
+        let new_port = self.pg.promote(1);
+        self.address.redirect(&format!("127.0.0.1:{new_port}")).await;
+        self.address.close_all();
+        (killed, new_port)
+    }
+
+    /// Stops the relay; the address, and what is behind it, stay.
+    async fn stop_relay(&mut self) {
+        let (stop, running) = self.relay.take().expect("the relay runs");
+        stop.send(true).unwrap();
+        running.await.unwrap();
+    }
+
+    /// The orders the server on `port` holds.
+    async fn orders_on(&self, port: u16) -> HashSet<Uuid> {
+        let server = sqlx::PgPool::connect(&self.pg.url(port, "postgres")).await.unwrap();
+        sqlx::query_scalar("SELECT id FROM orders").fetch_all(&server).await.unwrap().into_iter().collect()
+    }
+
+    /// The orders whose saga request the relay published.
+    async fn published_orders(broker: &TestBroker) -> Vec<Uuid> {
+        let published = broker.drain(&broker.topology.order_saga_queue).await;
+        published.iter().map(|m| m.body["orderID"].as_str().and_then(|o| o.parse().ok()).unwrap()).collect()
+    }
+}
+
 /// The PostgreSQL primary killed (every process of it) under a stream of orders, a
 /// synchronous standby promoted and the stable address moved to it, as CloudNativePG's
 /// `-rw` Service moves: every order answered 204 is on the new primary, no event was
@@ -280,55 +367,11 @@ async fn cluster_publishing_and_consuming_resume_when_the_majority_returns(db: P
 #[sqlx::test(migrations = "../migrations")]
 #[ignore = "needs scripts/cluster.sh (root, PostgreSQL's binaries): make test runs it"]
 async fn cluster_a_synchronous_standby_takes_over_with_every_answered_order(_db: PgPool) {
-    let Some(pg) = PgCluster::start(true) else { return };
-    let primary = pg.url(pg.port, "postgres");
-    order_service::db::migrate(&primary).await.unwrap();
-    let address = crate::helpers::proxy::FaultProxy::start(&format!("127.0.0.1:{}", pg.port)).await;
-    let url = address.url(&primary);
-    let url = format!("{url}?sslmode=disable");
-    let pool = order_service::db::connect(&url, 8, order_service::server::SESSION_SETTINGS, Default::default())
-        .unwrap()
-        .pool()
-        .clone();
-    let app = TestApp::builder(pool.clone()).pool(pool.clone()).build();
-    let broker = crate::helpers::broker::TestBroker::new().await;
-    let (stop, stopped) = watch::channel(false);
-    let relay = TestRelay::new(&pool, &broker).build();
-    let running = tokio::spawn(relay.run(stopped));
-    let phone = app.create_product("Phone", 10.0, 0).await;
-    let address_id = app.create_address().await;
-    let user = app.create_user("failover", address_id).await;
-
-    // Orders one after the other, through the failover; the ids answered 204 kept.
-    let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(Uuid, Instant)>::new()));
-    let placing = {
-        let (answered, app) = (answered.clone(), TestApp::builder(pool.clone()).pool(pool.clone()).build());
-        tokio::spawn(async move {
-            let deadline = Instant::now() + Duration::from_secs(40);
-            while Instant::now() < deadline {
-                let order = Uuid::new_v4();
-                let reply = app
-                    .post(
-                        "/api/v1/orders/",
-                        &serde_json::json!({"orderID": order, "paymentMethod": "Online", "productsIds": [phone],
-                                            "userID": user, "deliveryAddress": address_id}),
-                    )
-                    .await;
-                if reply.status.as_u16() == 204 {
-                    answered.lock().unwrap().push((order, Instant::now()));
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    };
+    let Some(mut failover) = Failover::start(true).await else { return };
+    let placing = failover.place_orders_for(40);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    pg.kill("primary");
-    let killed = Instant::now();
-    let new_port = pg.promote(1);
-    address.redirect(&format!("127.0.0.1:{new_port}")).await;
-    address.close_all();
-    placing.await.unwrap();
-    let answered = answered.lock().unwrap().clone();
+    let (killed, new_port) = failover.fail_over().await;
+    let answered = placing.await.unwrap();
     let first_after =
         answered.iter().map(|(_, at)| *at).find(|at| *at > killed).expect("no order answered after the kill");
     let recovery = first_after - killed;
@@ -338,12 +381,11 @@ async fn cluster_a_synchronous_standby_takes_over_with_every_answered_order(_db:
     );
     assert!(recovery <= Duration::from_secs(20), "writes resumed after {recovery:?}");
 
-    let new_primary = sqlx::PgPool::connect(&pg.url(new_port, "postgres")).await.unwrap();
-    let kept: HashSet<Uuid> =
-        sqlx::query_scalar("SELECT id FROM orders").fetch_all(&new_primary).await.unwrap().into_iter().collect();
+    let kept = failover.orders_on(new_port).await;
     let lost: Vec<_> = answered.iter().filter(|(order, _)| !kept.contains(order)).collect();
     assert!(lost.is_empty(), "answered 204 but not on the new primary: {lost:?}");
     // Every event the relay published is of an order the new primary has.
+    let broker = &failover.broker;
     assert!(
         eventually(Duration::from_secs(20), || async {
             amqp::queue_depth(&broker.args("depth"), &broker.topology.order_saga_queue).await.unwrap_or(0) as usize
@@ -352,13 +394,12 @@ async fn cluster_a_synchronous_standby_takes_over_with_every_answered_order(_db:
         .await,
         "not every answered order's request was published"
     );
-    stop.send(true).unwrap();
-    running.await.unwrap();
-    let published = broker.drain(&broker.topology.order_saga_queue).await;
-    for message in &published {
-        let order: Uuid = message.body["orderID"].as_str().and_then(|o| o.parse().ok()).unwrap();
+    failover.stop_relay().await;
+    let broker = &failover.broker;
+    for order in Failover::published_orders(broker).await {
         assert!(kept.contains(&order), "an event was published for order {order}, which the new primary lacks");
     }
+    let Failover { broker, .. } = failover;
     broker.cleanup().await;
 }
 
@@ -373,61 +414,21 @@ async fn cluster_a_synchronous_standby_takes_over_with_every_answered_order(_db:
 #[sqlx::test(migrations = "../migrations")]
 #[ignore = "needs scripts/cluster.sh (root, PostgreSQL's binaries): make test runs it"]
 async fn cluster_asynchronous_replication_loses_what_the_standbys_had_not_received(_db: PgPool) {
-    let Some(pg) = PgCluster::start(false) else { return };
-    let primary = pg.url(pg.port, "postgres");
-    order_service::db::migrate(&primary).await.unwrap();
-    let address = crate::helpers::proxy::FaultProxy::start(&format!("127.0.0.1:{}", pg.port)).await;
-    let url = format!("{}?sslmode=disable", address.url(&primary));
-    let pool = order_service::db::connect(&url, 8, order_service::server::SESSION_SETTINGS, Default::default())
-        .unwrap()
-        .pool()
-        .clone();
-    let app = TestApp::builder(pool.clone()).pool(pool.clone()).build();
-    let broker = crate::helpers::broker::TestBroker::new().await;
-    let (stop, stopped) = watch::channel(false);
-    let running = tokio::spawn(TestRelay::new(&pool, &broker).build().run(stopped));
-    let phone = app.create_product("Phone", 10.0, 0).await;
-    let address_id = app.create_address().await;
-    let user = app.create_user("async", address_id).await;
-    let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Uuid>::new()));
-    let placing = {
-        let (answered, app) = (answered.clone(), TestApp::builder(pool.clone()).pool(pool.clone()).build());
-        tokio::spawn(async move {
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                let order = Uuid::new_v4();
-                let body = serde_json::json!({"orderID": order, "paymentMethod": "Online", "productsIds": [phone],
-                                              "userID": user, "deliveryAddress": address_id});
-                if app.post("/api/v1/orders/", &body).await.status.as_u16() == 204 {
-                    answered.lock().unwrap().push(order);
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    };
+    let Some(mut failover) = Failover::start(false).await else { return };
+    let placing = failover.place_orders_for(15);
     tokio::time::sleep(Duration::from_secs(4)).await;
-    pg.pause_wal_senders();
+    failover.pg.pause_wal_senders();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    pg.kill("primary");
-    let new_port = pg.promote(1);
-    address.redirect(&format!("127.0.0.1:{new_port}")).await;
-    address.close_all();
-    placing.await.unwrap();
+    let (_, new_port) = failover.fail_over().await;
+    let answered: Vec<Uuid> = placing.await.unwrap().into_iter().map(|(order, _)| order).collect();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.send(true).unwrap();
-    running.await.unwrap();
-
-    let new_primary = sqlx::PgPool::connect(&pg.url(new_port, "postgres")).await.unwrap();
-    let kept: HashSet<Uuid> =
-        sqlx::query_scalar("SELECT id FROM orders").fetch_all(&new_primary).await.unwrap().into_iter().collect();
-    let answered = answered.lock().unwrap().clone();
+    let kept = failover.orders_on(new_port).await;
+    let app = TestApp::builder(failover.pool.clone()).pool(failover.pool.clone()).build();
+    let new_primary = sqlx::PgPool::connect(&failover.pg.url(new_port, "postgres")).await.unwrap();
     let lost: HashSet<Uuid> = answered.iter().copied().filter(|order| !kept.contains(order)).collect();
-    let published: Vec<Uuid> = broker
-        .drain(&broker.topology.order_saga_queue)
-        .await
-        .iter()
-        .filter_map(|m| m.body["orderID"].as_str().and_then(|o| o.parse().ok()))
-        .collect();
+    failover.stop_relay().await;
+    let broker = &failover.broker;
+    let published = Failover::published_orders(broker).await;
     let published_for_lost: Vec<Uuid> = published.iter().copied().filter(|order| lost.contains(order)).collect();
     println!(
         "postgres async: {} orders answered 204, {} of them not on the new primary; {} requests published for those",
@@ -446,7 +447,7 @@ async fn cluster_asynchronous_replication_loses_what_the_standbys_had_not_receiv
         if published_for_lost.is_empty() { lost.iter().copied().collect() } else { published_for_lost.clone() };
     let answered_for: Vec<Uuid> = answered_for.into_iter().take(5).collect();
     for order in &answered_for {
-        crate::helpers::saga::send_reply(&broker, &reply(*order, "Approved"), &format!("reply-{order}")).await;
+        crate::helpers::saga::send_reply(broker, &reply(*order, "Approved"), &format!("reply-{order}")).await;
     }
     let dead_lettered = eventually(Duration::from_secs(20), || async {
         amqp::queue_depth(&broker.args("depth"), &broker.topology.dead_letter_queue).await.unwrap_or(0) as usize
@@ -463,5 +464,6 @@ async fn cluster_asynchronous_replication_loses_what_the_standbys_had_not_receiv
     );
     let created: i64 = sqlx::query_scalar(ORDER_CREATED).fetch_one(&new_primary).await.unwrap();
     assert_eq!(created, 0, "a reply to a lost order changed nothing");
+    let Failover { broker, .. } = failover;
     broker.cleanup().await;
 }
