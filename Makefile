@@ -65,6 +65,8 @@ test: services
 	BENCH_SMOKE=1 python3 scripts/bench.py
 	# The chaos suite's short variant: real processes, injected faults, a ledger.
 	CHAOS_SHORT=1 target/tools/venv/bin/python scripts/chaos.py
+	# The same on the three-node RabbitMQ 4 cluster, node kills among the faults.
+	CHAOS_SHORT=1 CHAOS_CLUSTER=1 target/tools/venv/bin/python scripts/chaos.py
 	# The broker tests and the short chaos run again, on RabbitMQ 4 (scripts/rabbitmq4.sh).
 	TEST_DATABASE_URL=$(TEST_DATABASE_URL) scripts/test-rabbitmq4.sh
 

@@ -40,6 +40,14 @@ the sizes. CHAOS_AMQP_PORT and CHAOS_RABBITMQCTL choose the broker (`make test` 
 on RabbitMQ 3.10, then on RabbitMQ 4 from scripts/rabbitmq4.sh). Exits non-zero on any
 violation. Needs pika (scripts/tools.sh installs it).
 
+CHAOS_CLUSTER=1 runs it on the three-node RabbitMQ 4 cluster of scripts/cluster.sh (started
+if it is down; `make test` runs this too): every process names the three nodes (each
+behind a proxy of its own, the three faulted together), and the schedule adds node kills:
+kill -9 of the node leading CustomerSaga, of another node, and of two nodes at once (no
+majority for 8-12 s), each restarted by scripts/cluster.sh. The recovery from a node loss
+that leaves a majority is measured from the kill; from the majority loss, from the
+majority's return.
+
 This file runs the parts, in order: chaos_system.py (the settings, the processes, the
 servers of the run), chaos_load.py (the order stream, the load), chaos_faults.py (the
 schedule, the recovery probes) and chaos_ledger.py (the checks).
@@ -49,6 +57,7 @@ import dataclasses
 import os
 import random
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -58,16 +67,16 @@ import harness
 from chaos_faults import FaultSchedule, Recovery, poison_messages
 from chaos_load import clients, load_phase, seed
 from chaos_system import (
-    AMQP_PORT,
+    AMQP_PORTS,
     API,
     BIN,
     CLIENTS,
+    CLUSTER,
     DATABASE_URL,
     DB,
     DRAIN_SECONDS,
     LOAD_SECONDS,
     ORDERS,
-    RABBITMQCTL,
     RECOVERY_SECONDS,
     SECONDS,
     SEED,
@@ -76,9 +85,11 @@ from chaos_system import (
     WORK,
     Redis,
     broker_version,
+    cluster_up,
     ctl,
     log,
     proxies,
+    rabbitmqctl,
     stop_all,
     supervise,
     system,
@@ -107,7 +118,15 @@ def setup():
     (WORK / "logs").mkdir(parents=True)
     # Only `api migrate` migrates (the processes wait for it).
     harness.create_database(DB, BIN / "api", dict(os.environ, DATABASE_URL=DATABASE_URL, LOG_LEVEL="warn"), force=True)
-    harness.create_vhost(VHOST, RABBITMQCTL)
+    if CLUSTER:
+        try:
+            cluster_up()
+        except subprocess.CalledProcessError as e:
+            if e.returncode == 3:  # scripts/cluster.sh: no cluster here (its line above says why)
+                print("SKIPPED: the chaos run's cluster mode (scripts/cluster.sh could not start the cluster)")
+                sys.exit(0)
+            raise
+    harness.create_vhost(VHOST, rabbitmqctl())
     chaos_ledger.declare_ledger_queue()
 
 
@@ -141,7 +160,10 @@ def exercise(rng, procs, redis, gates, violations):
     log(f"{len(results)} orders sent in {time.time() - start:.0f} s; healing and draining")
     # Heal: everything running (the supervisor restarts), the broker up, no partition
     # (each heals itself; the connections frozen for good stay so until the end).
-    ctl("-q", "await_startup")
+    if CLUSTER:
+        cluster_up()
+    else:
+        ctl("-q", "await_startup")
     # The recovery probes first: the orders they place are drained like the others.
     recovery = schedule.recovery()
     for kind, wrongs in sorted(recovery.unrecovered.items()):
@@ -197,7 +219,9 @@ def summary(run, procs, gates, seconds, violations):
             f" {stats['bytes_down'] / 1e6:.1f} MB down, {stats['refused']} refused upstream"
             for name, stats in ((name, proxy.stats()) for name, proxy in gates.items())
         ),
-        f"  broker: RabbitMQ {broker_version()} on port {AMQP_PORT}",
+        f"  broker: RabbitMQ {broker_version()}"
+        + (f", a cluster of {len(AMQP_PORTS)} nodes" if CLUSTER else "")
+        + f" on port {', '.join(map(str, AMQP_PORTS))}",
         "  peak RSS: " + ", ".join(f"{n} {mb:.1f} MB" for n, mb in run.rss.items()),
         f"  violations: {len(violations)}",
     ]

@@ -15,7 +15,10 @@ import pika
 
 import harness
 from chaos_system import (
-    AMQP_URL,
+    AMQP_NODE_URLS,
+    AMQP_PORTS,
+    CLUSTER,
+    NODES,
     PARTITION_SECONDS,
     RECOVERY_SECONDS,
     SECONDS,
@@ -25,10 +28,13 @@ from chaos_system import (
     Client,
     address_id,
     api_counter,
+    cluster_up,
     ctl,
+    kill_node,
     log,
     psql,
     queue_depths,
+    quorum_leader,
     rabbit_connections,
     rows,
     terminate_service_sessions,
@@ -41,8 +47,9 @@ def publish_confirmed(messages, queue="CustomerSaga", deadline=120):
     end = time.time() + deadline
     while True:
         try:
-            params = pika.URLParameters(AMQP_URL)
-            params.connection_attempts, params.retry_delay = 1, 0
+            params = [pika.URLParameters(url) for url in AMQP_NODE_URLS]
+            for node in params:
+                node.connection_attempts, node.retry_delay = 1, 0
             with pika.BlockingConnection(params) as connection:
                 channel = connection.channel()
                 channel.confirm_delivery()
@@ -127,6 +134,12 @@ class FaultSchedule:
                 ("consumer cancelled", self._cancel_consumers),
                 ("memory alarm", self._memory_alarm),
             ]
+            if CLUSTER:
+                faults += [
+                    ("rabbitmq node of a relay killed", self._kill_node(self._node_of_a_relay)),
+                    ("rabbitmq CustomerSaga leader killed", self._kill_node(lambda: quorum_leader("CustomerSaga"))),
+                    ("rabbitmq majority lost", self._lose_majority),
+                ]
         faults.append(("poison replies", self._inject_poison))
         rng.shuffle(faults)
         # Spread over the stream, with a little jitter, leaving its last tenth quiet.
@@ -176,6 +189,46 @@ class FaultSchedule:
         time.sleep(self.rng.uniform(1, 4))
         ctl("-q", "start_app")
         ctl("-q", "await_startup")
+
+    def _node_of_a_relay(self):
+        """The node one of the relays is connected to (the broker's port tells the node),
+        or any node when neither is connected at the moment."""
+        out = ctl("-q", "list_connections", "-p", VHOST, "client_properties", "port", "--formatter", "json")
+        for connection in json.loads(out or "[]"):
+            name = next((p[2] for p in connection["client_properties"] if p[0] == "connection_name"), "")
+            if name.startswith("outbox-relay@"):
+                return connection["port"] - AMQP_PORTS[0] + 1
+        return self.rng.choice(NODES)
+
+    def _kill_node(self, choose):
+        """kill -9 of the cluster node `choose()` names, restarted a few seconds later; the
+        two others keep a majority, so the recovery is measured from the kill."""
+
+        def act():
+            node = choose()
+            kill_node(node)
+            killed = time.time()
+            log(f"rabbitc{node} killed")
+            self._measure_recovery("rabbitmq node killed", "rabbitmq", killed)
+            time.sleep(self.rng.uniform(2, 5))
+            cluster_up()
+            log(f"rabbitc{node} back after {time.time() - killed:.1f} s")
+
+        return act
+
+    def _lose_majority(self):
+        """kill -9 of two nodes at once (no majority: the quorum queues stop taking and
+        giving messages) for 8-12 s, then both restarted; the recovery is measured from the
+        majority's return."""
+        nodes = self.rng.sample(NODES, 2)
+        for node in nodes:
+            kill_node(node)
+        killed = time.time()
+        log(f"rabbitc{nodes[0]} and rabbitc{nodes[1]} killed: no majority")
+        time.sleep(self.rng.uniform(8, 12))
+        cluster_up()
+        log(f"majority back after {time.time() - killed:.1f} s")
+        self._measure_recovery("rabbitmq majority lost", "rabbitmq", time.time())
 
     def _redis_restart(self):
         self.redis.stop()

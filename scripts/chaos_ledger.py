@@ -13,6 +13,7 @@ import time
 import pika
 
 from chaos_system import (
+    AMQP_NODE_URLS,
     AMQP_URL,
     BIN,
     CREDIT_LIMIT,
@@ -33,7 +34,7 @@ LEDGER_QUEUE = "chaos.ledger"
 def declare_ledger_queue():
     """The independent consumer's queue, bound before the first event: it keeps every
     Order.* and Order.Saga.* event until the ledger reads it at the end."""
-    with pika.BlockingConnection(pika.URLParameters(AMQP_URL)) as connection:
+    with pika.BlockingConnection([pika.URLParameters(url) for url in AMQP_NODE_URLS]) as connection:
         channel = connection.channel()
         channel.exchange_declare("Orders", "topic", durable=True)
         channel.queue_declare(LEDGER_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
@@ -62,7 +63,7 @@ def drain(deadline):
 def drain_ledger_queue():
     """Every message the independent consumer's queue holds: (message_id, type, orderID)."""
     seen = []
-    with pika.BlockingConnection(pika.URLParameters(AMQP_URL)) as connection:
+    with pika.BlockingConnection([pika.URLParameters(url) for url in AMQP_NODE_URLS]) as connection:
         channel = connection.channel()
         while True:
             method, properties, body = channel.basic_get(LEDGER_QUEUE, auto_ack=True)

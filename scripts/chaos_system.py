@@ -3,6 +3,7 @@ settings, the processes (supervised, restarted), the Redis server and the fault 
 of the run, an HTTP client of the api, and the look-ups of PostgreSQL, RabbitMQ and the
 api's metrics that the faults, the load and the ledger share."""
 
+import collections
 import datetime
 import decimal
 import http.client
@@ -10,6 +11,7 @@ import json
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -34,16 +36,30 @@ DB = "orders_chaos"
 DB_PASSWORD = "chaos-Secret-4f1d9c"
 DATABASE_URL = f"postgres://postgres:{DB_PASSWORD}@127.0.0.1:5432/{DB}"
 VHOST = "chaos"
-AMQP_PORT = int(os.environ.get("CHAOS_AMQP_PORT", 5672))
-AMQP_URL = f"amqp://guest:guest@127.0.0.1:{AMQP_PORT}/{VHOST}"
+# CHAOS_CLUSTER=1: the broker is the three-node RabbitMQ 4 cluster of scripts/cluster.sh
+# (AMQP 5674-5676), every process of the system names all three nodes, and the schedule
+# kills nodes; otherwise one broker on CHAOS_AMQP_PORT, driven by CHAOS_RABBITMQCTL.
+CLUSTER = os.environ.get("CHAOS_CLUSTER") == "1"
+CLUSTER_SCRIPT = str(ROOT / "scripts/cluster.sh")
+NODES = (1, 2, 3) if CLUSTER else (1,)
+AMQP_PORTS = (5674, 5675, 5676) if CLUSTER else (int(os.environ.get("CHAOS_AMQP_PORT", 5672)),)
 RABBITMQCTL = os.environ.get("CHAOS_RABBITMQCTL", "rabbitmqctl").split()
+# The broker as the ledger's own tools reach it, direct: every node, as the binaries read
+# AMQP_URL (`saga-worker dlq list`), and one URL per node for pika (which takes a list).
+AMQP_URL = f"amqp://guest:guest@{','.join(f'127.0.0.1:{port}' for port in AMQP_PORTS)}/{VHOST}"
+AMQP_NODE_URLS = [f"amqp://guest:guest@127.0.0.1:{port}/{VHOST}" for port in AMQP_PORTS]
+# The cluster's nodes the fault schedule has killed and not yet restarted: rabbitmqctl
+# goes to one that runs.
+DOWN_NODES = set()
 REDIS_PORT = 16390
 # The system's processes reach the three servers through the fault proxies on these
 # ports (silent partitions, failovers); the ledger's own psql, pika and rabbitmqctl go
-# direct, so that they see the servers whatever the proxies do.
-PG_PROXY_PORT, AMQP_PROXY_PORT, REDIS_PROXY_PORT = 18340, 18341, 18342
+# direct, so that they see the servers whatever the proxies do. A cluster's nodes each
+# have a proxy of their own (18341, 18343, 18344), which fault together.
+PG_PROXY_PORT, REDIS_PROXY_PORT = 18340, 18342
+AMQP_PROXY_PORTS = (18341, 18343, 18344)[: len(AMQP_PORTS)]
 SYSTEM_DATABASE_URL = f"postgres://postgres:{DB_PASSWORD}@127.0.0.1:{PG_PROXY_PORT}/{DB}"
-SYSTEM_AMQP_URL = f"amqp://guest:guest@127.0.0.1:{AMQP_PROXY_PORT}/{VHOST}"
+SYSTEM_AMQP_URL = f"amqp://guest:guest@{','.join(f'127.0.0.1:{port}' for port in AMQP_PROXY_PORTS)}/{VHOST}"
 SYSTEM_REDIS_URL = f"redis://127.0.0.1:{REDIS_PROXY_PORT}/0"
 # How long a silent partition lasts (seeded), and how long the system has to recover
 # from a silent fault before it is a violation.
@@ -63,9 +79,44 @@ def log(*args):
     print(f"chaos {datetime.datetime.now():%H:%M:%S}:", *args, file=sys.stderr, flush=True)
 
 
-def ctl(*args, check=True):
-    """rabbitmqctl of the broker under test."""
-    return harness.run(*RABBITMQCTL, *args, check=check)
+def rabbitmqctl(node=None):
+    """The rabbitmqctl command of the broker under test: in a cluster, of `node`, or of the
+    first node that runs."""
+    if not CLUSTER:
+        return RABBITMQCTL
+    node = node or next(n for n in NODES if n not in DOWN_NODES)
+    return [CLUSTER_SCRIPT, "rabbitmq-ctl", str(node)]
+
+
+def ctl(*args, check=True, node=None):
+    """rabbitmqctl of the broker under test (in a cluster, of a node that runs)."""
+    return harness.run(*rabbitmqctl(node), *args, check=check)
+
+
+def cluster_up():
+    """Starts the cluster's nodes that are down (scripts/cluster.sh waits until all three
+    run and are joined) and forgets that any was killed."""
+    # Its stderr (which nodes it started, any it had to start again) goes to the log.
+    subprocess.run([CLUSTER_SCRIPT, "rabbitmq"], check=True, stdout=subprocess.DEVNULL, stderr=None, text=True)
+    DOWN_NODES.clear()
+
+
+def kill_node(node):
+    """kill -9 of a cluster node's Erlang VM."""
+    pid = harness.run(CLUSTER_SCRIPT, "rabbitmq-pid", str(node)).strip()
+    if not pid:
+        raise SystemExit(f"chaos: rabbitc{node} is not running")
+    DOWN_NODES.add(node)
+    os.kill(int(pid), signal.SIGKILL)
+
+
+def quorum_leader(queue):
+    """The number of the node leading a quorum queue of the run's vhost."""
+    out = ctl("-q", "list_queues", "-p", VHOST, "--no-table-headers", "name", "leader")
+    for name, leader in (line.split() for line in out.splitlines() if line.strip()):
+        if name == queue:
+            return int(re.fullmatch(r"rabbitc(\d)@localhost", leader).group(1))
+    raise SystemExit(f"chaos: no leader of {queue} in {out!r}")
 
 
 def psql(sql, database=DB):
@@ -183,14 +234,54 @@ class Redis:
         self.proc.wait()
 
 
+class ProxyGroup:
+    """The proxies of a cluster's nodes, faulted together as one server's."""
+
+    def __init__(self, proxies):
+        self.proxies = proxies
+        self.name = proxies[0].name
+        self.port = ", ".join(str(p.port) for p in proxies)
+
+    def start(self):
+        for proxy in self.proxies:
+            proxy.start()
+        return self
+
+    def _each(self, method):
+        return sum(getattr(proxy, method)() or 0 for proxy in self.proxies)
+
+    def stop(self):
+        self._each("stop")
+
+    def partition(self):
+        return self._each("partition")
+
+    def heal(self):
+        self._each("heal")
+
+    def freeze_current_for_good(self):
+        return self._each("freeze_current_for_good")
+
+    def stats(self):
+        totals = collections.Counter()
+        for proxy in self.proxies:
+            totals.update(proxy.stats())
+        return dict(totals)
+
+
 def proxies():
     """The fault proxies between the system's processes and the three servers."""
-    upstreams = (
-        ("pg", PG_PROXY_PORT, 5432),
-        ("rabbitmq", AMQP_PROXY_PORT, AMQP_PORT),
-        ("redis", REDIS_PROXY_PORT, REDIS_PORT),
-    )
-    return {name: FaultProxy(port, "127.0.0.1", upstream, name=f"{name} proxy") for name, port, upstream in upstreams}
+    gates = {
+        "pg": FaultProxy(PG_PROXY_PORT, "127.0.0.1", 5432, name="pg proxy"),
+        "rabbitmq": ProxyGroup(
+            [
+                FaultProxy(port, "127.0.0.1", upstream, name="rabbitmq proxy")
+                for port, upstream in zip(AMQP_PROXY_PORTS, AMQP_PORTS, strict=True)
+            ]
+        ),
+        "redis": FaultProxy(REDIS_PROXY_PORT, "127.0.0.1", REDIS_PORT, name="redis proxy"),
+    }
+    return gates
 
 
 # --- the api ---------------------------------------------------------------------------

@@ -114,27 +114,54 @@ management.tcp.ip = 127.0.0.1
 management.tcp.port = $((15673 + n))
 EOF
     echo '[rabbitmq_management].' >"$home/enabled_plugins"
-    printf '# Written by order-service scripts/cluster.sh.\nERL_EPMD_ADDRESS=127.0.0.1\nSERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"\n' \
-        >"$home/rabbitmq-env.conf"
+    # Mnesia's directory from the VM's first moment: a node launched while its peers wait
+    # for it has them start its Mnesia before RabbitMQ's prelaunch names the directory,
+    # and Mnesia then stops on "Cannot create Mnesia dir /Mnesia.rabbitc3@localhost"
+    # (3 times in a dozen whole-cluster restarts here, always the node launched last).
+    cat >"$home/rabbitmq-env.conf" <<EOF
+# Written by order-service scripts/cluster.sh.
+ERL_EPMD_ADDRESS=127.0.0.1
+SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1} -mnesia dir \\"$(node_home "$n")/mnesia/$(node_name "$n")\\""
+EOF
     chown -R rabbitmq:rabbitmq "$ROOT/var/lib/rabbitmq/cluster" 2>/dev/null ||
         chroot "$ROOT" chown -R rabbitmq:rabbitmq /var/lib/rabbitmq/cluster
 }
 
-start_node() {
-    local n=$1 deadline
-    if [ -z "$(node_pid "$n")" ]; then
-        write_node_config "$n"
-        log "starting $(node_name "$n") (AMQP $(amqp_port "$n"))"
-        as_node "$n" /usr/lib/rabbitmq/bin/rabbitmq-server -detached >/dev/null 2>&1 </dev/null || true
-    fi
-    deadline=$((SECONDS + BOOT_SECONDS))
-    until node_ctl "$n" -q await_startup --timeout 10 >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || die "$(node_name "$n") did not boot within ${BOOT_SECONDS}s (logs: $ROOT$(node_home "$n")/log)"
-        # A node that failed in its prelaunch (a bad setting) is gone, its reason printed
-        # to a stdout that -detached threw away: say how to see it.
-        [ -n "$(node_pid "$n")" ] || { sleep 2 && [ -n "$(node_pid "$n")" ]; } ||
-            die "$(node_name "$n") exited while booting; run it in the foreground to see why: chroot --userspec=rabbitmq:rabbitmq $ROOT env -i $(node_env "$n") /usr/lib/rabbitmq/bin/rabbitmq-server"
-        sleep 1
+# Starts node N's VM, detached, unless it runs; await_nodes then waits for it to boot.
+launch_node() {
+    local n=$1
+    [ -z "$(node_pid "$n")" ] || return 0
+    write_node_config "$n"
+    log "starting $(node_name "$n") (AMQP $(amqp_port "$n"))"
+    as_node "$n" /usr/lib/rabbitmq/bin/rabbitmq-server -detached >/dev/null 2>&1 </dev/null || true
+}
+
+# Waits until every node of NODE... has booted. A node that exits while booting is
+# launched again, twice at most: when a whole cluster restarts together, one node's Mnesia
+# may stop on a schema update it cannot write (seen once in six whole-cluster restarts
+# here, after an {inconsistent_database, starting_partitioned_network} event), and its
+# peers then wait for it.
+await_nodes() {
+    local deadline=$((SECONDS + BOOT_SECONDS)) n pending=("$@") waiting relaunched=(0 0 0 0)
+    while ((${#pending[@]})); do
+        waiting=()
+        for n in "${pending[@]}"; do
+            node_ctl "$n" -q await_startup --timeout 2 >/dev/null 2>&1 && continue
+            waiting+=("$n")
+            [ -z "$(node_pid "$n")" ] || continue
+            sleep 2
+            [ -z "$(node_pid "$n")" ] || continue
+            # Twice gone: a node that failed in its prelaunch (a bad setting) prints why
+            # to a stdout that -detached threw away; say how to see it.
+            ((relaunched[n] < 2)) ||
+                die "$(node_name "$n") exited while booting; run it in the foreground to see why: chroot --userspec=rabbitmq:rabbitmq $ROOT env -i $(node_env "$n") /usr/lib/rabbitmq/bin/rabbitmq-server"
+            relaunched[n]=$((relaunched[n] + 1))
+            log "$(node_name "$n") exited while booting; starting it again"
+            launch_node "$n"
+        done
+        pending=("${waiting[@]}")
+        ((${#pending[@]} == 0 || SECONDS < deadline)) ||
+            die "$(node_name "${pending[0]}") did not boot within ${BOOT_SECONDS}s (logs: $ROOT$(node_home "${pending[0]}")/log)"
     done
 }
 
@@ -167,7 +194,15 @@ cmd_rabbitmq() {
     mkdir -p "$STATE"
     exec 9>"$STATE/cluster.lock"
     flock 9
-    for n in 1 2 3; do answers "$n" || start_node "$n"; done
+    # Every node that is down is launched before any is awaited: a node of a cluster
+    # whose peers all stopped (a machine restarted, every node killed) waits for them
+    # before it boots (5 min: "Waiting for Mnesia tables", 10 retries of 30 s), so
+    # awaiting one before launching the next never ends; a whole cluster restarts in
+    # parallel (the RabbitMQ cluster operator's own fix, rabbitmq/cluster-operator#609).
+    local down=()
+    for n in 1 2 3; do answers "$n" || down+=("$n"); done
+    for n in "${down[@]}"; do launch_node "$n"; done
+    await_nodes "${down[@]}"
     for n in 2 3; do join "$n"; done
     log "cluster up: $(node_ctl 1 -q cluster_status --formatter json | grep -o 'rabbitc[0-9]@localhost' | sort -u | tr '\n' ' ')"
     rabbitmq_url

@@ -130,6 +130,53 @@ async fn cluster_publishing_resumes_when_the_relays_node_is_killed(db: PgPool) {
     delete_queues(&watcher, &topology).await;
 }
 
+/// Every node killed at once (a machine restarted, a whole cluster lost): the cluster
+/// comes back, and a message confirmed before is still there. Each node of a cluster
+/// whose peers all went down waits for them before it boots, so `cluster.sh` must start
+/// them together (CI on b668bea: node 1 alone never booted within 180 s).
+///
+/// The message goes to a queue declared seconds earlier, as the system's processes
+/// declare theirs at start-up. A message confirmed by a queue declared within the same
+/// second as the crash was lost in 6 of 8 runs here (RabbitMQ 4.0.5; declared 2 s or
+/// 8 s before, it was kept in 3 of 3): the test measures that case too and prints it.
+#[test]
+#[ignore = "needs scripts/cluster.sh (root, the RabbitMQ 4 root): make test runs it"]
+fn cluster_comes_back_after_every_node_was_killed() {
+    let Some(cluster) = RabbitCluster::start() else { return };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (settled, fresh) = (topology(), topology());
+    let nodes = cluster.nodes("whole-cluster");
+    let (kept, at_once) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+    runtime.block_on(async {
+        let mut publisher = Publisher::connect(&nodes, &settled).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        publisher.publish_one(&settled.customer_reply(kept.clone(), b"{}".to_vec())).await.unwrap();
+        publisher.close().await;
+        let mut publisher = Publisher::connect(&nodes, &fresh).await.unwrap();
+        publisher.publish_one(&fresh.customer_reply(at_once.clone(), b"{}".to_vec())).await.unwrap();
+        publisher.close().await;
+    });
+    for n in 1..=3 {
+        cluster.kill(n);
+    }
+    let killed = Instant::now();
+    cluster.restore();
+    println!("every node killed; the cluster back after {:?}", killed.elapsed());
+    assert_eq!(cluster.running_nodes(), [1, 2, 3]);
+    runtime.block_on(async {
+        // A queue answers once its members have elected a leader again.
+        let queue = &settled.customer_saga_queue;
+        let holds = || async { amqp::queue_depth(&nodes, queue).await.is_ok_and(|depth| depth == 1) };
+        assert!(eventually(Duration::from_secs(30), holds).await, "the confirmed message is not in {queue}");
+        assert_eq!(take_all(&nodes, queue).await, [kept]);
+        // That queue may be empty, or not answer at all.
+        let fresh_depth = amqp::queue_depth(&nodes, &fresh.customer_saga_queue).await;
+        println!("the message confirmed by a queue declared at once: {fresh_depth:?} in it ({at_once})");
+        delete_queues(&nodes, &settled).await;
+        delete_queues(&nodes, &fresh).await;
+    });
+}
+
 /// The node leading `CustomerSaga` killed while a worker consumes: replies sent after
 /// the kill are applied, each once, within [`RESUMES_WITHIN`].
 #[sqlx::test(migrations = "../migrations")]

@@ -77,6 +77,19 @@ impl RabbitCluster {
         })
     }
 
+    /// The nodes (1 to 3) the cluster says run, asked of node 1.
+    pub fn running_nodes(&self) -> Vec<u8> {
+        let status = self.ctl_json(&[1], &["cluster_status"]);
+        let mut nodes: Vec<u8> = status["running_nodes"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no running_nodes in {status}"))
+            .iter()
+            .filter_map(|node| node_number(node.as_str()?))
+            .collect();
+        nodes.sort_unstable();
+        nodes
+    }
+
     /// The node (1 to 3) leading quorum queue `queue`.
     pub fn leader_of(&self, alive: &[u8], queue: &str) -> u8 {
         let queues = self.ctl_json(alive, &["list_queues", "name", "leader"]);
