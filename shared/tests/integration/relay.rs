@@ -19,7 +19,7 @@ use crate::helpers::{
     outbox::{self, Row},
     processes::database_url,
     publish_rows,
-    relay::{TestRelay, settings, unpublished},
+    relay::{TestRelay, drain, settings, unpublished},
     saga::{RunningWorker, reply, send_reply, settled},
 };
 
@@ -421,7 +421,7 @@ async fn a_failed_event_holds_back_the_next_of_its_order(db: PgPool) {
         .await
         .unwrap();
     sqlx::query("UPDATE outbox SET next_attempt_at = now(), attempts = 2000").execute(&db).await.unwrap();
-    while relay_batch(&db.clone().into(), &mut publisher, &broker.topology, &settings()).await.unwrap().claimed > 0 {}
+    drain(&db.clone().into(), &mut publisher, &broker, &settings()).await;
     let ids: Vec<String> =
         broker.drain(&broker.topology.order_saga_queue).await.iter().map(|m| m.message_id()).collect();
     assert_eq!(ids, [first.to_string(), second.to_string()]);
@@ -630,10 +630,7 @@ async fn a_backlog_after_an_empty_outbox_is_not_read_whole_at_each_claim(db: PgP
     let relay_db =
         order_service::db::connect(&database_url(&db), 2, relay::SESSION_SETTINGS, Default::default()).unwrap();
     let mut publisher = broker.publisher().await;
-    let mut steps = 0;
-    while relay_batch(&relay_db, &mut publisher, &broker.topology, &settings()).await.unwrap().claimed > 0 {
-        steps += 1;
-    }
+    let steps = drain(&relay_db, &mut publisher, &broker, &settings()).await;
     relay_db.close().await;
     publisher.close().await;
     assert_eq!(unpublished(&db).await, 0);

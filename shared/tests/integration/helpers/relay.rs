@@ -3,11 +3,11 @@
 
 use std::sync::{Arc, atomic::AtomicBool};
 
-use order_service::amqp::Nodes;
+use order_service::amqp::{Nodes, Publisher};
 use order_service::{
     config::OutboxConfig,
     db::Db,
-    outbox::relay::{Relay, RelaySettings},
+    outbox::relay::{Relay, RelaySettings, relay_batch},
 };
 use sqlx::PgPool;
 
@@ -16,6 +16,23 @@ use super::broker::TestBroker;
 /// The deployment's defaults ([`OutboxConfig`]).
 pub fn settings() -> RelaySettings {
     OutboxConfig::default().relay_settings()
+}
+
+/// Relay steps until one claims nothing; returns how many claimed something. A
+/// publisher that broke (a connection the broker dropped: missed heartbeats on a loaded
+/// machine) is replaced, as a relay lane replaces its own; a test that cannot drain
+/// fails after 2,000 steps instead of stepping forever (CI on 6ebb267 spun 24 minutes
+/// on a broken publisher).
+pub async fn drain(db: &Db, publisher: &mut Publisher, broker: &TestBroker, settings: &RelaySettings) -> usize {
+    for steps in 0..2_000 {
+        if !publisher.is_usable() {
+            *publisher = broker.publisher().await;
+        }
+        if relay_batch(db, publisher, &broker.topology, settings).await.unwrap().claimed == 0 {
+            return steps;
+        }
+    }
+    panic!("the outbox did not drain in 2,000 relay steps");
 }
 
 /// A relay on the test's database and topology, under its own connection name, looking
