@@ -12,6 +12,9 @@ pub enum AppError {
     /// A referenced id or name does not exist: 404.
     #[error("{message}")]
     NotFound { message: &'static str, subject: String },
+    /// The caller may not do this (a scope it lacks, another user it cannot act for): 403.
+    #[error("{message}")]
+    Forbidden { message: &'static str, subject: String },
     /// A duplicate id or unique name: 409.
     #[error("{message}")]
     Conflict { message: &'static str, subject: String },
@@ -39,6 +42,10 @@ impl AppError {
 
     pub fn not_found(message: &'static str, subject: impl ToString) -> Self {
         AppError::NotFound { message, subject: subject.to_string() }
+    }
+
+    pub fn forbidden(message: &'static str, subject: impl ToString) -> Self {
+        AppError::Forbidden { message, subject: subject.to_string() }
     }
 
     pub fn conflict(message: &'static str, subject: impl ToString) -> Self {

@@ -7,7 +7,8 @@
 //! - [`server`]: the `api` process: the features' operations assembled into one OpenAPI
 //!   service (poem-openapi), with its health API; [`http`]: what the features' operations
 //!   share at the edge (tags, response shapes, errors as responses, request bodies,
-//!   middleware); [`pagination`]: the `limit`/`offset`/`order` of its lists.
+//!   middleware); [`pagination`]: the `limit`/`offset`/`order` of its lists; [`auth`]:
+//!   who may do what (bearer tokens, when configured, and the access rules).
 //! - Features, each with its domain rules, its commands and queries (SQL inline), and
 //!   its HTTP operations in `api.rs`: [`products`], [`addresses`], [`users`], [`orders`];
 //!   [`validate`]: the text and id rules they share.
@@ -31,6 +32,7 @@
 
 pub(crate) mod addresses;
 pub mod amqp;
+pub mod auth;
 pub(crate) mod bus;
 pub mod cache;
 pub mod config;

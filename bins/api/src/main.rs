@@ -24,12 +24,19 @@ async fn main() -> anyhow::Result<()> {
     let db = config.database.prepare(server::SESSION_SETTINGS).await?;
     telemetry::register_metrics(telemetry::Process::Api);
     let cache = config.cache.order_cache()?;
+    let auth = config.auth.verifier()?.map(std::sync::Arc::new);
+    if auth.is_none() {
+        tracing::warn!(
+            "authentication is off (AUTH_ISSUER and AUTH_JWKS_URL unset): anyone who reaches the api may do anything"
+        );
+    }
     let state = server::AppState {
         db: db.clone(),
         cache,
         relays: outbox::RelayWaker::start(db.clone()),
         metrics: telemetry::metrics(),
         max_body_bytes: config.http.max_body_bytes,
+        auth,
     };
     server::serve(config.http.addr, state, config.http.shutdown_grace()).await?;
     db.close().await;

@@ -1,11 +1,13 @@
 //! HTTP operations of addresses.
 
 use crate::db::Db;
+use poem::web::Data;
 use poem_openapi::{Object, OpenApi, payload::Json, types::Example};
 use uuid::Uuid;
 
 use super::{CreateAddress, PART_MAX};
 use crate::{
+    auth::{Caller, Scope},
     bus,
     error::AppError,
     http::{ApiTags, case_insensitive::CaseInsensitive, errors::CommandError, responses::NoContent},
@@ -65,7 +67,12 @@ impl TryFrom<CreateAddressRequest> for CreateAddress {
 impl AddressesApi {
     /// Create an address
     #[oai(path = "/address", method = "post")]
-    async fn create(&self, body: Json<CaseInsensitive<CreateAddressRequest>>) -> Result<NoContent, CommandError> {
+    async fn create(
+        &self,
+        body: Json<CaseInsensitive<CreateAddressRequest>>,
+        caller: Data<&Caller>,
+    ) -> Result<NoContent, CommandError> {
+        caller.require(Scope::CatalogWrite)?;
         let command = CreateAddress::try_from(body.0.0)?;
         bus::dispatch(&self.db, command).await?;
         Ok(NoContent::Done)

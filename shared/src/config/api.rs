@@ -3,7 +3,8 @@
 //! - `MAX_BODY_BYTES`: the largest request body accepted, in bytes; larger ones get 413;
 //! - `SHUTDOWN_GRACE_SECS`: seconds in-flight requests get to finish after SIGTERM;
 //!
-//! and the database, cache, log and traces parts.
+//! its authentication, [`AuthConfig`]; and the database, cache, log and
+//! traces parts.
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
@@ -13,8 +14,8 @@ use std::{
 use serde::{Deserialize, Deserializer};
 
 use super::{
-    CacheConfig, ConfigError, DatabaseConfig, FromEnv, LogConfig, TracesConfig, Vars, at_least_one, parse_var, read,
-    variables_of,
+    AuthConfig, CacheConfig, ConfigError, DatabaseConfig, FromEnv, LogConfig, TracesConfig, Vars, at_least_one,
+    parse_var, read, variables_of,
 };
 
 const DEFAULT_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 8000));
@@ -26,6 +27,7 @@ const DEFAULT_MAX_CONNECTIONS: u32 = 16;
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
     pub http: HttpConfig,
+    pub auth: AuthConfig,
     pub database: DatabaseConfig,
     pub cache: CacheConfig,
     pub log: LogConfig,
@@ -64,6 +66,7 @@ impl FromEnv for ApiConfig {
         at_least_one("MAX_BODY_BYTES", http.max_body_bytes as u64)?;
         Ok(ApiConfig {
             http,
+            auth: AuthConfig::from_parts(vars)?,
             database: DatabaseConfig::from_parts(vars, DEFAULT_MAX_CONNECTIONS)?,
             cache: CacheConfig::from_parts(vars)?,
             log: LogConfig::from_parts(vars)?,
@@ -74,6 +77,7 @@ impl FromEnv for ApiConfig {
     fn variables() -> Vec<String> {
         [
             variables_of::<HttpConfig>(),
+            variables_of::<AuthConfig>(),
             DatabaseConfig::variables(),
             variables_of::<CacheConfig>(),
             variables_of::<LogConfig>(),

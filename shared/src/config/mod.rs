@@ -7,7 +7,7 @@
 //!
 //! | binary | own part | shared parts |
 //! |---|---|---|
-//! | `api` | [`HttpConfig`] | database, cache, log, traces |
+//! | `api` | [`HttpConfig`], [`AuthConfig`] | database, cache, log, traces |
 //! | `outbox-relay` | [`OutboxConfig`] | database, amqp, log, traces |
 //! | `saga-worker` | [`SagaConfig`] | database, amqp, cache, log, traces |
 //! | `customer-simulator` | [`CreditConfig`] | amqp, log, traces |
@@ -18,6 +18,7 @@
 
 mod amqp;
 mod api;
+mod auth;
 mod cache;
 mod database;
 mod log;
@@ -33,6 +34,7 @@ use serde::{Deserialize, Deserializer, de::Error as _};
 pub use self::{
     amqp::AmqpConfig,
     api::{ApiConfig, HttpConfig},
+    auth::AuthConfig,
     cache::CacheConfig,
     database::DatabaseConfig,
     log::{LogConfig, LogFormat},

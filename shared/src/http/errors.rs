@@ -4,10 +4,19 @@
 //! status in the OpenAPI spec); failures poem detects before a handler runs (malformed
 //! JSON, wrong content type, unknown route) go through [`framework_error`].
 
-use poem::{IntoResponse, Response, http::StatusCode};
+use poem::{
+    IntoResponse, Response,
+    http::{
+        StatusCode,
+        header::{RETRY_AFTER, WWW_AUTHENTICATE},
+    },
+};
 use poem_openapi::{ApiResponse, Object, error::ParseRequestPayloadError, payload::Json};
 
-use crate::error::{AppError, chain};
+use crate::{
+    auth::Rejection,
+    error::{AppError, chain},
+};
 
 /// What every error response carries.
 #[derive(Debug, Clone, Object)]
@@ -30,6 +39,15 @@ pub(crate) enum CommandError {
     /// Malformed JSON, or a value that breaks a rule.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
+    /// No bearer token, or one that is malformed, badly signed, expired or for another
+    /// audience or issuer (with authentication on): `WWW-Authenticate` says which.
+    // In the spec only: `auth::authenticate` answers it before any handler.
+    #[expect(dead_code, reason = "documents a response answered by the middleware")]
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>, #[oai(header = "WWW-Authenticate")] String),
+    /// The token's user may not do this: a scope it lacks, or another user's order.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
     /// A referenced id or name does not exist.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
@@ -62,6 +80,15 @@ pub(crate) enum QueryError {
     /// A bad parameter (`limit`, `offset`, `order`, or an id that is not a UUID).
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
+    /// No bearer token, or one that is malformed, badly signed, expired or for another
+    /// audience or issuer (with authentication on): `WWW-Authenticate` says which.
+    // In the spec only: `auth::authenticate` answers it before any handler.
+    #[expect(dead_code, reason = "documents a response answered by the middleware")]
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>, #[oai(header = "WWW-Authenticate")] String),
+    /// The token's user may not do this: a scope it lacks, or another user's order.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
     /// The id or name does not exist.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
@@ -84,6 +111,7 @@ const RETRY_AFTER_SECONDS: u32 = 2;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {
     BadRequest,
+    Forbidden,
     NotFound,
     Conflict,
     Unavailable,
@@ -101,6 +129,10 @@ fn respond(error: AppError) -> (Answer, Json<ErrorBody>) {
         AppError::NotFound { message, subject } => {
             tracing::info!(error.subject = %subject, "not found: {message}");
             (Answer::NotFound, ErrorBody::new(message, subject))
+        }
+        AppError::Forbidden { message, subject } => {
+            tracing::info!(error.subject = %subject, "forbidden: {message}");
+            (Answer::Forbidden, ErrorBody::new(message, subject))
         }
         AppError::Conflict { message, subject } => {
             tracing::info!(error.subject = %subject, "conflict: {message}");
@@ -122,6 +154,7 @@ impl From<AppError> for CommandError {
         let (answer, body) = respond(error);
         match answer {
             Answer::BadRequest => CommandError::BadRequest(body),
+            Answer::Forbidden => CommandError::Forbidden(body),
             Answer::NotFound => CommandError::NotFound(body),
             Answer::Conflict => CommandError::Conflict(body),
             Answer::Unavailable => CommandError::Unavailable(body, RETRY_AFTER_SECONDS),
@@ -135,12 +168,36 @@ impl From<AppError> for QueryError {
         let (answer, body) = respond(error);
         match answer {
             Answer::BadRequest => QueryError::BadRequest(body),
+            Answer::Forbidden => QueryError::Forbidden(body),
             Answer::NotFound => QueryError::NotFound(body),
             Answer::Unavailable => QueryError::Unavailable(body, RETRY_AFTER_SECONDS),
             // A query writes nothing, so it cannot conflict: one that says so is a fault.
             Answer::Conflict | Answer::Internal => QueryError::Internal(body),
         }
     }
+}
+
+/// A request the authentication refused, as the same JSON shape: 401 with
+/// `WWW-Authenticate` (RFC 6750: a bare `Bearer` when no token came, `invalid_token`
+/// otherwise), or 503 while the identity provider's keys cannot be had.
+pub(crate) fn refused(rejection: &Rejection) -> Response {
+    let challenge = match rejection {
+        Rejection::KeysUnavailable(cause) => {
+            tracing::error!(error.cause = %cause, "request refused: no key to check its token");
+            return ErrorBody::new("Service temporarily unavailable", "")
+                .with_status(StatusCode::SERVICE_UNAVAILABLE)
+                .with_header(RETRY_AFTER, RETRY_AFTER_SECONDS)
+                .into_response();
+        }
+        Rejection::Missing => "Bearer".to_owned(),
+        // The reasons are ours, fixed texts without quotes or backslashes.
+        Rejection::Invalid(reason) => format!("Bearer error=\"invalid_token\", error_description=\"{reason}\""),
+    };
+    tracing::info!("unauthenticated: {rejection}");
+    ErrorBody::new(rejection.to_string(), "Authorization")
+        .with_status(StatusCode::UNAUTHORIZED)
+        .with_header(WWW_AUTHENTICATE, challenge)
+        .into_response()
 }
 
 /// Turns an error raised by poem before or around a handler into the same JSON shape.
@@ -190,6 +247,7 @@ mod tests {
         let errors = || {
             [
                 AppError::invalid("name", "must not be empty"),
+                AppError::forbidden("this needs the scope catalog:write", "catalog:write"),
                 AppError::not_found("Product not found", "x"),
                 AppError::conflict("Product already exists", "x"),
                 AppError::Unavailable(sqlx::Error::PoolTimedOut),
@@ -201,6 +259,7 @@ mod tests {
             commands.as_slice(),
             [
                 CommandError::BadRequest(_),
+                CommandError::Forbidden(_),
                 CommandError::NotFound(_),
                 CommandError::Conflict(_),
                 CommandError::Unavailable(_, RETRY_AFTER_SECONDS),
@@ -212,6 +271,7 @@ mod tests {
             queries.as_slice(),
             [
                 QueryError::BadRequest(_),
+                QueryError::Forbidden(_),
                 QueryError::NotFound(_),
                 QueryError::Internal(_),
                 QueryError::Unavailable(_, RETRY_AFTER_SECONDS),

@@ -18,6 +18,7 @@ use super::{
     domain::{OrderStatus, PaymentMethod, SagaStatus},
 };
 use crate::{
+    auth::{Caller, Scope},
     bus,
     cache::{Filled, Lookup, OrderCache},
     error::AppError,
@@ -214,8 +215,10 @@ impl OrdersApi {
         &self,
         body: Json<CaseInsensitive<CreateOrderRequest>>,
         trace: Data<&TraceContext>,
+        caller: Data<&Caller>,
     ) -> Result<NoContent, CommandError> {
         let req = body.0.0;
+        caller.acts_for(req.user_id)?;
         let command = CreateOrder::new(
             req.order_id,
             req.user_id,
@@ -247,7 +250,9 @@ impl OrdersApi {
         offset: Query<Option<i64>>,
         /// `asc` (default) or `desc`.
         order: Query<Option<SortOrder>>,
+        caller: Data<&Caller>,
     ) -> Result<OrderListResponse, QueryError> {
+        caller.require(Scope::OrdersReadAll)?;
         let page = Page::new(limit.0, offset.0, order.0);
         let orders = ListOrders(page).fetch(&self.db).await?;
         Ok(OrderListResponse::Ok(RawJson::encode(&OrderList::new(orders, page)?)))
@@ -262,8 +267,14 @@ impl OrdersApi {
         /// The order's id, a UUID.
         #[oai(name = "orderID")]
         order_id: Path<String>,
+        caller: Data<&Caller>,
     ) -> Result<OrderResponse, QueryError> {
-        let order = OrderById(validate::id("orderID", &order_id.0)?).fetch(&self.db).await?;
+        let id = validate::id("orderID", &order_id.0)?;
+        let order = OrderById(id).fetch(&self.db).await?;
+        // Another user's order answers as a missing one: its existence is not told.
+        if !caller.reads_orders_of(order.user_id) {
+            return Err(AppError::not_found(super::NOT_FOUND, id).into());
+        }
         Ok(OrderResponse::Ok(RawJson::encode(&Order::try_from(order)?)))
     }
 
@@ -286,9 +297,14 @@ impl OrdersApi {
         offset: Query<Option<i64>>,
         /// `asc` (default) or `desc`.
         order: Query<Option<SortOrder>>,
+        caller: Data<&Caller>,
     ) -> Result<UserOrdersResponse, QueryError> {
         let page = Page::new(limit.0, offset.0, order.0);
         let user_id = validate::id("userID", &user_id.0)?;
+        // Whether that user exists or not, another's orders are not there for this caller.
+        if !caller.reads_orders_of(user_id) {
+            return Err(AppError::not_found(crate::users::NOT_FOUND, user_id).into());
+        }
         Ok(UserOrdersResponse::Ok(user_orders(&self.db, &self.cache, user_id, page).await?))
     }
 
@@ -300,8 +316,9 @@ impl OrdersApi {
         &self,
         body: Json<CaseInsensitive<DeleteOrderRequest>>,
         trace: Data<&TraceContext>,
+        caller: Data<&Caller>,
     ) -> Result<NoContent, CommandError> {
-        let command = DeleteOrder { id: body.0.0.order_id, trace: *trace.0 };
+        let command = DeleteOrder { id: body.0.0.order_id, owner: caller.deletes_orders_of(), trace: *trace.0 };
         // The order was in the user's cached list. Invalidated by the task that commits,
         // right after the commit: this handler is dropped if the client goes away.
         let (cache, relays) = (self.cache.clone(), self.relays.clone());

@@ -161,6 +161,8 @@ impl Command for CreateOrder {
 #[derive(Debug, Clone)]
 pub(crate) struct DeleteOrder {
     pub id: Uuid,
+    /// The user whose order it must be (the caller's own), or `None` for anyone's.
+    pub owner: Option<Uuid>,
     pub trace: TraceContext,
 }
 
@@ -168,7 +170,11 @@ impl Command for DeleteOrder {
     type Output = Uuid;
 
     async fn execute(self, tx: &mut Tx<'_>) -> Result<Uuid, AppError> {
-        let mut order = lock(tx, self.id).await?.ok_or_else(|| AppError::not_found(NOT_FOUND, self.id))?;
+        let mut order = lock(tx, self.id)
+            .await?
+            // Another user's order is, to this caller, not there.
+            .filter(|order| self.owner.is_none_or(|owner| owner == order.user_id))
+            .ok_or_else(|| AppError::not_found(NOT_FOUND, self.id))?;
         // Only approved, live orders can be deleted; to the client, any other is not there.
         order.delete(Utc::now()).map_err(|_| AppError::not_found(NOT_FOUND, self.id))?;
 

@@ -2,6 +2,7 @@
 
 use crate::db::Db;
 use chrono::{DateTime, Utc};
+use poem::web::Data;
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
     param::{Path, Query},
@@ -12,6 +13,7 @@ use uuid::Uuid;
 
 use super::{CreateProduct, ListProducts, ProductByName, ProductName, ProductView, RenameProduct};
 use crate::{
+    auth::{Caller, Scope},
     bus,
     error::AppError,
     http::{
@@ -136,7 +138,12 @@ impl ProductsApi {
     ///
     /// Created with quantity 1 and available. 409 if the id or the name is taken.
     #[oai(path = "/products", method = "post")]
-    async fn create(&self, body: Json<CaseInsensitive<CreateProductRequest>>) -> Result<NoContent, CommandError> {
+    async fn create(
+        &self,
+        body: Json<CaseInsensitive<CreateProductRequest>>,
+        caller: Data<&Caller>,
+    ) -> Result<NoContent, CommandError> {
+        caller.require(Scope::CatalogWrite)?;
         let command = CreateProduct::try_from(body.0.0)?;
         bus::dispatch(&self.db, command).await?;
         Ok(NoContent::Done)
@@ -187,7 +194,9 @@ impl ProductsApi {
         #[oai(name = "productID")]
         product_id: Path<String>,
         body: Json<CaseInsensitive<RenameProductRequest>>,
+        caller: Data<&Caller>,
     ) -> Result<NoContent, CommandError> {
+        caller.require(Scope::CatalogWrite)?;
         let id = validate::id("productID", &product_id.0)?;
         let name = ProductName::parse_rename("productName", &body.0.0.product_name)?;
         bus::dispatch(&self.db, RenameProduct { id, name }).await?;

@@ -43,6 +43,8 @@ pub struct AppState {
     pub relays: crate::outbox::RelayWaker,
     pub metrics: PrometheusHandle,
     pub max_body_bytes: usize,
+    /// Checks bearer tokens; `None`: the api is open (`AUTH_*` unset).
+    pub auth: Option<Arc<crate::auth::Verifier>>,
 }
 
 pub(crate) type Apis = (
@@ -78,6 +80,7 @@ pub fn app(state: AppState) -> impl Endpoint {
     ));
     let allowed = Arc::new(allow::AllowedMethods::from_spec(&spec));
     let max_body_bytes = state.max_body_bytes;
+    let verifier = state.auth.clone();
     let spec_endpoint = api.spec_endpoint();
     let docs = api.swagger_ui();
     Route::new()
@@ -87,6 +90,8 @@ pub fn app(state: AppState) -> impl Endpoint {
         .nest("/docs", poem::get(docs))
         .around(content_type::json_by_default)
         .around(move |next, req| body_limit::limit_body(next, req, max_body_bytes))
+        // Before the body is read: a caller without a token costs no more than its headers.
+        .around(move |next, req| crate::auth::authenticate(next, req, verifier.clone()))
         .around(move |next, req| observe::observe(next, req, routes.clone()))
         .catch_all_error(|e| async move { errors::framework_error(e) })
         .around(move |next, req| allow::add_allow_header(next, req, allowed.clone()))

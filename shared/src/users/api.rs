@@ -1,11 +1,13 @@
 //! HTTP operations of users.
 
 use crate::db::Db;
+use poem::web::Data;
 use poem_openapi::{Object, OpenApi, payload::Json, types::Example};
 use uuid::Uuid;
 
 use super::{CreateUser, USERNAME_MAX};
 use crate::{
+    auth::{Caller, Scope},
     bus,
     http::{ApiTags, case_insensitive::CaseInsensitive, errors::CommandError, responses::NoContent},
     validate,
@@ -42,7 +44,12 @@ impl Example for CreateUserRequest {
 impl UsersApi {
     /// Create a user with an address
     #[oai(path = "/users", method = "post")]
-    async fn create(&self, body: Json<CaseInsensitive<CreateUserRequest>>) -> Result<NoContent, CommandError> {
+    async fn create(
+        &self,
+        body: Json<CaseInsensitive<CreateUserRequest>>,
+        caller: Data<&Caller>,
+    ) -> Result<NoContent, CommandError> {
+        caller.require(Scope::CatalogWrite)?;
         let req = body.0.0;
         let command = CreateUser {
             id: req.user_id,

@@ -13,8 +13,8 @@ async fn the_spec_documents_every_route_and_its_error_statuses(db: PgPool) {
     let spec = reply.body;
     assert!(spec["openapi"].as_str().unwrap().starts_with("3."), "{}", spec["openapi"]);
 
-    let command = ["204", "400", "404", "409", "413", "415", "500", "503"];
-    let read = ["200", "400", "404", "500", "503"];
+    let command = ["204", "400", "401", "403", "404", "409", "413", "415", "500", "503"];
+    let read = ["200", "400", "401", "403", "404", "500", "503"];
     let expected: &[(&str, &str, &[&str])] = &[
         ("/healthcheck", "get", &["200"]),
         ("/readyz", "get", &["200", "503"]),

@@ -10,6 +10,7 @@
 
 pub mod broker;
 pub mod cluster;
+pub mod idp;
 pub mod otlp;
 pub mod outbox;
 pub mod processes;
@@ -22,9 +23,10 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use order_service::{
+    auth::Verifier,
     cache::OrderCache,
     outbox::RelayWaker,
     saga::{Applied, SagaReply},
@@ -44,6 +46,7 @@ pub struct TestAppBuilder {
     db: PgPool,
     cache: Option<OrderCache>,
     pool: Option<PgPool>,
+    auth: Option<Arc<Verifier>>,
 }
 
 impl TestAppBuilder {
@@ -60,6 +63,12 @@ impl TestAppBuilder {
         self
     }
 
+    /// Requests need a bearer token this verifier accepts.
+    pub fn auth(mut self, verifier: Verifier) -> Self {
+        self.auth = Some(Arc::new(verifier));
+        self
+    }
+
     pub fn build(self) -> TestApp {
         show_logs_if_asked();
         let db = self.pool.unwrap_or_else(|| api_pool(&self.db, 10));
@@ -70,6 +79,7 @@ impl TestAppBuilder {
             relays: RelayWaker::start(db.clone().into()),
             metrics: telemetry::metrics(),
             max_body_bytes: 64 * 1024,
+            auth: self.auth,
         };
         TestApp { client: TestClient::new(app(state).map_to_response().boxed()), db, cache }
     }
@@ -103,6 +113,7 @@ pub struct Reply {
     pub status: StatusCode,
     pub body: Value,
     pub content_type: Option<String>,
+    pub headers: poem::http::HeaderMap,
 }
 
 impl Reply {
@@ -149,17 +160,23 @@ impl TestApp {
     }
 
     pub fn builder(db: PgPool) -> TestAppBuilder {
-        TestAppBuilder { db, cache: None, pool: None }
+        TestAppBuilder { db, cache: None, pool: None, auth: None }
+    }
+
+    /// A request built on [`TestApp::client`] (with headers of its own, say), sent.
+    pub async fn send(request: poem::test::TestRequestBuilder<'_, BoxEndpoint<'static, Response>>) -> Reply {
+        Self::reply(request.send().await).await
     }
 
     async fn reply(response: poem::test::TestResponse) -> Reply {
         let response = response.0;
         let status = response.status();
         let content_type = response.content_type().map(str::to_owned);
+        let headers = response.headers().clone();
         let text = response.into_body().into_string().await.expect("a body");
         let body =
             if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
-        Reply { status, body, content_type }
+        Reply { status, body, content_type, headers }
     }
 
     pub async fn get(&self, path: &str) -> Reply {
