@@ -89,16 +89,12 @@ impl Claims {
 
     /// Every scope of ours in `scope` and `scp`.
     pub(super) fn scopes(&self) -> Scopes {
-        let from_scope = self.scope.as_deref().map(Scopes::parse_space_separated).unwrap_or_default();
-        let from_scp = match &self.scp {
-            Some(ScopeList::Text(text)) => Scopes::parse_space_separated(text),
-            Some(ScopeList::List(names)) => Scopes::from_names(names.iter().map(String::as_str)),
-            None => Scopes::default(),
+        let scp: Vec<&str> = match &self.scp {
+            Some(ScopeList::Text(text)) => text.split_ascii_whitespace().collect(),
+            Some(ScopeList::List(names)) => names.iter().map(String::as_str).collect(),
+            None => Vec::new(),
         };
-        Scopes {
-            catalog_write: from_scope.catalog_write || from_scp.catalog_write,
-            orders_read_all: from_scope.orders_read_all || from_scp.orders_read_all,
-        }
+        Scopes::from_names(self.scope.iter().flat_map(|text| text.split_ascii_whitespace()).chain(scp))
     }
 }
 

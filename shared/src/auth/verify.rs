@@ -45,24 +45,17 @@ pub struct VerifierSettings {
     pub audience: String,
     /// Clock skew allowed on `exp` and `nbf`.
     pub leeway: Duration,
-    /// The bound of each fetch of the keys.
-    pub fetch_timeout: Duration,
-    /// At most one fetch for unknown keys per this.
-    pub refresh_interval: Duration,
-    /// A key set older than this is fetched again.
-    pub max_age: Duration,
+    /// How the keys are fetched and kept.
+    pub keys: KeyLimits,
 }
 
 impl Default for VerifierSettings {
     fn default() -> Self {
-        let keys = KeyLimits::default();
         VerifierSettings {
             issuer: None,
             audience: String::new(),
             leeway: Duration::from_secs(30),
-            fetch_timeout: keys.timeout,
-            refresh_interval: keys.refresh_interval,
-            max_age: keys.max_age,
+            keys: KeyLimits::default(),
         }
     }
 }
@@ -75,13 +68,7 @@ pub struct Verifier {
 
 impl Verifier {
     pub fn new(source: KeySource, settings: VerifierSettings) -> Result<Self, reqwest::Error> {
-        let limits = KeyLimits {
-            timeout: settings.fetch_timeout,
-            refresh_interval: settings.refresh_interval,
-            max_age: settings.max_age,
-            ..KeyLimits::default()
-        };
-        Ok(Verifier { keys: KeySet::new(source, limits)?, settings })
+        Ok(Verifier { keys: KeySet::new(source, settings.keys)?, settings })
     }
 
     /// The caller a request's `Authorization` header names.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use super::{ConfigError, Redacted, Vars, optional_http_url, parse_var_with, read};
-use crate::auth::{KeySource, Verifier, VerifierSettings};
+use crate::auth::{KeySource, Verifier, VerifierSettings, keys::KeyLimits};
 
 const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 const DEFAULT_JWKS_TIMEOUT: Duration = Duration::from_secs(3);
@@ -79,8 +79,7 @@ impl AuthConfig {
             issuer,
             audience: audience.to_owned(),
             leeway: self.leeway,
-            fetch_timeout: self.jwks_timeout,
-            ..VerifierSettings::default()
+            keys: KeyLimits { timeout: self.jwks_timeout, ..KeyLimits::default() },
         };
         Verifier::new(source, settings)
             .map(Some)

@@ -20,12 +20,7 @@ use crate::helpers::{
 
 /// A request to `app` with `token` as its bearer token (none if `None`).
 async fn call(app: &TestApp, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> Reply {
-    let request = match method {
-        "POST" => app.client.post(path),
-        "PUT" => app.client.put(path),
-        "DELETE" => app.client.delete(path),
-        _ => app.client.get(path),
-    };
+    let request = app.request(method, path);
     let request = match token {
         Some(token) => request.header("Authorization", format!("Bearer {token}")),
         None => request,

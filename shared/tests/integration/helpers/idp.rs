@@ -13,7 +13,7 @@ use std::{
 };
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, jwk::Jwk};
-use order_service::auth::{KeySource, Verifier, VerifierSettings};
+use order_service::auth::{KeySource, Verifier, VerifierSettings, keys::KeyLimits};
 use poem::{
     EndpointExt, Route, Server, get, handler,
     listener::{Acceptor, Listener, TcpListener},
@@ -200,7 +200,8 @@ impl Idp {
 
     /// The same, holding a fetched key set for at most `max_age`.
     pub fn verifier_with_max_age(&self, refresh_interval: Duration, max_age: Duration) -> Verifier {
-        let settings = VerifierSettings { max_age, ..settings(Some(self.issuer.clone()), refresh_interval) };
+        let mut settings = settings(Some(self.issuer.clone()), refresh_interval);
+        settings.keys.max_age = max_age;
         Verifier::new(KeySource::Discovery(self.issuer.clone()), settings).unwrap()
     }
 }
@@ -221,8 +222,6 @@ fn settings(issuer: Option<String>, refresh_interval: Duration) -> VerifierSetti
         issuer,
         audience: AUDIENCE.to_owned(),
         leeway: Duration::from_secs(5),
-        fetch_timeout: Duration::from_secs(1),
-        refresh_interval,
-        ..VerifierSettings::default()
+        keys: KeyLimits { timeout: Duration::from_secs(1), refresh_interval, ..KeyLimits::default() },
     }
 }

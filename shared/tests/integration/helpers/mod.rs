@@ -195,14 +195,22 @@ impl TestApp {
         Self::reply(self.client.delete(path).body_json(body).send().await).await
     }
 
-    pub async fn raw(&self, method: &str, path: &str, content_type: &str, body: impl Into<poem::Body>) -> Reply {
-        let request = match method {
+    /// A request of `method` (GET unless POST, PUT or DELETE) to `path`, to build on.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+    ) -> poem::test::TestRequestBuilder<'_, BoxEndpoint<'static, Response>> {
+        match method {
             "POST" => self.client.post(path),
             "PUT" => self.client.put(path),
             "DELETE" => self.client.delete(path),
             _ => self.client.get(path),
-        };
-        Self::reply(request.content_type(content_type).body(body).send().await).await
+        }
+    }
+
+    pub async fn raw(&self, method: &str, path: &str, content_type: &str, body: impl Into<poem::Body>) -> Reply {
+        Self::send(self.request(method, path).content_type(content_type).body(body)).await
     }
 
     pub async fn create_product(&self, name: &str, price: f64, discount: i64) -> Uuid {
